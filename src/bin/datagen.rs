@@ -1,0 +1,233 @@
+//! `datagen`: website-visit events for demos, fixtures and load tests. Flags follow the
+//! original generator (dashed); the work is done by `streamkit::datagen::run`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+use clap::{CommandFactory, Parser, ValueEnum};
+use streamkit::cli::{KafkaArgs, parse_duration, parse_non_negative, parse_positive, parse_ratio};
+use streamkit::datagen::{self, DatagenConfig, Output};
+use streamkit::generator::{Clock, GeneratorConfig};
+use streamkit::kafka::{Compression, LOCAL_BOOTSTRAP_SERVERS};
+use streamkit::pacing::Pace;
+use streamkit::progress::ProgressMode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Source {
+    /// JSON lines into a file (or stdout)
+    Batch,
+    /// Messages into a Kafka topic
+    Streaming,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CompressionArg {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+const EXAMPLES: &str = "Examples:
+  datagen --source streaming --num-users 5 --delay-seconds 0.5     # the article's demo
+  datagen --num-events 1000 --seed 42 --start-time 2024-04-14T21:51:33Z --output -
+  datagen -s streaming --rate 50000 --duration 5m --compression lz4 -X sasl.username=me";
+
+/// Generate website-visit events into a file, stdout or a Kafka topic.
+#[derive(Debug, Parser)]
+#[command(name = "datagen", version, after_help = EXAMPLES)]
+struct Args {
+    /// batch writes JSON lines to --output; streaming produces to --topic
+    #[arg(short = 's', long, value_enum, default_value_t = Source::Batch)]
+    source: Source,
+
+    /// Users in the pool; each event picks one at random
+    #[arg(short = 'u', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    num_users: u32,
+
+    /// Stop after this many events [default: unlimited]
+    #[arg(short = 'e', long)]
+    num_events: Option<u64>,
+
+    /// Each event's time is now plus a uniform random lag in [0, N] seconds
+    #[arg(short = 'l', long, default_value_t = 0, value_name = "N")]
+    max_lag_seconds: u64,
+
+    /// Pause after each event, as the original does
+    #[arg(short = 'd', long, value_parser = parse_non_negative, conflicts_with = "rate")]
+    delay_seconds: Option<f64>,
+
+    /// Hold an exact average rate, events per second (0.1 up to the machine's limit) [default: as fast as possible]
+    #[arg(long, value_parser = parse_positive, value_name = "EVENTS_PER_SEC")]
+    rate: Option<f64>,
+
+    /// Stop after this long: 90, 90s, 500ms, 5m, 2h [default: unlimited]
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+
+    /// Share of users, 0 to 1, with empty-string lat/lng (the original's failed geo lookups)
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio, value_name = "RATIO")]
+    missing_geo_ratio: f64,
+
+    /// Seed of all random choices; with --start-time the output is byte-identical on every run [default: random]
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// Simulated clock: event n is stamped START + n × --time-step-ms (plus lag) instead of now (RFC 3339)
+    #[arg(long, value_parser = parse_start_time, value_name = "START")]
+    start_time: Option<DateTime<FixedOffset>>,
+
+    /// Simulated time between events [default: 1000/--rate, or --delay-seconds, or 1 ms]
+    #[arg(long, value_parser = parse_non_negative, requires = "start_time", value_name = "MS")]
+    time_step_ms: Option<f64>,
+
+    /// batch: the JSON-lines file to write, `-` for stdout [default: inputs/<uuid>.out]
+    #[arg(short = 'o', long, value_name = "PATH")]
+    output: Option<PathBuf>,
+
+    /// streaming: the topic to produce to
+    #[arg(long, env = "TOPIC_NAME", default_value = "website-visit")]
+    topic: String,
+
+    /// streaming: batch compression
+    #[arg(long, value_enum, default_value_t = CompressionArg::None)]
+    compression: CompressionArg,
+
+    /// Generator threads when no rate or delay is set; the output is the same for any count
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+
+    /// No progress output (the summary is still printed)
+    #[arg(short = 'q', long)]
+    quiet: bool,
+
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+fn parse_start_time(raw: &str) -> Result<DateTime<FixedOffset>, String> {
+    DateTime::parse_from_rfc3339(raw)
+        .map_err(|e| format!("'{raw}' is not an RFC 3339 time like 2024-04-14T21:51:33Z ({e})"))
+}
+
+impl Args {
+    fn into_config(self) -> Result<DatagenConfig, clap::Error> {
+        let usage_error = |kind, message: &str| Args::command().error(kind, message);
+        let output = match (self.source, &self.output) {
+            (Source::Streaming, Some(_)) => {
+                return Err(usage_error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--output applies to --source batch only",
+                ));
+            }
+            (Source::Streaming, None) => Output::Kafka {
+                kafka: self.kafka.to_config(LOCAL_BOOTSTRAP_SERVERS),
+                topic: self.topic.clone(),
+                compression: match self.compression {
+                    CompressionArg::None => Compression::None,
+                    CompressionArg::Gzip => Compression::Gzip,
+                    CompressionArg::Snappy => Compression::Snappy,
+                    CompressionArg::Lz4 => Compression::Lz4,
+                    CompressionArg::Zstd => Compression::Zstd,
+                },
+            },
+            (Source::Batch, Some(path)) if path.as_os_str() == "-" => Output::Stdout,
+            (Source::Batch, Some(path)) => Output::File(path.clone()),
+            (Source::Batch, None) => Output::File(PathBuf::from(format!(
+                "inputs/{}.out",
+                uuid::Uuid::new_v4()
+            ))),
+        };
+        let pace = match (self.rate, self.delay_seconds) {
+            (Some(rate), _) => Pace::Rate(rate),
+            (None, Some(delay)) => Pace::Delay(Duration::from_secs_f64(delay)),
+            (None, None) => Pace::Unlimited,
+        };
+        let clock = match self.start_time {
+            None => Clock::Wall,
+            Some(start) => {
+                let step_ms = self
+                    .time_step_ms
+                    .or(self.rate.map(|rate| 1000.0 / rate))
+                    .or(self.delay_seconds.map(|delay| delay * 1000.0))
+                    .unwrap_or(1.0);
+                Clock::Simulated {
+                    start_ms: start.timestamp_millis(),
+                    step_us: (step_ms * 1000.0).round() as u64,
+                }
+            }
+        };
+        let seed = self
+            .seed
+            .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0);
+        if self.seed.is_none() {
+            log::debug!("seed {seed}");
+        }
+        let bounded = self.num_events.is_some() || self.duration.is_some();
+        let progress = if self.quiet {
+            ProgressMode::Quiet
+        } else if bounded && std::io::stderr().is_terminal() {
+            ProgressMode::Bar
+        } else {
+            ProgressMode::Lines {
+                every: if self.source == Source::Batch {
+                    100
+                } else {
+                    10
+                },
+            }
+        };
+        Ok(DatagenConfig {
+            generator: GeneratorConfig {
+                num_users: self.num_users,
+                missing_geo_ratio: self.missing_geo_ratio,
+                max_lag_ms: self.max_lag_seconds.saturating_mul(1000),
+                seed,
+            },
+            clock,
+            num_events: self.num_events,
+            duration: self.duration,
+            pace,
+            threads: usize::from(self.threads),
+            output,
+            progress,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    streamkit::logging::init("datagen", std::env::var("RUST_LOG").ok().as_deref());
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(usage) => usage.exit(),
+    };
+    let cancel = CancellationToken::new();
+    if let Err(e) = streamkit::shutdown::cancel_on_signals(cancel.clone()) {
+        log::error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    if let Output::File(path) = &config.output {
+        log::info!("writing to {}", path.display());
+    }
+    match datagen::run(&config, &cancel) {
+        Ok(summary) => {
+            eprintln!("datagen: {summary}");
+            if summary.delivery_failures > 0 {
+                log::error!("{} events were not delivered", summary.delivery_failures);
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Command-line pieces shared by the binaries: the flattened [`KafkaArgs`] and value parsers.
+//!
+//! Only the binaries parse arguments and read the environment (through clap's `env`); they
+//! turn these structs into the plain config structs the library takes.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::kafka::KafkaConfig;
+
+/// Kafka connection flags, the same in every binary.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, host:port[,host:port...]
+    #[arg(long, env = "BOOTSTRAP_SERVERS", value_name = "HOST:PORT")]
+    pub bootstrap_servers: Option<String>,
+
+    /// A librdkafka property, as in kcat (repeatable; applied last, over every default).
+    /// Values of secret properties are never printed.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    /// The connection config, with `default_servers` when no address was given.
+    pub fn to_config(&self, default_servers: &str) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: self
+                .bootstrap_servers
+                .clone()
+                .unwrap_or_else(|| default_servers.to_string()),
+            properties: self.properties.clone(),
+        }
+    }
+}
+
+/// Parses `key=value` (the value may contain `=`).
+pub fn parse_property(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got '{raw}'")),
+    }
+}
+
+/// Parses a ratio in `0..=1`.
+pub fn parse_ratio(raw: &str) -> Result<f64, String> {
+    let value: f64 = raw
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a number"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is outside 0..1"))
+    }
+}
+
+/// Parses a finite number greater than zero.
+pub fn parse_positive(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{raw}' is not a number greater than 0")),
+    }
+}
+
+/// Parses a finite number of zero or more.
+pub fn parse_non_negative(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("'{raw}' is not a number of 0 or more")),
+    }
+}
+
+/// Parses a duration: `90`, `90s`, `500ms`, `5m`, `2h` (a bare number is seconds).
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a duration like 30s, 500ms, 5m or 2h"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{raw}' (use ms, s, m or h)"
+            ));
+        }
+    };
+    if seconds.is_finite() && seconds > 0.0 {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(format!("'{raw}' must be longer than zero"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties() {
+        assert_eq!(
+            parse_property("sasl.jaas.config=a=b").unwrap(),
+            ("sasl.jaas.config".into(), "a=b".into())
+        );
+        assert!(parse_property("novalue").is_err());
+        assert!(parse_property("=x").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-3").is_err());
+    }
+
+    #[test]
+    fn ratios() {
+        assert_eq!(parse_ratio("0.25").unwrap(), 0.25);
+        assert!(parse_ratio("1.5").is_err());
+        assert!(parse_ratio("-0.1").is_err());
+        assert!(parse_ratio("NaN").is_err());
+    }
+}

@@ -1,0 +1,353 @@
+//! Every Kafka client of this crate is configured and built here, and only here.
+//!
+//! Settings this crate changes from librdkafka's defaults are commented where they are
+//! set. User `-X key=value` properties are applied last, so they override anything.
+//! The values of secret properties (passwords, keys, tokens) are never logged or shown in
+//! errors: [`KafkaConfig`]'s `Debug` and [`redact`] replace them with `***`.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::client::Client;
+use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseProducer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::error::{Error, Result};
+
+/// Where a local cluster is expected, and how to get one (printed with connection errors).
+pub const LOCAL_BOOTSTRAP_SERVERS: &str = "localhost:29092";
+pub const LOCAL_CLUSTER_HINT: &str = "Is a broker running there? For a local one, see the README section \
+\"A local Kafka\"; or pass --bootstrap-servers (env BOOTSTRAP_SERVERS).";
+
+/// How long a client may try to reach the cluster before we report it unreachable.
+pub const REACHABILITY_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Connection settings shared by every client: plain data, built by the binaries.
+#[derive(Clone, Default, PartialEq)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    /// `-X key=value` properties, applied last, in order.
+    pub properties: Vec<(String, String)>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<(&str, &str)> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if is_secret_property(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &shown)
+            .finish()
+    }
+}
+
+/// True for librdkafka properties whose values are credentials.
+pub fn is_secret_property(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "token",
+        "key",
+        "credentials",
+        ".pem",
+    ]
+    .iter()
+    .any(|marker| key.contains(marker))
+        && !key.ends_with(".location")
+        && key != "ssl.key.location"
+}
+
+/// `text` with every secret property value of `config` replaced by `***`.
+pub fn redact(text: &str, config: &KafkaConfig) -> String {
+    config
+        .properties
+        .iter()
+        .filter(|(k, v)| is_secret_property(k) && !v.is_empty())
+        .fold(text.to_string(), |acc, (_, v)| {
+            acc.replace(v.as_str(), "***")
+        })
+}
+
+/// Batch compression for the producer (librdkafka's `compression.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Producer configuration tuned for load generation.
+pub fn throughput_producer_config(
+    kafka: &KafkaConfig,
+    client_id: &str,
+    compression: Compression,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        // Named in broker logs and metrics instead of the default "rdkafka".
+        .set("client.id", client_id)
+        // No duplicates or reordering on retries; implies acks=all and bounded in-flight.
+        .set("enable.idempotence", "true")
+        // Stated explicitly: an event counts as delivered once every in-sync replica has it.
+        .set("acks", "all")
+        // Wait up to 20 ms (default 5) to fill batches: fewer, larger requests.
+        .set("linger.ms", "20")
+        // batch.size stays at its default (1 MB): larger batches exceed the broker's default
+        // message.max.bytes and would be rejected.
+        // Room for 1M queued messages (default 100k) so generation rarely waits on the network.
+        .set("queue.buffering.max.messages", "1000000")
+        // Up to 1 GiB queued (default 1 GiB as well, stated because the two limits work together).
+        .set("queue.buffering.max.kbytes", "1048576")
+        // Optional batch compression (default none).
+        .set("compression.type", compression.as_librdkafka())
+        // Fail a connection attempt after 5 s (default 30 s) so an unreachable broker is reported fast.
+        .set("socket.connection.setup.timeout.ms", "5000");
+    apply_properties(&mut config, kafka);
+    config
+}
+
+fn apply_properties(config: &mut ClientConfig, kafka: &KafkaConfig) {
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+}
+
+/// Builds a client of type `T` (a producer or consumer) from `config` and `context`.
+pub fn create<T, C>(config: &ClientConfig, context: C, kafka: &KafkaConfig) -> Result<T>
+where
+    C: ClientContext,
+    T: FromClientConfigAndContext<C>,
+{
+    T::from_config_and_context(config, context)
+        .map_err(|e| Error::KafkaConfig(redact(&e.to_string(), kafka)))
+}
+
+/// Fails fast, naming the address, if the cluster cannot be reached or `topic` is missing.
+pub fn check_topic_reachable<C: ClientContext>(
+    client: &Client<C>,
+    kafka: &KafkaConfig,
+    topic: &str,
+) -> Result<()> {
+    let metadata = client
+        .fetch_metadata(Some(topic), REACHABILITY_TIMEOUT)
+        .map_err(|e| Error::BrokerUnreachable {
+            servers: kafka.bootstrap_servers.clone(),
+            reason: describe_unreachable(&e),
+            hint: LOCAL_CLUSTER_HINT,
+        })?;
+    let topic_error = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .and_then(|t| t.error())
+        .map(RDKafkaErrorCode::from);
+    match topic_error {
+        Some(code @ RDKafkaErrorCode::UnknownTopicOrPartition)
+        | Some(code @ RDKafkaErrorCode::UnknownTopic) => Err(Error::TopicMissing {
+            topic: topic.to_string(),
+            servers: kafka.bootstrap_servers.clone(),
+            reason: code.to_string(),
+        }),
+        // Anything else (say, a leader election under way) is transient: the client retries.
+        _ => Ok(()),
+    }
+}
+
+fn describe_unreachable(error: &KafkaError) -> String {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::OperationTimedOut) => format!(
+            "no answer to a metadata request within {} s",
+            REACHABILITY_TIMEOUT.as_secs()
+        ),
+        _ => error.to_string(),
+    }
+}
+
+/// How often repeated client errors (say, "connection refused") are logged.
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A producer context that counts delivery reports and logs client errors without flooding.
+#[derive(Debug)]
+pub struct DeliveryCounter {
+    servers: String,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+    last_error_log: Mutex<Option<Instant>>,
+}
+
+impl DeliveryCounter {
+    pub fn new(servers: &str) -> Self {
+        DeliveryCounter {
+            servers: servers.to_string(),
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+            last_error_log: Mutex::new(None),
+        }
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The reason of the first failed delivery, if any.
+    pub fn first_failure(&self) -> Option<String> {
+        self.first_failure.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn should_log_now(&self) -> bool {
+        let Ok(mut last) = self.last_error_log.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < ERROR_LOG_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+impl ClientContext for DeliveryCounter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        // Connection failures also arrive through `error` below, rate-limited; keep the raw
+        // librdkafka lines for RUST_LOG=librdkafka=debug.
+        if fac == "FAIL" {
+            log::debug!(target: "librdkafka", "{fac} {message}");
+        } else {
+            rdkafka::client::DefaultClientContext.log(level, fac, message);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.should_log_now() {
+            log::warn!("Kafka at {}: {reason} ({error})", self.servers);
+        }
+    }
+}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut first) = self.first_failure.lock() {
+                    first.get_or_insert_with(|| error.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// A producer that counts its deliveries.
+pub type CountingProducer = BaseProducer<DeliveryCounter>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_properties_are_recognised() {
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "sasl.oauthbearer.client.secret",
+            "ssl.key.pem",
+            "sasl.jaas.config",
+        ] {
+            assert!(is_secret_property(key), "{key}");
+        }
+        for key in [
+            "bootstrap.servers",
+            "sasl.username",
+            "ssl.key.location",
+            "linger.ms",
+            "security.protocol",
+        ] {
+            assert!(!is_secret_property(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn debug_and_redact_hide_secret_values() {
+        let config = KafkaConfig {
+            bootstrap_servers: "b:9092".into(),
+            properties: vec![
+                ("sasl.password".into(), "hunter2".into()),
+                ("sasl.username".into(), "alice".into()),
+            ],
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("alice") && shown.contains("***"),
+            "{shown}"
+        );
+        assert_eq!(
+            redact("bad value hunter2 for x", &config),
+            "bad value *** for x"
+        );
+    }
+
+    #[test]
+    fn user_properties_override_defaults() {
+        let config = KafkaConfig {
+            bootstrap_servers: "b:9092".into(),
+            properties: vec![
+                ("linger.ms".into(), "0".into()),
+                ("acks".into(), "1".into()),
+            ],
+        };
+        let client = throughput_producer_config(&config, "test", Compression::Lz4);
+        assert_eq!(client.get("linger.ms"), Some("0"));
+        assert_eq!(client.get("acks"), Some("1"));
+        assert_eq!(client.get("compression.type"), Some("lz4"));
+        assert_eq!(client.get("enable.idempotence"), Some("true"));
+    }
+}
