@@ -303,7 +303,7 @@ impl<'s> EventStream<'s> {
 
     /// Draws the next event; its time is `base_ms` plus a random lag.
     pub fn next_event(&mut self, base_ms: i64) -> GeneratedEvent<'s> {
-        if self.next_index > 0 && self.next_index % CHUNK_EVENTS == 0 {
+        if self.next_index > 0 && self.next_index.is_multiple_of(CHUNK_EVENTS) {
             self.rng = self.source.chunk_rng(self.next_index / CHUNK_EVENTS);
         }
         self.next_index += 1;

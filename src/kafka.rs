@@ -195,6 +195,10 @@ fn describe_unreachable(error: &KafkaError) -> String {
             "no answer to a metadata request within {} s",
             REACHABILITY_TIMEOUT.as_secs()
         ),
+        Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
+            "could not connect (nothing listening, or the connection was refused)".to_string()
+        }
+        Some(RDKafkaErrorCode::Resolve) => "the host name does not resolve".to_string(),
         _ => error.to_string(),
     }
 }

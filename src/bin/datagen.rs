@@ -47,23 +47,29 @@ struct Args {
     source: Source,
 
     /// Users in the pool; each event picks one at random
-    #[arg(short = 'u', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(short = 'u', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     num_users: u32,
 
     /// Stop after this many events [default: unlimited]
-    #[arg(short = 'e', long)]
+    #[arg(short = 'e', long, allow_negative_numbers = true)]
     num_events: Option<u64>,
 
     /// Each event's time is now plus a uniform random lag in [0, N] seconds
-    #[arg(short = 'l', long, default_value_t = 0, value_name = "N")]
+    #[arg(
+        short = 'l',
+        long,
+        default_value_t = 0,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     max_lag_seconds: u64,
 
     /// Pause after each event, as the original does
-    #[arg(short = 'd', long, value_parser = parse_non_negative, conflicts_with = "rate")]
+    #[arg(short = 'd', long, value_parser = parse_non_negative, conflicts_with = "rate", allow_negative_numbers = true)]
     delay_seconds: Option<f64>,
 
     /// Hold an exact average rate, events per second (0.1 up to the machine's limit) [default: as fast as possible]
-    #[arg(long, value_parser = parse_positive, value_name = "EVENTS_PER_SEC")]
+    #[arg(long, value_parser = parse_positive, value_name = "EVENTS_PER_SEC", allow_negative_numbers = true)]
     rate: Option<f64>,
 
     /// Stop after this long: 90, 90s, 500ms, 5m, 2h [default: unlimited]
@@ -71,11 +77,11 @@ struct Args {
     duration: Option<Duration>,
 
     /// Share of users, 0 to 1, with empty-string lat/lng (the original's failed geo lookups)
-    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio, value_name = "RATIO")]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio, value_name = "RATIO", allow_negative_numbers = true)]
     missing_geo_ratio: f64,
 
     /// Seed of all random choices; with --start-time the output is byte-identical on every run [default: random]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     seed: Option<u64>,
 
     /// Simulated clock: event n is stamped START + n × --time-step-ms (plus lag) instead of now (RFC 3339)
@@ -83,7 +89,7 @@ struct Args {
     start_time: Option<DateTime<FixedOffset>>,
 
     /// Simulated time between events [default: 1000/--rate, or --delay-seconds, or 1 ms]
-    #[arg(long, value_parser = parse_non_negative, requires = "start_time", value_name = "MS")]
+    #[arg(long, value_parser = parse_non_negative, requires = "start_time", value_name = "MS", allow_negative_numbers = true)]
     time_step_ms: Option<f64>,
 
     /// batch: the JSON-lines file to write, `-` for stdout [default: inputs/<uuid>.out]
@@ -99,7 +105,7 @@ struct Args {
     compression: CompressionArg,
 
     /// Generator threads when no rate or delay is set; the output is the same for any count
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256), allow_negative_numbers = true)]
     threads: u16,
 
     /// No progress output (the summary is still printed)

@@ -1,0 +1,262 @@
+//! The datagen binary, end to end without Kafka: flags, exit codes, files and stdout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{datagen, stderr, stdout};
+use streamkit::EventLog;
+use streamkit::schema::Coordinate;
+
+const SEEDED: [&str; 6] = [
+    "--seed",
+    "42",
+    "--start-time",
+    "2024-04-14T21:51:33Z",
+    "--missing-geo-ratio",
+    "0.3",
+];
+
+#[test]
+fn invalid_arguments_are_usage_errors_with_exit_code_2() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--num-events", "-5"], "--num-events"),
+        (&["--max-lag-seconds", "-1"], "--max-lag-seconds"),
+        (&["--delay-seconds", "-1"], "--delay-seconds"),
+        (&["--num-users", "0"], "--num-users"),
+        (&["--missing-geo-ratio", "1.5"], "outside 0..1"),
+        (&["--missing-geo-ratio", "-0.1"], "--missing-geo-ratio"),
+        (&["--source", "kafka"], "--source"),
+        (&["--rate", "0"], "--rate"),
+        (&["--rate", "10", "--delay-seconds", "1"], "--delay-seconds"),
+        (&["--duration", "soon"], "--duration"),
+        (&["--start-time", "yesterday"], "RFC 3339"),
+        (&["--time-step-ms", "5"], "--start-time"),
+        (&["-X", "linger.ms"], "KEY=VALUE"),
+        (
+            &["--source", "streaming", "--output", "x.jsonl"],
+            "--output",
+        ),
+        (&["--no-such-flag"], "--no-such-flag"),
+    ];
+    for (args, expected) in cases {
+        let output = datagen().args(*args).output().unwrap();
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(expected),
+            "{args:?}: stderr lacks {expected:?}:\n{err}"
+        );
+        assert!(err.starts_with("error:"), "{args:?}: {err}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn stdout_carries_exactly_the_events_and_nothing_else() {
+    let output = datagen()
+        .args(["--num-events", "250", "--output", "-"])
+        .args(SEEDED)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let events: Vec<EventLog> = text
+        .lines()
+        .map(|l| EventLog::from_json(l.as_bytes()).expect(l))
+        .collect();
+    assert_eq!(events.len(), 250);
+    assert!(
+        events.iter().any(|e| e.lat == Coordinate::Missing),
+        "missing-geo users expected"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.lat, Coordinate::Degrees(_)))
+    );
+    assert!(
+        stderr(&output).contains("250 events"),
+        "summary on stderr: {}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn seed_and_start_time_reproduce_output_byte_for_byte_whatever_the_thread_count() {
+    let run = |extra: &[&str]| {
+        let output = datagen()
+            .args(["-e", "20000", "-o", "-", "-q"])
+            .args(SEEDED)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        output.stdout
+    };
+    let one = run(&[]);
+    assert_eq!(one, run(&[]));
+    assert_eq!(one, run(&["--threads", "3"]));
+    assert_eq!(one, run(&["--threads", "8"]));
+    let other_seed = datagen()
+        .args([
+            "-e",
+            "20000",
+            "-o",
+            "-",
+            "-q",
+            "--seed",
+            "43",
+            "--start-time",
+            "2024-04-14T21:51:33Z",
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(one, other_seed.stdout);
+}
+
+#[test]
+fn without_a_seed_runs_differ_and_are_timed_from_now() {
+    let run = || {
+        datagen()
+            .args(["-e", "50", "-o", "-", "-q"])
+            .output()
+            .unwrap()
+            .stdout
+    };
+    let (a, b) = (run(), run());
+    assert_ne!(a, b);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for line in String::from_utf8(a).unwrap().lines() {
+        let event = EventLog::from_json(line.as_bytes()).unwrap();
+        assert!((now_ms - event.event_ts).abs() < 60_000, "{line}");
+    }
+}
+
+#[test]
+fn max_lag_spreads_event_times_within_the_bound() {
+    let output = datagen()
+        .args(["-e", "2000", "-o", "-", "-q", "--max-lag-seconds", "7"])
+        .args(SEEDED)
+        .output()
+        .unwrap();
+    let start = 1_713_131_493_000i64;
+    let mut lags = Vec::new();
+    for (i, line) in stdout(&output).lines().enumerate() {
+        let event = EventLog::from_json(line.as_bytes()).unwrap();
+        let lag = event.event_ts - (start + i as i64); // default simulated step: 1 ms
+        assert!((0..=7_000).contains(&lag), "{lag}");
+        lags.push(lag);
+    }
+    assert!(lags.iter().any(|&l| l > 6_000) && lags.iter().any(|&l| l < 1_000));
+}
+
+#[test]
+fn batch_without_output_writes_a_new_file_under_inputs_like_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = datagen()
+        .current_dir(dir.path())
+        .args(["-e", "120", "-q"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let files: Vec<_> = std::fs::read_dir(dir.path().join("inputs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.ends_with(".out") && name.len() == 36 + 4, "{name}");
+    assert_eq!(
+        std::fs::read_to_string(&files[0]).unwrap().lines().count(),
+        120
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn rate_is_never_exceeded() {
+    // Lower bounds on time only: 50 events at 100/s cannot finish before 0.49 s.
+    let started = Instant::now();
+    let output = datagen()
+        .args(["-e", "50", "--rate", "100", "-o", "-", "-q"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(stdout(&output).lines().count(), 50);
+    assert!(
+        started.elapsed() >= Duration::from_millis(490),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let output = datagen()
+        .args(["--rate", "100", "--duration", "1s", "-o", "-", "-q"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let count = stdout(&output).lines().count();
+    assert!((1..=101).contains(&count), "{count} events in 1 s at 100/s");
+}
+
+#[test]
+fn delay_seconds_pauses_after_each_event() {
+    let started = Instant::now();
+    let output = datagen()
+        .args(["-e", "5", "--delay-seconds", "0.1", "-o", "-", "-q"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(stdout(&output).lines().count(), 5);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn progress_lines_go_to_stderr_like_the_original() {
+    let output = datagen()
+        .args(["-e", "300", "--delay-seconds", "0.004", "-o", "-"])
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert!(err.contains("events created so far..."), "{err}");
+    assert_eq!(stdout(&output).lines().count(), 300);
+}
+
+#[test]
+fn a_closed_pipe_stops_the_run_cleanly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = datagen()
+        .args(["-o", "-", "-q"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 4096];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "datagen kept running after its reader left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

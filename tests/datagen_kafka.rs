@@ -1,0 +1,317 @@
+//! datagen streaming into librdkafka's mock cluster, read back with a real consumer.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{datagen, read_topic, stderr, summary_counts};
+use rdkafka::mocking::MockCluster;
+use streamkit::EventLog;
+use streamkit::schema::EventKey;
+
+const TOPIC: &str = "website-visit";
+
+fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+    let cluster = MockCluster::new(3).expect("mock cluster");
+    cluster.create_topic(TOPIC, 3, 1).expect("topic");
+    cluster
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_with_timeout(child: Child, limit: Duration) -> std::process::Output {
+    let started = Instant::now();
+    let id = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() {
+        if started.elapsed() > limit {
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+            panic!("datagen did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().unwrap()
+}
+
+#[test]
+fn streaming_events_arrive_keyed_valid_and_spread_over_partitions() {
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let output = datagen()
+        .args([
+            "--source",
+            "streaming",
+            "--num-events",
+            "3000",
+            "--seed",
+            "5",
+            "--missing-geo-ratio",
+            "0.2",
+            "-q",
+        ])
+        .env("BOOTSTRAP_SERVERS", &bootstrap)
+        .env("TOPIC_NAME", TOPIC)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(summary_counts(&stderr(&output)), (3000, 0));
+
+    let records = read_topic(&bootstrap, TOPIC, 3);
+    assert_eq!(records.len(), 3000);
+    let mut partitions = HashSet::new();
+    for record in &records {
+        let event = EventLog::from_json(&record.value)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&record.value)));
+        let key: EventKey = serde_json::from_slice(&record.key).unwrap();
+        assert_eq!(key.event_id, event.id);
+        assert_eq!(key.event_ts, event.event_ts);
+        // The key is the original's JSON exactly, fields in order, Python separators.
+        assert_eq!(
+            record.key,
+            format!(
+                r#"{{"event_id": "{}", "event_ts": {}}}"#,
+                event.id, event.event_ts
+            )
+            .into_bytes()
+        );
+        partitions.insert(record.partition);
+    }
+    assert_eq!(
+        partitions.len(),
+        3,
+        "events should spread over all partitions"
+    );
+    for p in 0..3 {
+        let share = records.iter().filter(|r| r.partition == p).count();
+        assert!(share > 300, "partition {p} got only {share} of 3000");
+    }
+}
+
+#[test]
+fn flag_overrides_env_for_address_and_topic() {
+    let cluster = cluster();
+    cluster.create_topic("other-topic", 1, 1).unwrap();
+    let output = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "-e",
+            "10",
+            "-q",
+            "--bootstrap-servers",
+            &cluster.bootstrap_servers(),
+            "--topic",
+            "other-topic",
+        ])
+        .env("BOOTSTRAP_SERVERS", "127.0.0.1:1")
+        .env("TOPIC_NAME", TOPIC)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        read_topic(&cluster.bootstrap_servers(), "other-topic", 1).len(),
+        10
+    );
+}
+
+#[test]
+fn sigterm_flushes_and_every_event_is_accounted_for() {
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let child = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "--rate",
+            "2000",
+            "--bootstrap-servers",
+            &bootstrap,
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&child, "TERM");
+    let output = wait_with_timeout(child, Duration::from_secs(10));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    let (events, failures) = summary_counts(&err);
+    assert_eq!(failures, 0, "{err}");
+    assert!(events > 500, "{events} events in 1.5 s at 2000/s: {err}");
+    assert_eq!(read_topic(&bootstrap, TOPIC, 3).len() as u64, events);
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn undeliverable_events_are_counted_as_failed_and_exit_non_zero() {
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let child = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "--rate",
+            "500",
+            "--bootstrap-servers",
+            &bootstrap,
+            "-q",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    for broker in 1..=3 {
+        cluster.broker_down(broker).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    signal(&child, "INT");
+    // Drain timeout (8 s) plus margin.
+    let output = wait_with_timeout(child, Duration::from_secs(15));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    let (events, failures) = summary_counts(&err);
+    assert!(failures > 0, "{err}");
+    assert!(err.contains("were not delivered"), "{err}");
+    for broker in 1..=3 {
+        cluster.broker_up(broker).unwrap();
+    }
+    let stored = read_topic(&bootstrap, TOPIC, 3).len() as u64;
+    // Every event is delivered or counted failed (a failed one may still have landed).
+    assert!(
+        stored <= events && stored + failures >= events,
+        "stored {stored}, events {events}, failed {failures}"
+    );
+}
+
+#[test]
+fn an_unreachable_broker_fails_fast_naming_the_address() {
+    // A port with nothing listening: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let output = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "-e",
+            "10",
+            "--bootstrap-servers",
+            &address,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach Kafka at {address}")),
+        "{err}"
+    );
+    assert!(err.contains("A local Kafka"), "hint missing: {err}");
+}
+
+#[test]
+fn a_missing_topic_is_reported_before_generating() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster
+        .topic_error(
+            "absent",
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        )
+        .unwrap();
+    let started = Instant::now();
+    let output = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "-e",
+            "10",
+            "--bootstrap-servers",
+            &cluster.bootstrap_servers(),
+            "--topic",
+            "absent",
+        ])
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("topic 'absent' does not exist"), "{err}");
+    assert!(!err.contains("events,"), "nothing may be generated: {err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn secret_properties_never_appear_in_output() {
+    let cluster = cluster();
+    // A real run with librdkafka's configuration dump on: every property is printed.
+    let output = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "-e",
+            "5",
+            "-q",
+            "--bootstrap-servers",
+            &cluster.bootstrap_servers(),
+        ])
+        .args([
+            "-X",
+            "sasl.username=alice",
+            "-X",
+            "sasl.password=hunter2-secret",
+            "-X",
+            "debug=conf",
+        ])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let all = format!("{}{}", stderr(&output), common::stdout(&output));
+    assert!(output.status.success(), "{all}");
+    assert!(
+        all.contains("sasl.password = [redacted]"),
+        "the configuration dump should be logged: {all}"
+    );
+    assert!(!all.contains("hunter2-secret"), "{all}");
+
+    // And in our own errors: an invalid value for a secret property is not echoed.
+    let output = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "-e",
+            "1",
+            "--bootstrap-servers",
+            &cluster.bootstrap_servers(),
+        ])
+        .args([
+            "-X",
+            "ssl.key.password=hunter2-secret",
+            "-X",
+            "ssl.key.pem=hunter2-secret",
+        ])
+        .output()
+        .unwrap();
+    let all = format!("{}{}", stderr(&output), common::stdout(&output));
+    assert!(!all.contains("hunter2-secret"), "{all}");
+}
