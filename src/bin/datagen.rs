@@ -33,7 +33,9 @@ enum CompressionArg {
     Zstd,
 }
 
-const EXAMPLES: &str = "Examples:
+const EXAMPLES: &str = "Streaming goes to localhost:29092 unless --bootstrap-servers or BOOTSTRAP_SERVERS says otherwise.
+
+Examples:
   datagen --source streaming --num-users 5 --delay-seconds 0.5     # the article's demo
   datagen --num-events 1000 --seed 42 --start-time 2024-04-14T21:51:33Z --output -
   datagen -s streaming --rate 50000 --duration 5m --compression lz4 -X sasl.username=me";
