@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientContext;
 use rdkafka::client::Client;
 use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, ProducerContext};
@@ -142,6 +143,49 @@ pub fn throughput_producer_config(
     config
 }
 
+/// Consumer configuration for the pipeline's workers (partitions are assigned manually).
+pub fn pipeline_consumer_config(kafka: &KafkaConfig, job_name: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        // Offsets are committed under the job's name, as the original's group "kafka-io".
+        .set("group.id", job_name)
+        .set("client.id", format!("streamkit-pipeline-{job_name}"))
+        // Never commit on a timer: only positions whose output was delivered are committed.
+        .set("enable.auto.commit", "false")
+        // Likewise, no implicit offset store on read.
+        .set("enable.auto.offset.store", "false")
+        // Start from the beginning when the job has no committed position, as the original.
+        .set("auto.offset.reset", "earliest")
+        // Report the end of each partition: --bounded stops on it.
+        .set("enable.partition.eof", "true")
+        // Prefetch at most 16 MiB per worker (default 64 MiB): memory stays bounded on backlogs.
+        .set("queued.max.messages.kbytes", "16384")
+        // Fail a connection attempt after 5 s (default 30 s) so an unreachable broker is reported fast.
+        .set("socket.connection.setup.timeout.ms", "5000");
+    apply_properties(&mut config, kafka);
+    config
+}
+
+/// Producer configuration for the pipeline's output and dead-letter topics.
+pub fn pipeline_producer_config(kafka: &KafkaConfig, job_name: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", format!("streamkit-pipeline-{job_name}"))
+        // No duplicates or reordering from the producer's own retries.
+        .set("enable.idempotence", "true")
+        // Stated explicitly: delivered means every in-sync replica has it.
+        .set("acks", "all")
+        // Never give up on a record (default 300 s): through a broker outage deliveries are
+        // retried until the broker is back, so nothing read is ever dropped.
+        .set("message.timeout.ms", "0")
+        // Fail a connection attempt after 5 s (default 30 s) so an unreachable broker is reported fast.
+        .set("socket.connection.setup.timeout.ms", "5000");
+    apply_properties(&mut config, kafka);
+    config
+}
+
 fn apply_properties(config: &mut ClientConfig, kafka: &KafkaConfig) {
     for (key, value) in &kafka.properties {
         config.set(key, value);
@@ -158,12 +202,13 @@ where
         .map_err(|e| Error::KafkaConfig(redact(&e.to_string(), kafka)))
 }
 
-/// Fails fast, naming the address, if the cluster cannot be reached or `topic` is missing.
+/// Fails fast, naming the address, if the cluster cannot be reached or `topic` is
+/// missing; returns the topic's partition count.
 pub fn check_topic_reachable<C: ClientContext>(
     client: &Client<C>,
     kafka: &KafkaConfig,
     topic: &str,
-) -> Result<()> {
+) -> Result<i32> {
     let metadata = client
         .fetch_metadata(Some(topic), REACHABILITY_TIMEOUT)
         .map_err(|e| Error::BrokerUnreachable {
@@ -171,10 +216,9 @@ pub fn check_topic_reachable<C: ClientContext>(
             reason: describe_unreachable(&e),
             hint: LOCAL_CLUSTER_HINT,
         })?;
-    let topic_error = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
+    let topic_metadata = metadata.topics().iter().find(|t| t.name() == topic);
+    let partitions = topic_metadata.map_or(0, |t| t.partitions().len() as i32);
+    let topic_error = topic_metadata
         .and_then(|t| t.error())
         .map(RDKafkaErrorCode::from);
     match topic_error {
@@ -185,7 +229,7 @@ pub fn check_topic_reachable<C: ClientContext>(
             reason: code.to_string(),
         }),
         // Anything else (say, a leader election under way) is transient: the client retries.
-        _ => Ok(()),
+        _ => Ok(partitions),
     }
 }
 
@@ -206,38 +250,20 @@ fn describe_unreachable(error: &KafkaError) -> String {
 /// How often repeated client errors (say, "connection refused") are logged.
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-/// A producer context that counts delivery reports and logs client errors without flooding.
+/// A client context that logs librdkafka's errors as warnings naming the cluster, at
+/// most once every few seconds, so an outage is reported clearly without flooding.
 #[derive(Debug)]
-pub struct DeliveryCounter {
+pub struct ErrorLog {
     servers: String,
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    first_failure: Mutex<Option<String>>,
     last_error_log: Mutex<Option<Instant>>,
 }
 
-impl DeliveryCounter {
+impl ErrorLog {
     pub fn new(servers: &str) -> Self {
-        DeliveryCounter {
+        ErrorLog {
             servers: servers.to_string(),
-            delivered: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            first_failure: Mutex::new(None),
             last_error_log: Mutex::new(None),
         }
-    }
-
-    pub fn delivered(&self) -> u64 {
-        self.delivered.load(Ordering::Relaxed)
-    }
-
-    pub fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
-    }
-
-    /// The reason of the first failed delivery, if any.
-    pub fn first_failure(&self) -> Option<String> {
-        self.first_failure.lock().ok().and_then(|g| g.clone())
     }
 
     fn should_log_now(&self) -> bool {
@@ -253,11 +279,14 @@ impl DeliveryCounter {
     }
 }
 
-impl ClientContext for DeliveryCounter {
+impl ClientContext for ErrorLog {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        // Connection failures also arrive through `error` below, rate-limited; keep the raw
-        // librdkafka lines for RUST_LOG=librdkafka=debug.
-        if fac == "FAIL" {
+        // Connection failures also arrive through `error` below, rate-limited. `-X` goes to
+        // every client of a binary, so a consumer property reaching a producer (or the
+        // reverse) is expected. Both stay visible with RUST_LOG=librdkafka=debug.
+        let expected_warning =
+            fac == "CONFWARN" && message.contains(" property and will be ignored by this ");
+        if fac == "FAIL" || expected_warning {
             log::debug!(target: "librdkafka", "{fac} {message}");
         } else {
             rdkafka::client::DefaultClientContext.log(level, fac, message);
@@ -265,9 +294,58 @@ impl ClientContext for DeliveryCounter {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if self.should_log_now() {
-            log::warn!("Kafka at {}: {reason} ({error})", self.servers);
+        // The end of a partition is news, not an error: the consumer reports it separately.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
         }
+        if self.should_log_now() {
+            log::warn!("Kafka at {}: {reason} ({error}); retrying", self.servers);
+        }
+    }
+}
+
+impl ConsumerContext for ErrorLog {}
+
+/// A producer context that counts delivery reports (and logs like [`ErrorLog`]).
+#[derive(Debug)]
+pub struct DeliveryCounter {
+    errors: ErrorLog,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+}
+
+impl DeliveryCounter {
+    pub fn new(servers: &str) -> Self {
+        DeliveryCounter {
+            errors: ErrorLog::new(servers),
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            first_failure: Mutex::new(None),
+        }
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The reason of the first failed delivery, if any.
+    pub fn first_failure(&self) -> Option<String> {
+        self.first_failure.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+impl ClientContext for DeliveryCounter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.errors.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.error(error, reason);
     }
 }
 

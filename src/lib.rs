@@ -12,10 +12,13 @@ pub mod generator;
 pub mod geo;
 pub mod kafka;
 pub mod logging;
+pub mod offsets;
 pub mod pacing;
+pub mod pipeline;
 pub mod progress;
 pub mod schema;
 pub mod shutdown;
+pub mod transform;
 
 pub use error::{Error, Result};
 pub use schema::EventLog;

@@ -3,10 +3,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{datagen, read_topic, stderr, summary_counts};
+use common::{datagen, read_topic, signal, stderr, summary_counts, wait_with_timeout};
 use rdkafka::mocking::MockCluster;
 use streamkit::EventLog;
 use streamkit::schema::EventKey;
@@ -17,30 +17,6 @@ fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> 
     let cluster = MockCluster::new(3).expect("mock cluster");
     cluster.create_topic(TOPIC, 3, 1).expect("topic");
     cluster
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_with_timeout(child: Child, limit: Duration) -> std::process::Output {
-    let started = Instant::now();
-    let id = child.id();
-    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
-    while !waiter.is_finished() {
-        if started.elapsed() > limit {
-            let _ = Command::new("kill")
-                .args(["-KILL", &id.to_string()])
-                .status();
-            panic!("datagen did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    waiter.join().unwrap()
 }
 
 #[test]

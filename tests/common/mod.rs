@@ -34,8 +34,12 @@ pub fn stderr(output: &Output) -> String {
 #[derive(Debug, Clone)]
 pub struct Record {
     pub partition: i32,
+    pub offset: i64,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
+    /// A null value (tombstone), as opposed to an empty one.
+    pub value_is_null: bool,
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// Reads every partition of `topic` from the beginning to its end.
@@ -62,11 +66,29 @@ pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> 
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Ok(message)) => {
+                use rdkafka::message::Headers;
                 at_end.insert(message.partition(), false);
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 records.push(Record {
                     partition: message.partition(),
+                    offset: message.offset(),
                     key: message.key().unwrap_or_default().to_vec(),
                     value: message.payload().unwrap_or_default().to_vec(),
+                    value_is_null: message.payload().is_none(),
+                    headers,
                 });
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -103,4 +125,82 @@ pub fn summary_counts(stderr: &str) -> (u64, u64) {
             .unwrap(),
     );
     (events, failures)
+}
+
+/// Produces `records` (key, value; `None` is a null) to `topic` and returns where each landed.
+pub fn produce(
+    bootstrap: &str,
+    topic: &str,
+    records: &[(Option<Vec<u8>>, Option<Vec<u8>>)],
+) -> Vec<(i32, i64)> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let deliveries: Vec<_> = records
+            .iter()
+            .map(|(key, value)| {
+                let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+                if let Some(key) = key {
+                    record = record.key(key.as_slice());
+                }
+                if let Some(value) = value {
+                    record = record.payload(value.as_slice());
+                }
+                producer
+                    .send_result(record)
+                    .map_err(|(e, _)| e)
+                    .expect("enqueue")
+            })
+            .collect();
+        let mut positions = Vec::new();
+        for delivery in futures::future::join_all(deliveries).await {
+            let delivered = delivery.expect("delivery future").expect("delivered");
+            positions.push((delivered.partition, delivered.offset));
+        }
+        positions
+    })
+}
+
+/// The pipeline binary, with no address from the developer's shell.
+pub fn pipeline() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    command
+        .env_remove("BOOTSTRAP_SERVERS")
+        .env_remove("TOPIC_NAME")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL") to a child process.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// Waits for `child` to exit, killing it and failing after `limit`.
+pub fn wait_with_timeout(child: std::process::Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    let id = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() {
+        if started.elapsed() > limit {
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+            panic!("process {id} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.join().unwrap()
 }

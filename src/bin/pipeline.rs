@@ -1,0 +1,174 @@
+//! `pipeline`: the article's streaming job (website-visit → EventLog → website-out), with a
+//! dead-letter branch. Flags follow the original's options; the work is done by
+//! `streamkit::pipeline::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use streamkit::cli::{KafkaArgs, parse_positive};
+use streamkit::kafka::LOCAL_BOOTSTRAP_SERVERS;
+use streamkit::pipeline::{self, Cluster, DemoConfig, FileConfig, PipelineConfig, Source, Topics};
+use tokio_util::sync::CancellationToken;
+
+const AFTER_HELP: &str = "Where it runs:
+  no address       an embedded Kafka cluster in the process, fed by a demo generator (Ctrl-C stops)
+  --use-own        the local cluster at localhost:29092 (see setup/)
+  --bootstrap-servers / BOOTSTRAP_SERVERS   any cluster; wins over both
+  --input PATH     files instead of Kafka
+
+Examples:
+  pipeline                                   # the article's demo, self-contained
+  pipeline --use-own                         # the article's `python section3/kafka_io.py --use_own`
+  pipeline --use-own --bounded               # drain website-visit once, print the summary, exit
+  pipeline --input fixtures/website-visit.jsonl --output -";
+
+/// Read website-visit events, parse them into EventLog records, write them to website-out.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline", version, after_help = AFTER_HELP)]
+struct Args {
+    /// Job name; also the consumer group its positions are committed under
+    #[arg(long, default_value = "kafka-io")]
+    job_name: String,
+
+    /// Workers processing partitions concurrently
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true)]
+    parallelism: u16,
+
+    /// How often delivered positions are committed, in milliseconds
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true, value_name = "MS")]
+    checkpointing_interval: u64,
+
+    /// Stop once every input partition has been read to its end, print the summary, exit 0
+    #[arg(long)]
+    bounded: bool,
+
+    /// Use the local cluster started by setup/ (localhost:29092) instead of an embedded one
+    #[arg(long, conflicts_with = "input")]
+    use_own: bool,
+
+    /// Topic to read
+    #[arg(long, default_value = "website-visit")]
+    input_topic: String,
+
+    /// Topic to write
+    #[arg(long, default_value = "website-out")]
+    output_topic: String,
+
+    /// Topic for records that cannot be parsed, with headers naming the error and source
+    #[arg(long, default_value = "website-visit-dlq")]
+    dead_letter_topic: String,
+
+    /// Print each republished key on stdout, as the original does [default: on in the embedded demo]
+    #[arg(long)]
+    print_keys: bool,
+
+    /// Embedded demo: users of the in-process generator
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
+    demo_users: u32,
+
+    /// Embedded demo: events per second of the in-process generator
+    #[arg(long, default_value_t = 2.0, value_parser = parse_positive, allow_negative_numbers = true, value_name = "EVENTS_PER_SEC")]
+    demo_rate: f64,
+
+    /// File mode: read JSON lines from PATH (`-` for stdin) instead of Kafka
+    #[arg(long, value_name = "PATH")]
+    input: Option<PathBuf>,
+
+    /// File mode: write one value JSON per line to PATH (`-` for stdout)
+    #[arg(long, value_name = "PATH", default_value = "-", requires = "input")]
+    output: PathBuf,
+
+    /// File mode: write bad lines, with their line number and error, to PATH
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "website-visit-dlq.jsonl",
+        requires = "input"
+    )]
+    dead_letter_file: PathBuf,
+
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+fn dash_is_std(path: &PathBuf) -> Option<PathBuf> {
+    (path.as_os_str() != "-").then(|| path.clone())
+}
+
+impl Args {
+    fn into_config(self) -> Result<PipelineConfig, clap::Error> {
+        let topics = Topics {
+            input: self.input_topic,
+            output: self.output_topic,
+            dead_letter: self.dead_letter_topic,
+        };
+        let source = if let Some(input) = &self.input {
+            Source::Files(FileConfig {
+                input: dash_is_std(input),
+                output: dash_is_std(&self.output),
+                dead_letter: self.dead_letter_file,
+            })
+        } else {
+            // An explicit address wins, then --use-own, then the embedded cluster.
+            let explicit = self.kafka.bootstrap_servers.is_some();
+            if !explicit && !self.use_own {
+                if self.bounded {
+                    return Err(Args::command().error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--bounded needs a cluster to drain (--use-own or --bootstrap-servers) or --input; the embedded demo runs until stopped",
+                    ));
+                }
+                let demo = DemoConfig {
+                    users: self.demo_users,
+                    rate: self.demo_rate,
+                    properties: self.kafka.properties,
+                };
+                Source::Kafka {
+                    cluster: Cluster::Embedded(demo),
+                    topics,
+                    print_keys: true,
+                }
+            } else {
+                let kafka = self.kafka.to_config(LOCAL_BOOTSTRAP_SERVERS);
+                Source::Kafka {
+                    cluster: Cluster::External(kafka),
+                    topics,
+                    print_keys: self.print_keys,
+                }
+            }
+        };
+        Ok(PipelineConfig {
+            job_name: self.job_name,
+            parallelism: usize::from(self.parallelism),
+            checkpointing_interval: Duration::from_millis(self.checkpointing_interval),
+            bounded: self.bounded,
+            source,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    streamkit::logging::init("pipeline", std::env::var("RUST_LOG").ok().as_deref());
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(usage) => usage.exit(),
+    };
+    let cancel = CancellationToken::new();
+    if let Err(e) = streamkit::shutdown::cancel_on_signals(cancel.clone()) {
+        log::error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    match pipeline::run(&config, &cancel) {
+        Ok(summary) => {
+            eprintln!("pipeline: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Which input positions may be committed: the at-least-once bookkeeping of a worker.
+//!
+//! Records are registered as they are read and acknowledged when their output (or
+//! dead letter) is delivered, in any order. For each partition the committable position
+//! is one past the last offset of the *contiguous* acknowledged prefix, so a commit never
+//! covers a record whose output is still in flight. Pure: no Kafka here.
+
+use std::collections::{BTreeMap, VecDeque};
+
+#[derive(Debug, Default)]
+struct PartitionTrack {
+    /// Offsets read and not yet released, ascending, with their acknowledgement.
+    pending: VecDeque<(i64, bool)>,
+    /// Next offset to commit (one past the last released record).
+    committable: Option<i64>,
+    /// What the last commit stored.
+    committed: Option<i64>,
+}
+
+/// Tracks reads and deliveries per partition.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    partitions: BTreeMap<i32, PartitionTrack>,
+}
+
+impl OffsetTracker {
+    /// Registers a record read from `partition` at `offset` (offsets ascend per partition).
+    pub fn read(&mut self, partition: i32, offset: i64) {
+        let track = self.partitions.entry(partition).or_default();
+        if track
+            .pending
+            .back()
+            .is_some_and(|&(last, _)| offset <= last)
+        {
+            // Re-read from an earlier position (a seek): start this partition afresh.
+            track.pending.clear();
+        }
+        track.pending.push_back((offset, false));
+    }
+
+    /// Marks the record delivered. Unknown records are ignored.
+    pub fn ack(&mut self, partition: i32, offset: i64) {
+        let Some(track) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        if let Ok(index) = track.pending.binary_search_by_key(&offset, |&(o, _)| o) {
+            track.pending[index].1 = true;
+        }
+        while let Some(&(offset, true)) = track.pending.front() {
+            track.pending.pop_front();
+            track.committable = Some(offset + 1);
+        }
+    }
+
+    /// Records read but not yet released, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.partitions.values().map(|t| t.pending.len()).sum()
+    }
+
+    /// Positions that advanced since the last [`committed`](Self::committed) call.
+    pub fn to_commit(&self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(&p, t)| match t.committable {
+                Some(next) if t.committed != Some(next) => Some((p, next)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Records that `positions` were committed.
+    pub fn committed(&mut self, positions: &[(i32, i64)]) {
+        for &(partition, next) in positions {
+            if let Some(track) = self.partitions.get_mut(&partition) {
+                track.committed = Some(next);
+            }
+        }
+    }
+
+    /// The next offset to read per partition, as far as this tracker knows.
+    pub fn last_committed(&self, partition: i32) -> Option<i64> {
+        self.partitions.get(&partition).and_then(|t| t.committed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_contiguous_delivered_prefix_is_committable() {
+        let mut t = OffsetTracker::default();
+        for o in 10..15 {
+            t.read(0, o);
+        }
+        t.ack(0, 12);
+        t.ack(0, 11);
+        assert!(t.to_commit().is_empty(), "10 is still in flight");
+        t.ack(0, 10);
+        assert_eq!(t.to_commit(), vec![(0, 13)]);
+        assert_eq!(t.in_flight(), 2);
+        t.committed(&[(0, 13)]);
+        assert!(t.to_commit().is_empty());
+        t.ack(0, 14);
+        assert!(t.to_commit().is_empty(), "13 is still in flight");
+        t.ack(0, 13);
+        assert_eq!(t.to_commit(), vec![(0, 15)]);
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn partitions_are_independent_and_gaps_in_offsets_are_fine() {
+        let mut t = OffsetTracker::default();
+        t.read(0, 5);
+        t.read(1, 100);
+        t.read(1, 107); // compacted or transactional gap
+        t.ack(1, 107);
+        t.ack(1, 100);
+        assert_eq!(t.to_commit(), vec![(1, 108)]);
+        t.ack(0, 5);
+        assert_eq!(t.to_commit(), vec![(0, 6), (1, 108)]);
+    }
+
+    #[test]
+    fn unknown_acks_are_ignored_and_rereads_restart_a_partition() {
+        let mut t = OffsetTracker::default();
+        t.ack(3, 1);
+        t.read(0, 50);
+        t.read(0, 51);
+        t.read(0, 40); // seek back
+        t.ack(0, 50);
+        assert!(t.to_commit().is_empty());
+        t.ack(0, 40);
+        assert_eq!(t.to_commit(), vec![(0, 41)]);
+    }
+}

@@ -1,0 +1,456 @@
+//! `pipeline`: the streaming job, from `website-visit` to `website-out`, losing nothing.
+//!
+//! It runs the original Beam job's operators (Read from Kafka → Decode → Parse → Create
+//! messages → Write to Kafka) with a dead-letter branch for records that fail to decode or
+//! parse, on Kafka (an embedded mock cluster, the local cluster, or any address) or on files.
+//!
+//! Guarantee: **at-least-once.** An input position is committed only after the output (or
+//! dead letter) of every record before it in its partition has been acknowledged by the
+//! broker. A crash at any moment loses nothing; records in flight at that moment are read
+//! and written again on restart (duplicates are possible, loss is not). Every record read
+//! is either written, dead-lettered, or still in flight: the summary reconciles the three.
+//!
+//! Limits: partitions are assigned when the job starts (as Beam's KafkaIO and Flink's
+//! Kafka source do); partitions added while it runs are picked up on the next start.
+
+mod files;
+mod worker;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::datagen::group_thousands;
+use crate::error::{Error, Result};
+use crate::kafka::KafkaConfig;
+use crate::transform::{self, RejectKind, Rejection};
+
+/// After cancellation, how long in-flight deliveries may take before the job exits anyway
+/// (their records are then read again on restart).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How often the status line is printed.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The job's settings, named like the original's options.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Also the consumer group under which positions are committed.
+    pub job_name: String,
+    /// Workers processing partitions concurrently (partition p goes to worker p mod n).
+    pub parallelism: usize,
+    /// How often delivered positions are committed.
+    pub checkpointing_interval: Duration,
+    /// Stop once every input partition has been read to its end.
+    pub bounded: bool,
+    pub source: Source,
+}
+
+/// Where records come from and go to.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Kafka {
+        cluster: Cluster,
+        topics: Topics,
+        print_keys: bool,
+    },
+    Files(FileConfig),
+}
+
+/// Which Kafka cluster.
+#[derive(Debug, Clone)]
+pub enum Cluster {
+    /// An in-process mock cluster fed by an in-process generator: the article's demo.
+    Embedded(DemoConfig),
+    /// A real cluster (the local one with `--use-own`, or any address).
+    External(KafkaConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoConfig {
+    pub users: u32,
+    /// Events per second fed into the input topic.
+    pub rate: f64,
+    /// `-X` properties, applied to the job's clients.
+    pub properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub dead_letter: String,
+}
+
+/// File mode: JSON lines in, value JSON lines out, bad lines to a dead-letter file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileConfig {
+    /// `None` reads stdin.
+    pub input: Option<PathBuf>,
+    /// `None` writes stdout.
+    pub output: Option<PathBuf>,
+    pub dead_letter: PathBuf,
+}
+
+/// Counters of the running job, shared by its workers (and, later, its UI).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Read from Kafka (or the input file).
+    pub read: AtomicU64,
+    /// Decoded as UTF-8.
+    pub decoded: AtomicU64,
+    /// Parsed into an `EventLog`.
+    pub parsed: AtomicU64,
+    /// Output messages created and handed to the writer.
+    pub created: AtomicU64,
+    /// Output messages acknowledged by the broker (or written to the output file).
+    pub written: AtomicU64,
+    /// Dead letters acknowledged (or written to the dead-letter file).
+    pub dead_lettered: AtomicU64,
+    rejections: Mutex<BTreeMap<RejectKind, RejectionStats>>,
+    partitions: Mutex<BTreeMap<i32, PartitionStatus>>,
+    checkpoints: Mutex<VecDeque<Checkpoint>>,
+}
+
+/// One input partition, as last measured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// Next offset the job resumes from (its last commit).
+    pub committed: Option<i64>,
+    /// The partition's end (high watermark).
+    pub end: Option<i64>,
+    /// Records between the job's read position and the end.
+    pub lag: Option<i64>,
+}
+
+/// One commit of delivered positions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub at: std::time::SystemTime,
+    pub duration: Duration,
+    /// (partition, next offset) committed.
+    pub positions: Vec<(i32, i64)>,
+}
+
+/// How many recent checkpoints are kept.
+const CHECKPOINTS_KEPT: usize = 20;
+
+/// Dead letters of one kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RejectionStats {
+    pub count: u64,
+    pub last_reason: String,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn reject(&self, kind: RejectKind, reason: &str) {
+        if let Ok(mut map) = self.rejections.lock() {
+            let entry = map.entry(kind).or_default();
+            entry.count += 1;
+            if entry.last_reason != reason {
+                entry.last_reason = reason.to_string();
+            }
+        }
+    }
+
+    /// Dead letters per kind, with the latest reason of each.
+    pub fn rejections(&self) -> BTreeMap<RejectKind, RejectionStats> {
+        self.rejections
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    fn record_checkpoint(&self, duration: Duration, positions: &[(i32, i64)]) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            for &(partition, next) in positions {
+                partitions.entry(partition).or_default().committed = Some(next);
+            }
+        }
+        if let Ok(mut log) = self.checkpoints.lock() {
+            if log.len() == CHECKPOINTS_KEPT {
+                log.pop_front();
+            }
+            log.push_back(Checkpoint {
+                at: std::time::SystemTime::now(),
+                duration,
+                positions: positions.to_vec(),
+            });
+        }
+    }
+
+    fn record_partition(
+        &self,
+        partition: i32,
+        committed: Option<i64>,
+        end: Option<i64>,
+        position: Option<i64>,
+    ) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            let status = partitions.entry(partition).or_default();
+            status.committed = committed.or(status.committed);
+            status.end = end;
+            // Clamped: a broker may under-report its end (tansu 0.6 does).
+            status.lag = end
+                .zip(position)
+                .map(|(end, position)| (end - position).max(0));
+        }
+    }
+
+    /// Every known input partition, by number.
+    pub fn partitions(&self) -> BTreeMap<i32, PartitionStatus> {
+        self.partitions
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// The most recent commits, oldest first.
+    pub fn checkpoints(&self) -> Vec<Checkpoint> {
+        self.checkpoints
+            .lock()
+            .map(|log| log.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Total lag, when every partition's lag is known.
+    pub fn lag(&self) -> Option<i64> {
+        let partitions = self.partitions();
+        if partitions.is_empty() {
+            return None;
+        }
+        partitions.values().map(|p| p.lag).sum()
+    }
+
+    fn status_line(&self, rate: f64) -> String {
+        let lag = self.lag().unwrap_or(-1);
+        format!(
+            "read {}, written {}, dead-lettered {}, {} records/s, lag {}",
+            group_thousands(Self::get(&self.read)),
+            group_thousands(Self::get(&self.written)),
+            group_thousands(Self::get(&self.dead_lettered)),
+            group_thousands(rate.round() as u64),
+            if lag < 0 {
+                "unknown".to_string()
+            } else {
+                group_thousands(lag as u64)
+            },
+        )
+    }
+}
+
+/// Prints the status line every [`STATUS_INTERVAL`].
+struct StatusLine {
+    last: Instant,
+    last_read: u64,
+}
+
+impl StatusLine {
+    fn new() -> Self {
+        StatusLine {
+            last: Instant::now(),
+            last_read: 0,
+        }
+    }
+
+    fn maybe_print(&mut self, stats: &Stats) {
+        let now = Instant::now();
+        if now.duration_since(self.last) >= STATUS_INTERVAL {
+            let read = Stats::get(&stats.read);
+            let rate = (read - self.last_read) as f64 / now.duration_since(self.last).as_secs_f64();
+            log::info!("{}", stats.status_line(rate));
+            self.last = now;
+            self.last_read = read;
+        }
+    }
+}
+
+/// What a run did, printed on stderr at the end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub read: u64,
+    pub written: u64,
+    pub dead_lettered: u64,
+    /// Read but not acknowledged when the job stopped: read again on restart.
+    pub unfinished: u64,
+    pub elapsed: Duration,
+    pub rejections: BTreeMap<RejectKind, RejectionStats>,
+}
+
+impl Summary {
+    fn from_stats(stats: &Stats, elapsed: Duration) -> Self {
+        let (read, written, dead_lettered) = (
+            Stats::get(&stats.read),
+            Stats::get(&stats.written),
+            Stats::get(&stats.dead_lettered),
+        );
+        Summary {
+            read,
+            written,
+            dead_lettered,
+            unfinished: read.saturating_sub(written + dead_lettered),
+            elapsed,
+            rejections: stats.rejections(),
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "read {} = written {} + dead-lettered {}",
+            group_thousands(self.read),
+            group_thousands(self.written),
+            group_thousands(self.dead_lettered)
+        )?;
+        if self.unfinished > 0 {
+            write!(
+                f,
+                " + unfinished {} (read again on restart)",
+                group_thousands(self.unfinished)
+            )?;
+        }
+        write!(
+            f,
+            " in {:.2} s ({} records/s)",
+            secs,
+            group_thousands((self.read as f64 / secs).round() as u64)
+        )?;
+        for (kind, rejected) in &self.rejections {
+            write!(
+                f,
+                "\n  dead letters {}: {} (latest: {})",
+                kind.as_str(),
+                rejected.count,
+                rejected.last_reason
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the job until its input ends (`bounded`, files) or `cancel` fires.
+pub fn run(config: &PipelineConfig, cancel: &CancellationToken) -> Result<Summary> {
+    run_with_stats(config, &Arc::new(Stats::default()), cancel)
+}
+
+/// [`run`], updating `stats` as it goes (for a caller that watches the job).
+pub fn run_with_stats(
+    config: &PipelineConfig,
+    stats: &Arc<Stats>,
+    cancel: &CancellationToken,
+) -> Result<Summary> {
+    let started = Instant::now();
+    match &config.source {
+        Source::Files(files) => files::run(files, stats, cancel)?,
+        Source::Kafka {
+            cluster: Cluster::External(kafka),
+            topics,
+            print_keys,
+        } => worker::run(config, kafka, topics, *print_keys, stats, cancel)?,
+        Source::Kafka {
+            cluster: Cluster::Embedded(demo),
+            topics,
+            print_keys,
+        } => run_embedded(config, demo, topics, *print_keys, stats, cancel)?,
+    }
+    Ok(Summary::from_stats(stats, started.elapsed()))
+}
+
+/// Decode → Parse → Create messages, counting each operator's output in `stats`.
+/// Both modes call this: the transform is the same code everywhere.
+fn run_stages(
+    payload: Option<&[u8]>,
+    stats: &Stats,
+    key: &mut Vec<u8>,
+    value: &mut Vec<u8>,
+) -> Result<(), Rejection> {
+    let staged = transform::decode(payload)
+        .inspect(|_| Stats::add(&stats.decoded))
+        .and_then(transform::parse)
+        .inspect(|_| Stats::add(&stats.parsed))
+        .and_then(|event| transform::create_message(&event, key, value));
+    match &staged {
+        Ok(()) => Stats::add(&stats.created),
+        Err(rejection) => stats.reject(rejection.kind, &rejection.reason),
+    }
+    staged
+}
+
+/// The article's demo without any setup: a mock cluster and a generator, in process.
+fn run_embedded(
+    config: &PipelineConfig,
+    demo: &DemoConfig,
+    topics: &Topics,
+    print_keys: bool,
+    stats: &Arc<Stats>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let mock_error = |e: rdkafka::error::KafkaError| Error::Kafka(format!("embedded cluster: {e}"));
+    let cluster = rdkafka::mocking::MockCluster::new(1).map_err(mock_error)?;
+    for topic in [&topics.input, &topics.output, &topics.dead_letter] {
+        cluster.create_topic(topic, 3, 1).map_err(mock_error)?;
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    log::info!(
+        "embedded Kafka cluster at {bootstrap}: topics {}, {}, {} (3 partitions each)",
+        topics.input,
+        topics.output,
+        topics.dead_letter
+    );
+    log::info!("feed it more with: datagen --source streaming --bootstrap-servers {bootstrap}");
+    let kafka = KafkaConfig {
+        bootstrap_servers: bootstrap.clone(),
+        properties: demo.properties.clone(),
+    };
+    let feed_config = crate::datagen::DatagenConfig {
+        generator: crate::generator::GeneratorConfig {
+            num_users: demo.users,
+            missing_geo_ratio: 0.2,
+            max_lag_ms: 0,
+            seed: uuid::Uuid::new_v4().as_u64_pair().0,
+        },
+        clock: crate::generator::Clock::Wall,
+        num_events: None,
+        duration: None,
+        pace: crate::pacing::Pace::Rate(demo.rate),
+        threads: 1,
+        output: crate::datagen::Output::Kafka {
+            kafka: KafkaConfig {
+                bootstrap_servers: bootstrap,
+                properties: Vec::new(),
+            },
+            topic: topics.input.clone(),
+            compression: crate::kafka::Compression::None,
+        },
+        progress: crate::progress::ProgressMode::Quiet,
+    };
+    let feed_stop = cancel.child_token();
+    std::thread::scope(|scope| {
+        let feed = scope.spawn(|| crate::datagen::run(&feed_config, &feed_stop));
+        let job = worker::run(config, &kafka, topics, print_keys, stats, cancel);
+        feed_stop.cancel();
+        let fed = feed
+            .join()
+            .map_err(|_| Error::Kafka("the demo generator panicked".into()))?;
+        if let Ok(summary) = &fed {
+            log::info!("demo generator: {summary}");
+        }
+        job.and(fed.map(|_| ()))
+    })
+}

@@ -1,0 +1,394 @@
+//! The job's transform, pure: Decode → Parse → Create messages, as the original's
+//! `decode_message`, `parse_json` and `create_message`.
+//!
+//! Guarantees:
+//! - For every valid record the key and value are what the original writes: key
+//!   `{"event_id": <id>, "event_ts": <event_ts>}`, value the twelve `EventLog` fields in
+//!   order, Python `json.dumps` formatting. When `lat` or `lng` is falsy in Python terms
+//!   (`""`, `0`, `null`), **both** become `-1`.
+//! - Every other record is rejected with a [`Rejection`] saying what is wrong, never a
+//!   panic: not UTF-8, not JSON, not a JSON object, a missing or mistyped field, empty.
+//!   The caller dead-letters it. (The original crashed on any of these.)
+
+use std::fmt;
+
+use crate::schema::{self, Coordinate, EventLog};
+
+/// Why a record cannot be transformed. `as_str` names the kind for headers and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectKind {
+    /// No value, or zero bytes.
+    Empty,
+    NotUtf8,
+    NotJson,
+    /// Valid JSON, but not an object (including `null`).
+    NotObject,
+    /// A missing field, an unknown field, or a field of the wrong type.
+    InvalidField,
+}
+
+impl RejectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Empty => "empty",
+            RejectKind::NotUtf8 => "not_utf8",
+            RejectKind::NotJson => "not_json",
+            RejectKind::NotObject => "not_object",
+            RejectKind::InvalidField => "invalid_field",
+        }
+    }
+}
+
+/// A rejected record: its kind and a human-readable reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: RejectKind,
+    pub reason: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+fn reject(kind: RejectKind, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        kind,
+        reason: reason.into(),
+    }
+}
+
+/// Decode: the value as UTF-8 text.
+pub fn decode(value: Option<&[u8]>) -> Result<&str, Rejection> {
+    let bytes = match value {
+        None => return Err(reject(RejectKind::Empty, "null value")),
+        Some([]) => return Err(reject(RejectKind::Empty, "empty value")),
+        Some(bytes) => bytes,
+    };
+    std::str::from_utf8(bytes).map_err(|e| {
+        reject(
+            RejectKind::NotUtf8,
+            format!("not UTF-8: invalid byte at offset {}", e.valid_up_to()),
+        )
+    })
+}
+
+/// Parse: the text as an `EventLog`, with the original's falsy lat/lng rule applied.
+pub fn parse(text: &str) -> Result<EventLog<'_>, Rejection> {
+    let mut event: EventLog = serde_json::from_str(text).map_err(|e| classify(text, &e))?;
+    if !event.lat.is_truthy() || !event.lng.is_truthy() {
+        event.lat = Coordinate::Degrees(-1.0);
+        event.lng = Coordinate::Degrees(-1.0);
+    }
+    Ok(event)
+}
+
+/// Create messages: appends the key and value JSON of `event`.
+pub fn create_message(
+    event: &EventLog<'_>,
+    key: &mut Vec<u8>,
+    value: &mut Vec<u8>,
+) -> Result<(), Rejection> {
+    let encode =
+        |e: serde_json::Error| reject(RejectKind::InvalidField, format!("cannot encode: {e}"));
+    schema::write_key(event, key).map_err(encode)?;
+    schema::write_value(event, value).map_err(encode)
+}
+
+/// The whole transform of one Kafka value into the output key and value.
+pub fn transform(
+    value: Option<&[u8]>,
+    key_out: &mut Vec<u8>,
+    value_out: &mut Vec<u8>,
+) -> Result<(), Rejection> {
+    let event = parse(decode(value)?)?;
+    create_message(&event, key_out, value_out)
+}
+
+/// Turns a serde error into a precise rejection (only on the slow, bad-record path).
+fn classify(text: &str, error: &serde_json::Error) -> Rejection {
+    if error.is_syntax() || error.is_eof() {
+        return reject(RejectKind::NotJson, format!("not JSON: {error}"));
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return reject(RejectKind::NotJson, format!("not JSON: {error}"));
+    };
+    let Some(object) = value.as_object() else {
+        let what = match value {
+            serde_json::Value::Null => "null",
+            serde_json::Value::Bool(_) => "a boolean",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::Object(_) => "an object",
+        };
+        return reject(RejectKind::NotObject, format!("not a JSON object: {what}"));
+    };
+    for (field, expected) in FIELD_TYPES {
+        match object.get(*field) {
+            None => return reject(RejectKind::InvalidField, format!("missing field {field}")),
+            Some(v) if !expected.accepts(v) => {
+                return reject(
+                    RejectKind::InvalidField,
+                    format!(
+                        "field {field}: expected {}, got {}",
+                        expected.describe(),
+                        brief(v)
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !FIELD_TYPES.iter().any(|(f, _)| f == k))
+    {
+        return reject(RejectKind::InvalidField, format!("unknown field {unknown}"));
+    }
+    reject(RejectKind::InvalidField, error.to_string())
+}
+
+#[derive(Clone, Copy)]
+enum FieldType {
+    Str,
+    Coordinate,
+    Bool,
+    Int,
+}
+
+impl FieldType {
+    fn accepts(self, v: &serde_json::Value) -> bool {
+        match self {
+            FieldType::Str => v.is_string(),
+            FieldType::Coordinate => v.is_number() || v.is_null() || v.as_str() == Some(""),
+            FieldType::Bool => v.is_boolean(),
+            FieldType::Int => {
+                v.is_i64() || v.is_u64() && v.as_u64().is_some_and(|n| i64::try_from(n).is_ok())
+            }
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            FieldType::Str => "a string",
+            FieldType::Coordinate => "a number, \"\" or null",
+            FieldType::Bool => "true or false",
+            FieldType::Int => "a 64-bit integer",
+        }
+    }
+}
+
+const FIELD_TYPES: &[(&str, FieldType)] = &[
+    ("ip", FieldType::Str),
+    ("id", FieldType::Str),
+    ("lat", FieldType::Coordinate),
+    ("lng", FieldType::Coordinate),
+    ("user_agent", FieldType::Str),
+    ("age_bracket", FieldType::Str),
+    ("opted_into_marketing", FieldType::Bool),
+    ("http_request", FieldType::Str),
+    ("http_response", FieldType::Int),
+    ("file_size_bytes", FieldType::Int),
+    ("event_datetime", FieldType::Str),
+    ("event_ts", FieldType::Int),
+];
+
+fn brief(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    if text.len() > 40 {
+        format!("{}...", &text[..text.floor_char_boundary(40)])
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"ip": "126.1.20.79", "id": "-2901668335848977108", "lat": 35.6895, "lng": 139.6917, "user_agent": "Mozilla/5.0", "age_bracket": "26-40", "opted_into_marketing": true, "http_request": "GET chromista.html HTTP/1.0", "http_response": 200, "file_size_bytes": 316, "event_datetime": "2024-04-14T21:51:33.042", "event_ts": 1713095493042}"#;
+
+    fn run(value: &[u8]) -> Result<(String, String), Rejection> {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        transform(Some(value), &mut k, &mut v)?;
+        Ok((String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+    }
+
+    fn with(field: &str, raw: &str) -> String {
+        let value: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        let old = serde_json::to_string(&value[field]).unwrap();
+        let needle = format!("\"{field}\": {old}");
+        assert!(GOOD.contains(&needle), "{needle}");
+        GOOD.replace(&needle, &format!("\"{field}\": {raw}"))
+    }
+
+    fn kind(value: &[u8]) -> RejectKind {
+        run(value).unwrap_err().kind
+    }
+
+    #[test]
+    fn valid_records_keep_everything_and_get_the_original_key() {
+        let (key, value) = run(GOOD.as_bytes()).unwrap();
+        assert_eq!(
+            key,
+            r#"{"event_id": "-2901668335848977108", "event_ts": 1713095493042}"#
+        );
+        assert_eq!(value, GOOD);
+    }
+
+    #[test]
+    fn every_original_sample_record_gets_minus_one_coordinates() {
+        for line in include_str!("../fixtures/original-generator-batch.jsonl").lines() {
+            let (key, value) = run(line.as_bytes()).unwrap();
+            let expected = line.replace(r#""lat": "", "lng": """#, r#""lat": -1, "lng": -1"#);
+            assert_eq!(value, expected);
+            let original: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(
+                key,
+                format!(
+                    r#"{{"event_id": {}, "event_ts": {}}}"#,
+                    original["id"], original["event_ts"]
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn falsy_coordinates_make_both_minus_one() {
+        for (lat, lng) in [
+            (r#""""#, r#""""#),
+            ("0", "139.6917"),
+            ("0.0", "139.6917"),
+            ("null", "139.6917"),
+            ("35.6895", r#""""#),
+            ("35.6895", "0"),
+            ("35.6895", "null"),
+        ] {
+            let record =
+                with("lat", lat).replace(r#""lng": 139.6917"#, &format!(r#""lng": {lng}"#));
+            let (_, value) = run(record.as_bytes()).unwrap();
+            assert!(
+                value.contains(r#""lat": -1, "lng": -1,"#),
+                "{lat},{lng}: {value}"
+            );
+        }
+        // Truthy pairs are kept, including negative coordinates.
+        let (_, value) = run(with("lat", "-33.8688").as_bytes()).unwrap();
+        assert!(
+            value.contains(r#""lat": -33.8688, "lng": 139.6917"#),
+            "{value}"
+        );
+    }
+
+    #[test]
+    fn non_utf8_is_rejected() {
+        let mut bytes = GOOD.as_bytes().to_vec();
+        bytes[10] = 0xff;
+        assert_eq!(kind(&bytes), RejectKind::NotUtf8);
+    }
+
+    #[test]
+    fn non_json_is_rejected() {
+        assert_eq!(kind(b"hello"), RejectKind::NotJson);
+        assert_eq!(kind(&GOOD.as_bytes()[..50]), RejectKind::NotJson);
+        assert_eq!(kind(b"{\"ip\": }"), RejectKind::NotJson);
+    }
+
+    #[test]
+    fn json_that_is_not_an_object_is_rejected() {
+        for text in ["[1, 2]", "\"text\"", "42", "true", "null"] {
+            let rejection = run(text.as_bytes()).unwrap_err();
+            assert_eq!(rejection.kind, RejectKind::NotObject, "{text}");
+        }
+        assert!(run(b"null").unwrap_err().reason.contains("null"));
+    }
+
+    #[test]
+    fn missing_fields_are_rejected_by_name() {
+        let missing_ip = GOOD.replace(r#""ip": "126.1.20.79", "#, "");
+        assert_eq!(
+            run(missing_ip.as_bytes()).unwrap_err(),
+            reject(RejectKind::InvalidField, "missing field ip")
+        );
+        // The original reads row["lat"]: an absent lat is a missing field, not a falsy one.
+        let missing_lat = GOOD.replace(r#""lat": 35.6895, "#, "");
+        assert_eq!(
+            run(missing_lat.as_bytes()).unwrap_err().reason,
+            "missing field lat"
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_rejected_by_name() {
+        for (field, raw, expected) in [
+            (
+                "http_response",
+                r#""200""#,
+                "field http_response: expected a 64-bit integer, got \"200\"",
+            ),
+            (
+                "id",
+                "-2901668335848977108",
+                "field id: expected a string, got -2901668335848977108",
+            ),
+            (
+                "event_ts",
+                "1713095493042.5",
+                "field event_ts: expected a 64-bit integer, got 1713095493042.5",
+            ),
+            (
+                "opted_into_marketing",
+                "1",
+                "field opted_into_marketing: expected true or false, got 1",
+            ),
+            (
+                "lat",
+                r#""35.6""#,
+                "field lat: expected a number, \"\" or null, got \"35.6\"",
+            ),
+            (
+                "file_size_bytes",
+                "null",
+                "field file_size_bytes: expected a 64-bit integer, got null",
+            ),
+        ] {
+            let rejection = run(with(field, raw).as_bytes()).unwrap_err();
+            assert_eq!(rejection, reject(RejectKind::InvalidField, expected));
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let extra = GOOD.replace(r#"{"ip""#, r#"{"extra": 1, "ip""#);
+        assert_eq!(
+            run(extra.as_bytes()).unwrap_err().reason,
+            "unknown field extra"
+        );
+    }
+
+    #[test]
+    fn empty_and_null_values_are_rejected() {
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        assert_eq!(
+            transform(None, &mut k, &mut v).unwrap_err().kind,
+            RejectKind::Empty
+        );
+        assert_eq!(
+            transform(Some(b""), &mut k, &mut v).unwrap_err().kind,
+            RejectKind::Empty
+        );
+        assert!(k.is_empty() && v.is_empty());
+    }
+
+    #[test]
+    fn non_ascii_strings_are_escaped_like_python() {
+        let record = with("user_agent", r#""Mozilla/5.0 (café)""#);
+        let (_, value) = run(record.as_bytes()).unwrap();
+        assert!(
+            value.contains(r#""user_agent": "Mozilla/5.0 (caf\u00e9)""#),
+            "{value}"
+        );
+    }
+}
