@@ -10,7 +10,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Record, datagen, pipeline, produce, read_topic, signal, stderr, wait_with_timeout};
+use common::{
+    RawRecord, Record, datagen, pipeline, produce, read_topic, signal, stderr, wait_with_timeout,
+};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
@@ -45,7 +47,7 @@ fn cluster() -> MockCluster<'static, DefaultProducerContext> {
 const BIG: i32 = 24;
 
 /// The bad records of fixtures/bad-records.json as (key, value).
-fn bad_records() -> Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+fn bad_records() -> Vec<RawRecord> {
     let records: Vec<serde_json::Value> =
         serde_json::from_str(&fixture("bad-records.json")).unwrap();
     records

@@ -2,7 +2,7 @@
 //! dead-letter branch. Flags follow the original's options; the work is done by
 //! `streamkit::pipeline::run`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -93,8 +93,9 @@ struct Args {
     kafka: KafkaArgs,
 }
 
-fn dash_is_std(path: &PathBuf) -> Option<PathBuf> {
-    (path.as_os_str() != "-").then(|| path.clone())
+/// `-` means stdin or stdout: `None`.
+fn dash_is_std(path: &Path) -> Option<PathBuf> {
+    (path.as_os_str() != "-").then(|| path.to_path_buf())
 }
 
 impl Args {
