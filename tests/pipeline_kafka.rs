@@ -109,10 +109,10 @@ fn fixture_replay_writes_the_expected_output_and_dead_letters() {
     let mut bad_iter = bad.iter();
     for (i, record) in good.iter().enumerate() {
         input.push(record.clone());
-        if i % 75 == 0 {
-            if let Some(b) = bad_iter.next() {
-                input.push(b.clone());
-            }
+        if i % 75 == 0
+            && let Some(b) = bad_iter.next()
+        {
+            input.push(b.clone());
         }
     }
     input.extend(bad_iter.cloned());
@@ -226,13 +226,13 @@ fn file_mode_dead_letters_bad_lines_with_line_numbers() {
         bytes.push(b'\n');
         line += 1;
         // Every representable bad record (a line cannot hold a null value).
-        if let Some((_, Some(value))) = bad_records().get(i) {
-            if !value.contains(&b'\n') {
-                bytes.extend_from_slice(value);
-                bytes.push(b'\n');
-                line += 1;
-                expected_bad.push(line);
-            }
+        if let Some((_, Some(value))) = bad_records().get(i)
+            && !value.contains(&b'\n')
+        {
+            bytes.extend_from_slice(value);
+            bytes.push(b'\n');
+            line += 1;
+            expected_bad.push(line);
         }
     }
     std::fs::write(&input, &bytes).unwrap();

@@ -127,12 +127,11 @@ pub fn summary_counts(stderr: &str) -> (u64, u64) {
     (events, failures)
 }
 
-/// Produces `records` (key, value; `None` is a null) to `topic` and returns where each landed.
-pub fn produce(
-    bootstrap: &str,
-    topic: &str,
-    records: &[(Option<Vec<u8>>, Option<Vec<u8>>)],
-) -> Vec<(i32, i64)> {
+/// A record to produce: key and value, `None` being a null.
+pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Produces `records` to `topic` and returns where each landed.
+pub fn produce(bootstrap: &str, topic: &str, records: &[RawRecord]) -> Vec<(i32, i64)> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
