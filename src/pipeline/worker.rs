@@ -2,8 +2,9 @@
 //! share of the input partitions (partition p to worker p mod n), sharing one producer.
 //!
 //! Each worker is one task running one `select!` loop. It never spawns a task per record:
-//! deliveries in flight are futures in a bounded `FuturesUnordered`, and at most
-//! [`MAX_IN_FLIGHT`] records are read ahead of their acknowledgements. Acknowledgements are
+//! deliveries in flight are futures in a bounded `FuturesUnordered`, and the job reads at
+//! most [`IN_FLIGHT_BUDGET`] records ahead of their acknowledgements, and prefetches at
+//! most [`PREFETCH_BUDGET_KBYTES`], whatever its parallelism. Acknowledgements are
 //! handled before new input, so commits keep up under load. Positions are committed from
 //! an [`OffsetTracker`], which only releases the contiguous delivered prefix of each partition.
 
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -35,8 +36,14 @@ use crate::error::{Error, Result};
 use crate::kafka::{self, ErrorLog, KafkaConfig};
 use crate::offsets::OffsetTracker;
 
-/// Most records one worker reads ahead of their acknowledgements.
-pub const MAX_IN_FLIGHT: usize = 10_000;
+/// Most records the job reads ahead of their acknowledgements, shared among its workers.
+pub const IN_FLIGHT_BUDGET: usize = 15_000;
+
+/// Kilobytes of fetched but unprocessed records the job may hold, shared among its workers.
+pub const PREFETCH_BUDGET_KBYTES: usize = 16 * 1024;
+
+/// Most messages, or acknowledgements, handled in one pass of the loop.
+const BATCH: usize = 512;
 
 /// How often each worker measures its partitions' lag.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
@@ -87,6 +94,8 @@ async fn run_workers(
         )));
     }
     let parallelism = config.parallelism.max(1);
+    let max_in_flight = (IN_FLIGHT_BUDGET / parallelism).max(1_000);
+    let prefetch_kbytes = (PREFETCH_BUDGET_KBYTES / parallelism).max(1_024);
     log::info!(
         "job {}: {} ({partitions} partitions) → {}, dead letters → {}; {parallelism} workers, at-least-once, checkpoint every {} ms, at {}",
         config.job_name,
@@ -105,7 +114,7 @@ async fn run_workers(
             .filter(|p| *p as usize % parallelism == id)
             .collect();
         let consumer: StreamConsumer<ErrorLog> = kafka::create(
-            &kafka::pipeline_consumer_config(kafka, &config.job_name),
+            &kafka::pipeline_consumer_config(kafka, &config.job_name, prefetch_kbytes),
             ErrorLog::new(&kafka.bootstrap_servers),
             kafka,
         )?;
@@ -128,6 +137,7 @@ async fn run_workers(
             print_keys,
             bounded: config.bounded,
             checkpointing_interval: config.checkpointing_interval,
+            max_in_flight,
             stats: Arc::clone(stats),
         };
         let job = job.clone();
@@ -209,6 +219,8 @@ struct Worker {
     print_keys: bool,
     bounded: bool,
     checkpointing_interval: Duration,
+    /// This worker's share of [`IN_FLIGHT_BUDGET`].
+    max_in_flight: usize,
     stats: Arc<Stats>,
 }
 
@@ -250,27 +262,19 @@ impl Worker {
             }
             tokio::select! {
                 biased;
-                Some((partition, offset, destination, delivery)) = in_flight.next() => match delivery {
-                    Ok(Ok(_)) => {
-                        tracker.ack(partition, offset);
-                        Stats::add(match destination {
-                            Destination::Output => &self.stats.written,
-                            Destination::DeadLetter => &self.stats.dead_lettered,
-                        });
+                Some(first) = in_flight.next() => {
+                    // Take every acknowledgement that is ready, not just one per pass.
+                    let mut done = Some(first);
+                    let mut taken = 0;
+                    while let Some((partition, offset, destination, delivery)) = done {
+                        if let Err(e) = self.acknowledge(&mut tracker, partition, offset, destination, delivery) {
+                            failure.get_or_insert(e);
+                            drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+                        }
+                        taken += 1;
+                        done = if taken < BATCH { in_flight.next().now_or_never().flatten() } else { None };
                     }
-                    Ok(Err((error, _))) => {
-                        let topic = match destination {
-                            Destination::Output => &self.topics.output,
-                            Destination::DeadLetter => &self.topics.dead_letter,
-                        };
-                        failure.get_or_insert(Error::Kafka(format!("cannot deliver to {topic}: {error}")));
-                        drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
-                    }
-                    Err(_) => {
-                        failure.get_or_insert(Error::Kafka("the producer went away".into()));
-                        drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
-                    }
-                },
+                }
                 _ = cancel.cancelled(), if reading => {
                     drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
                     if !in_flight.is_empty() {
@@ -288,33 +292,71 @@ impl Worker {
                 }
                 _ = checkpoint.tick() => self.commit(&mut tracker),
                 _ = lag_tick.tick() => self.measure_lag(&tracker),
-                message = self.consumer.recv(), if reading && in_flight.len() < MAX_IN_FLIGHT => match message {
-                    Ok(message) => {
-                        Stats::add(&self.stats.read);
-                        at_end.remove(&message.partition());
-                        tracker.read(message.partition(), message.offset());
-                        match self.process(&message, &mut key, &mut value) {
-                            Ok(tracked) => in_flight.push(tracked),
-                            Err(e) => {
-                                failure.get_or_insert(e);
-                                drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+                message = self.consumer.recv(), if reading && in_flight.len() < self.max_in_flight => {
+                    // Then every message already fetched, up to a batch: timers and select
+                    // bookkeeping are paid per batch, not per record.
+                    let mut next = Some(message);
+                    let mut taken = 0;
+                    while let Some(message) = next {
+                        match message {
+                            Ok(message) => {
+                                Stats::add(&self.stats.read);
+                                at_end.remove(&message.partition());
+                                tracker.read(message.partition(), message.offset());
+                                match self.process(&message, &mut key, &mut value) {
+                                    Ok(tracked) => in_flight.push(tracked),
+                                    Err(e) => {
+                                        failure.get_or_insert(e);
+                                        drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+                                        break;
+                                    }
+                                }
+                            }
+                            Err(KafkaError::PartitionEOF(partition)) => {
+                                at_end.insert(partition);
+                            }
+                            Err(error) => {
+                                if last_read_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                                    log::warn!("worker {}: reading {}: {error}; retrying", self.id, self.topics.input);
+                                    last_read_error = Some(std::time::Instant::now());
+                                }
+                                break;
                             }
                         }
+                        taken += 1;
+                        next = if taken < BATCH && in_flight.len() < self.max_in_flight { self.consumer.recv().now_or_never() } else { None };
                     }
-                    Err(KafkaError::PartitionEOF(partition)) => {
-                        at_end.insert(partition);
-                    }
-                    Err(error) => {
-                        if last_read_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                            log::warn!("worker {}: reading {}: {error}; retrying", self.id, self.topics.input);
-                            last_read_error = Some(std::time::Instant::now());
-                        }
-                    }
-                },
+                }
             }
         }
         self.commit(&mut tracker);
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Records one delivery report: the record's position may now be committed.
+    fn acknowledge(
+        &self,
+        tracker: &mut OffsetTracker,
+        partition: i32,
+        offset: i64,
+        destination: Destination,
+        delivery: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    ) -> Result<()> {
+        match delivery {
+            Ok(Ok(_)) => {
+                tracker.ack(partition, offset);
+                Stats::add(match destination {
+                    Destination::Output => &self.stats.written,
+                    Destination::DeadLetter => &self.stats.dead_lettered,
+                });
+                Ok(())
+            }
+            Ok(Err((error, _))) => Err(Error::Kafka(format!(
+                "cannot deliver to {}: {error}",
+                record_topic(destination, &self.topics)
+            ))),
+            Err(_) => Err(Error::Kafka("the producer went away".into())),
+        }
     }
 
     /// Transforms one record and sends its output, or its dead letter.

@@ -1,0 +1,198 @@
+//! Benchmark: Kafka to Kafka on one machine, against the broker at BOOTSTRAP_SERVERS
+//! (default localhost:29092). It loads N seeded events into a fresh 3-partition topic,
+//! then times (1) a plain copy of that topic by a librdkafka consumer and producer that do
+//! no parsing — the I/O limit — and (2) the pipeline at --parallelism 1, 2 and 3, each into
+//! its own output topic. Figures go to stderr; the input topic's name goes to stdout.
+//! Run: `cargo run --release --example kafka_bench -- [EVENTS] [-X key=value ...]`
+//! (for tansu 0.6, pass `-X fetch.wait.max.ms=5`).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use streamkit::kafka::KafkaConfig;
+use tokio_util::sync::CancellationToken;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut events: u64 = 1_000_000;
+    let mut properties = Vec::new();
+    while let Some(arg) = args.next() {
+        if arg == "-X" {
+            properties.push(
+                streamkit::cli::parse_property(&args.next().expect("-X needs KEY=VALUE"))
+                    .expect("KEY=VALUE"),
+            );
+        } else {
+            events = arg.parse().expect("EVENTS is a number");
+        }
+    }
+    let kafka = KafkaConfig {
+        bootstrap_servers: std::env::var("BOOTSTRAP_SERVERS")
+            .unwrap_or_else(|_| "localhost:29092".into()),
+        properties,
+    };
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let topic = |name: &str| format!("bench-{run_id}-{name}");
+    let names: Vec<String> = ["in", "copy", "out1", "out2", "out3", "dlq"]
+        .iter()
+        .map(|n| topic(n))
+        .collect();
+    create_topics(&kafka, &names);
+
+    let load = streamkit::datagen::DatagenConfig {
+        generator: streamkit::generator::GeneratorConfig {
+            num_users: 50,
+            missing_geo_ratio: 0.2,
+            max_lag_ms: 0,
+            seed: 1,
+        },
+        clock: streamkit::generator::Clock::Simulated {
+            start_ms: 1_713_430_800_000,
+            step_us: 1000,
+        },
+        num_events: Some(events),
+        duration: None,
+        pace: streamkit::pacing::Pace::Unlimited,
+        threads: 1,
+        output: streamkit::datagen::Output::Kafka {
+            kafka: kafka.clone(),
+            topic: topic("in"),
+            compression: streamkit::kafka::Compression::None,
+        },
+        progress: streamkit::progress::ProgressMode::Quiet,
+    };
+    let loaded =
+        streamkit::datagen::run(&load, &CancellationToken::new()).expect("load the input topic");
+    eprintln!("loaded: {loaded}");
+
+    let started = Instant::now();
+    let copied = plain_copy(&kafka, &topic("in"), &topic("copy"));
+    let copy_rate = copied as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "plain copy (librdkafka consumer + producer, no parsing): {copied} records in {:.2} s = {copy_rate:.0} records/s",
+        started.elapsed().as_secs_f64()
+    );
+
+    for parallelism in 1..=3 {
+        let config = streamkit::pipeline::PipelineConfig {
+            job_name: format!("bench-{run_id}-p{parallelism}"),
+            parallelism,
+            checkpointing_interval: Duration::from_secs(60),
+            bounded: true,
+            source: streamkit::pipeline::Source::Kafka {
+                cluster: streamkit::pipeline::Cluster::External(kafka.clone()),
+                topics: streamkit::pipeline::Topics {
+                    input: topic("in"),
+                    output: topic(&format!("out{parallelism}")),
+                    dead_letter: topic("dlq"),
+                },
+                print_keys: false,
+            },
+        };
+        let started = Instant::now();
+        let summary =
+            streamkit::pipeline::run(&config, &CancellationToken::new()).expect("pipeline run");
+        let rate = summary.written as f64 / started.elapsed().as_secs_f64();
+        eprintln!(
+            "pipeline --parallelism {parallelism}: {} written in {:.2} s = {rate:.0} records/s = {:.2} of the plain copy",
+            summary.written,
+            started.elapsed().as_secs_f64(),
+            rate / copy_rate
+        );
+    }
+    println!("{}", topic("in"));
+}
+
+fn create_topics(kafka: &KafkaConfig, names: &[String]) {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for result in runtime
+        .block_on(admin.create_topics(&topics, &AdminOptions::new()))
+        .expect("create topics")
+    {
+        result.unwrap_or_else(|(name, code)| panic!("cannot create {name}: {code}"));
+    }
+}
+
+/// Copies every record of `from` to `to`, unparsed, and returns how many.
+fn plain_copy(kafka: &KafkaConfig, from: &str, to: &str) -> u64 {
+    let mut consumer_config = ClientConfig::new();
+    consumer_config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("group.id", format!("{from}-copy"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    let mut producer_config = ClientConfig::new();
+    producer_config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("queue.buffering.max.messages", "1000000");
+    for (k, v) in &kafka.properties {
+        consumer_config.set(k, v);
+        producer_config.set(k, v);
+    }
+    consumer_config.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+    producer_config.set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
+    let consumer: BaseConsumer = consumer_config.create().expect("consumer");
+    let producer: BaseProducer = producer_config.create().expect("producer");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..3 {
+        assignment
+            .add_partition_offset(from, p, Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut at_end = HashSet::new();
+    let mut copied = 0u64;
+    while at_end.len() < 3 {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                at_end.remove(&message.partition());
+                let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(to);
+                if let Some(key) = message.key() {
+                    record = record.key(key);
+                }
+                if let Some(payload) = message.payload() {
+                    record = record.payload(payload);
+                }
+                while let Err((
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                    returned,
+                )) = producer.send(record)
+                {
+                    record = returned;
+                    producer.poll(Duration::from_millis(1));
+                }
+                copied += 1;
+                producer.poll(Duration::ZERO);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => eprintln!("copy: {e}"),
+            None => {}
+        }
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("flush the copy");
+    copied
+}
