@@ -2,7 +2,8 @@
 //! (default localhost:29092). It loads N seeded events into a fresh 3-partition topic,
 //! then times (1) a plain copy of that topic by a librdkafka consumer and producer that do
 //! no parsing — the I/O limit — and (2) the pipeline at --parallelism 1, 2 and 3, each into
-//! its own output topic. Figures go to stderr; the input topic's name goes to stdout.
+//! its own output topic. Figures go to stderr; stdout gets the names of the input topic and
+//! of a spare output and dead-letter topic, for a follow-up run.
 //! Run: `cargo run --release --example kafka_bench -- [EVENTS] [-X key=value ...]`
 //! (for tansu 0.6, pass `-X fetch.wait.max.ms=5`).
 
@@ -42,7 +43,7 @@ fn main() {
     };
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let topic = |name: &str| format!("bench-{run_id}-{name}");
-    let names: Vec<String> = ["in", "copy", "out1", "out2", "out3", "dlq"]
+    let names: Vec<String> = ["in", "copy", "out1", "out2", "out3", "dlq", "rss"]
         .iter()
         .map(|n| topic(n))
         .collect();
@@ -109,7 +110,8 @@ fn main() {
             rate / copy_rate
         );
     }
-    println!("{}", topic("in"));
+    // For a follow-up run (bench/pipeline.sh measures memory with them): input, output, dead letters.
+    println!("{} {} {}", topic("in"), topic("rss"), topic("dlq"));
 }
 
 fn create_topics(kafka: &KafkaConfig, names: &[String]) {

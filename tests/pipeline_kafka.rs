@@ -561,3 +561,43 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn use_own_targets_the_local_cluster_and_an_explicit_address_wins() {
+    // Whether or not a broker listens on localhost:29092, --use-own must go there: the
+    // error names it (unreachable, or the made-up topic is missing there).
+    let topic = format!("absent-{}", uuid::Uuid::new_v4().simple());
+    let output = pipeline()
+        .args(["--use-own", "--bounded", "--input-topic", &topic])
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("localhost:29092"), "{err}");
+
+    // An explicit address (flag or BOOTSTRAP_SERVERS) wins over --use-own and the embedded cluster.
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    produce(&bootstrap, INPUT, &bad_records()[..2]);
+    for with_flag in [true, false] {
+        let mut command = pipeline();
+        command.args([
+            "--use-own",
+            "--bounded",
+            "--job-name",
+            if with_flag { "flag" } else { "env" },
+        ]);
+        if with_flag {
+            command.args(["--bootstrap-servers", &bootstrap]);
+        } else {
+            command.env("BOOTSTRAP_SERVERS", &bootstrap);
+        }
+        let output = command.output().unwrap();
+        let err = stderr(&output);
+        assert!(output.status.success(), "{err}");
+        assert!(
+            summary_line(&err).contains("read 2 = written 0 + dead-lettered 2"),
+            "{err}"
+        );
+    }
+}

@@ -1,30 +1,27 @@
 //! The Kafka side of the job: `parallelism` workers, each with its own consumer on a fixed
 //! share of the input partitions (partition p to worker p mod n), sharing one producer.
 //!
-//! Each worker is one task running one `select!` loop. It never spawns a task per record:
-//! deliveries in flight are futures in a bounded `FuturesUnordered`, and the job reads at
-//! most [`IN_FLIGHT_BUDGET`] records ahead of their acknowledgements, and prefetches at
-//! most [`PREFETCH_BUDGET_KBYTES`], whatever its parallelism. Acknowledgements are
-//! handled before new input, so commits keep up under load. Positions are committed from
-//! an [`OffsetTracker`], which only releases the contiguous delivered prefix of each partition.
+//! Each worker is one task running one `select!` loop, and never spawns a task per record:
+//! the producer's delivery reports come back on the worker's own channel. The job reads at
+//! most [`IN_FLIGHT_BUDGET`] records ahead of their acknowledgements and prefetches at most
+//! [`PREFETCH_BUDGET_KBYTES`], whatever its parallelism. Acknowledgements are handled
+//! before new input, so commits keep up under load. Positions are committed from an
+//! [`OffsetTracker`], which only releases the contiguous delivered prefix of each partition.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::io::Write;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
+use rdkafka::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::block_in_place;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -48,7 +45,71 @@ const BATCH: usize = 512;
 /// How often each worker measures its partitions' lag.
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
-type OutputProducer = FutureProducer<ErrorLog>;
+type OutputProducer = ThreadedProducer<AckRouter>;
+
+/// A record on its way to the output or dead-letter topic.
+type Outgoing<'a> = BaseRecord<'a, [u8], [u8], Box<Ticket>>;
+
+/// Where a record's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Output,
+    DeadLetter,
+}
+
+/// Which worker sent a record, and the input position it stands for: the delivery opaque.
+#[derive(Debug)]
+struct Ticket {
+    worker: usize,
+    partition: i32,
+    offset: i64,
+    destination: Destination,
+}
+
+/// A delivery report, routed back to the worker that sent the record.
+#[derive(Debug)]
+struct Ack {
+    partition: i32,
+    offset: i64,
+    destination: Destination,
+    /// Why the broker refused the record for good, if it did.
+    error: Option<String>,
+}
+
+/// The output producer's context: each delivery report goes straight to the channel of
+/// the worker that sent the record, with no future or task per record.
+struct AckRouter {
+    errors: ErrorLog,
+    workers: Vec<UnboundedSender<Ack>>,
+}
+
+impl ClientContext for AckRouter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.errors.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.error(error, reason);
+    }
+}
+
+impl ProducerContext for AckRouter {
+    type DeliveryOpaque = Box<Ticket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        let error = result.as_ref().err().map(|(error, _)| error.to_string());
+        if let Some(worker) = self.workers.get(ticket.worker) {
+            // A worker that has stopped no longer listens: its uncommitted records are read
+            // again on restart.
+            let _ = worker.send(Ack {
+                partition: ticket.partition,
+                offset: ticket.offset,
+                destination: ticket.destination,
+                error,
+            });
+        }
+    }
+}
 
 pub(super) fn run(
     config: &PipelineConfig,
@@ -76,9 +137,16 @@ async fn run_workers(
     stats: &Arc<Stats>,
     cancel: &CancellationToken,
 ) -> Result<()> {
+    let parallelism = config.parallelism.max(1);
+    let (ack_senders, ack_receivers): (Vec<_>, Vec<_>) =
+        (0..parallelism).map(|_| unbounded_channel::<Ack>()).unzip();
+    let router = AckRouter {
+        errors: ErrorLog::new(&kafka.bootstrap_servers),
+        workers: ack_senders,
+    };
     let producer: Arc<OutputProducer> = Arc::new(kafka::create(
         &kafka::pipeline_producer_config(kafka, &config.job_name),
-        ErrorLog::new(&kafka.bootstrap_servers),
+        router,
         kafka,
     )?);
     // Fail fast, naming the address, before reading anything.
@@ -93,7 +161,6 @@ async fn run_workers(
             topics.input
         )));
     }
-    let parallelism = config.parallelism.max(1);
     let max_in_flight = (IN_FLIGHT_BUDGET / parallelism).max(1_000);
     let prefetch_kbytes = (PREFETCH_BUDGET_KBYTES / parallelism).max(1_024);
     log::info!(
@@ -109,7 +176,7 @@ async fn run_workers(
     // A failing worker stops the others: they drain and commit what was delivered.
     let job = cancel.child_token();
     let mut handles = Vec::new();
-    for id in 0..parallelism {
+    for (id, acks) in ack_receivers.into_iter().enumerate() {
         let mine: Vec<i32> = (0..partitions)
             .filter(|p| *p as usize % parallelism == id)
             .collect();
@@ -132,6 +199,7 @@ async fn run_workers(
             id,
             consumer,
             producer: Arc::clone(&producer),
+            acks,
             partitions: mine,
             topics: topics.clone(),
             print_keys,
@@ -176,44 +244,20 @@ async fn run_workers(
     }
     status_stop.cancel();
     let _ = status.await;
-    first_error.map_or(Ok(()), Err)
-}
-
-/// Where a record's output went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Destination {
-    Output,
-    DeadLetter,
-}
-
-/// A delivery in flight, with the input position it stands for.
-struct Tracked {
-    partition: i32,
-    offset: i64,
-    destination: Destination,
-    delivery: DeliveryFuture,
-}
-
-impl Future for Tracked {
-    type Output = (
-        i32,
-        i64,
-        Destination,
-        Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
-    );
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        Pin::new(&mut this.delivery)
-            .poll(cx)
-            .map(|result| (this.partition, this.offset, this.destination, result))
+    // Deliveries abandoned after the drain timeout are dropped rather than retried forever
+    // on exit: their records were not committed, so they are read again on restart.
+    if producer.in_flight_count() > 0 {
+        producer.purge(PurgeConfig::default().queue().inflight());
     }
+    first_error.map_or(Ok(()), Err)
 }
 
 struct Worker {
     id: usize,
     consumer: StreamConsumer<ErrorLog>,
     producer: Arc<OutputProducer>,
+    /// Delivery reports of the records this worker sent.
+    acks: UnboundedReceiver<Ack>,
     partitions: Vec<i32>,
     topics: Topics,
     print_keys: bool,
@@ -225,7 +269,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self, cancel: &CancellationToken) -> Result<()> {
+    async fn run(mut self, cancel: &CancellationToken) -> Result<()> {
         if self.partitions.is_empty() {
             // More workers than partitions: this one idles, like an idle Flink subtask.
             if !self.bounded {
@@ -234,7 +278,9 @@ impl Worker {
             return Ok(());
         }
         let mut tracker = OffsetTracker::default();
-        let mut in_flight: FuturesUnordered<Tracked> = FuturesUnordered::new();
+        // Records sent and not yet acknowledged.
+        let mut in_flight = 0usize;
+        let mut acks = Vec::with_capacity(BATCH);
         let mut at_end = BTreeSet::new();
         let mut checkpoint = tokio::time::interval_at(
             Instant::now() + self.checkpointing_interval,
@@ -250,49 +296,41 @@ impl Worker {
 
         loop {
             let reading = drain_deadline.is_none();
-            if !reading && in_flight.is_empty() {
+            if !reading && in_flight == 0 {
                 break;
             }
-            if reading
-                && self.bounded
-                && in_flight.is_empty()
-                && at_end.len() == self.partitions.len()
-            {
+            if reading && self.bounded && in_flight == 0 && at_end.len() == self.partitions.len() {
                 break;
             }
             tokio::select! {
                 biased;
-                Some(first) = in_flight.next() => {
-                    // Take every acknowledgement that is ready, not just one per pass.
-                    let mut done = Some(first);
-                    let mut taken = 0;
-                    while let Some((partition, offset, destination, delivery)) = done {
-                        if let Err(e) = self.acknowledge(&mut tracker, partition, offset, destination, delivery) {
+                // Every acknowledgement that is ready, up to a batch, before any new input.
+                received = self.acks.recv_many(&mut acks, BATCH), if in_flight > 0 => {
+                    in_flight = in_flight.saturating_sub(received);
+                    for ack in acks.drain(..) {
+                        if let Err(e) = self.acknowledge(&mut tracker, ack) {
                             failure.get_or_insert(e);
                             drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
                         }
-                        taken += 1;
-                        done = if taken < BATCH { in_flight.next().now_or_never().flatten() } else { None };
                     }
                 }
                 _ = cancel.cancelled(), if reading => {
                     drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
-                    if !in_flight.is_empty() {
-                        log::info!("worker {}: stopped reading; draining {} deliveries", self.id, in_flight.len());
+                    if in_flight > 0 {
+                        log::info!("worker {}: stopped reading; draining {in_flight} deliveries", self.id);
                     }
                 }
                 _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
                     log::warn!(
-                        "worker {}: {} deliveries still in flight after {} s; their records will be read again on restart",
+                        "worker {}: {in_flight} deliveries still in flight after {} s; their records will be read again on restart",
                         self.id,
-                        in_flight.len(),
                         DRAIN_TIMEOUT.as_secs()
                     );
                     break;
                 }
                 _ = checkpoint.tick() => self.commit(&mut tracker),
                 _ = lag_tick.tick() => self.measure_lag(&tracker),
-                message = self.consumer.recv(), if reading && in_flight.len() < self.max_in_flight => {
+                message = self.consumer.recv(), if reading && in_flight < self.max_in_flight => {
                     // Then every message already fetched, up to a batch: timers and select
                     // bookkeeping are paid per batch, not per record.
                     let mut next = Some(message);
@@ -303,14 +341,12 @@ impl Worker {
                                 Stats::add(&self.stats.read);
                                 at_end.remove(&message.partition());
                                 tracker.read(message.partition(), message.offset());
-                                match self.process(&message, &mut key, &mut value) {
-                                    Ok(tracked) => in_flight.push(tracked),
-                                    Err(e) => {
-                                        failure.get_or_insert(e);
-                                        drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
-                                        break;
-                                    }
+                                if let Err(e) = self.process(&message, &mut key, &mut value) {
+                                    failure.get_or_insert(e);
+                                    drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+                                    break;
                                 }
+                                in_flight += 1;
                             }
                             Err(KafkaError::PartitionEOF(partition)) => {
                                 at_end.insert(partition);
@@ -324,7 +360,11 @@ impl Worker {
                             }
                         }
                         taken += 1;
-                        next = if taken < BATCH && in_flight.len() < self.max_in_flight { self.consumer.recv().now_or_never() } else { None };
+                        next = if taken < BATCH && in_flight < self.max_in_flight {
+                            self.consumer.recv().now_or_never()
+                        } else {
+                            None
+                        };
                     }
                 }
             }
@@ -334,29 +374,20 @@ impl Worker {
     }
 
     /// Records one delivery report: the record's position may now be committed.
-    fn acknowledge(
-        &self,
-        tracker: &mut OffsetTracker,
-        partition: i32,
-        offset: i64,
-        destination: Destination,
-        delivery: Result<OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
-    ) -> Result<()> {
-        match delivery {
-            Ok(Ok(_)) => {
-                tracker.ack(partition, offset);
-                Stats::add(match destination {
-                    Destination::Output => &self.stats.written,
-                    Destination::DeadLetter => &self.stats.dead_lettered,
-                });
-                Ok(())
-            }
-            Ok(Err((error, _))) => Err(Error::Kafka(format!(
-                "cannot deliver to {}: {error}",
-                record_topic(destination, &self.topics)
-            ))),
-            Err(_) => Err(Error::Kafka("the producer went away".into())),
+    fn acknowledge(&self, tracker: &mut OffsetTracker, ack: Ack) -> Result<()> {
+        if let Some(error) = ack.error {
+            let topic = match ack.destination {
+                Destination::Output => &self.topics.output,
+                Destination::DeadLetter => &self.topics.dead_letter,
+            };
+            return Err(Error::Kafka(format!("cannot deliver to {topic}: {error}")));
         }
+        tracker.ack(ack.partition, ack.offset);
+        Stats::add(match ack.destination {
+            Destination::Output => &self.stats.written,
+            Destination::DeadLetter => &self.stats.dead_lettered,
+        });
+        Ok(())
     }
 
     /// Transforms one record and sends its output, or its dead letter.
@@ -365,7 +396,7 @@ impl Worker {
         message: &BorrowedMessage<'_>,
         key: &mut Vec<u8>,
         value: &mut Vec<u8>,
-    ) -> Result<Tracked> {
+    ) -> Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
         key.clear();
         value.clear();
@@ -375,10 +406,12 @@ impl Worker {
                     let mut stdout = std::io::stdout().lock();
                     let _ = stdout.write_all(key).and_then(|()| stdout.write_all(b"\n"));
                 }
-                let record = FutureRecord::to(&self.topics.output)
-                    .key(key.as_slice())
-                    .payload(value.as_slice());
-                self.send(record, partition, offset, Destination::Output)
+                let ticket = self.ticket(partition, offset, Destination::Output);
+                self.send(
+                    BaseRecord::with_opaque_to(&self.topics.output, ticket)
+                        .key(key.as_slice())
+                        .payload(value.as_slice()),
+                )
             }
             Err(rejection) => {
                 let partition_text = partition.to_string();
@@ -405,45 +438,43 @@ impl Worker {
                         value: Some(offset_text.as_str()),
                     });
                 // The original key and bytes, untouched (a null key or value stays null).
-                let mut record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(&self.topics.dead_letter).headers(headers);
+                let ticket = self.ticket(partition, offset, Destination::DeadLetter);
+                let mut record: Outgoing<'_> =
+                    BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket).headers(headers);
                 if let Some(original_key) = message.key() {
                     record = record.key(original_key);
                 }
                 if let Some(original_value) = message.payload() {
                     record = record.payload(original_value);
                 }
-                self.send(record, partition, offset, Destination::DeadLetter)
+                self.send(record)
             }
         }
     }
 
-    fn send(
-        &self,
-        mut record: FutureRecord<'_, [u8], [u8]>,
-        partition: i32,
-        offset: i64,
-        destination: Destination,
-    ) -> Result<Tracked> {
+    fn ticket(&self, partition: i32, offset: i64, destination: Destination) -> Box<Ticket> {
+        Box::new(Ticket {
+            worker: self.id,
+            partition,
+            offset,
+            destination,
+        })
+    }
+
+    fn send(&self, mut record: Outgoing<'_>) -> Result<()> {
         loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    return Ok(Tracked {
-                        partition,
-                        offset,
-                        destination,
-                        delivery,
-                    });
-                }
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    // Cannot happen while in-flight caps stay under the queue size; wait if it does.
+                    // Cannot happen while the in-flight budget stays under the queue size;
+                    // wait if it does.
                     record = returned;
                     block_in_place(|| std::thread::sleep(Duration::from_millis(1)));
                 }
-                Err((error, _)) => {
+                Err((error, returned)) => {
                     return Err(Error::Kafka(format!(
                         "cannot send to {}: {error}",
-                        record_topic(destination, &self.topics)
+                        returned.topic
                     )));
                 }
             }
@@ -506,12 +537,5 @@ impl Worker {
                 position,
             );
         }
-    }
-}
-
-fn record_topic(destination: Destination, topics: &Topics) -> &str {
-    match destination {
-        Destination::Output => &topics.output,
-        Destination::DeadLetter => &topics.dead_letter,
     }
 }
