@@ -6,8 +6,19 @@
 use std::time::Duration;
 
 use clap::Args;
+use tokio_util::sync::CancellationToken;
 
+use crate::error::Result;
 use crate::kafka::KafkaConfig;
+
+/// What every binary does first: log to stderr as `program` (`log_filter` is RUST_LOG's
+/// value), and return the one cancellation token that SIGINT and SIGTERM cancel.
+pub fn start(program: &'static str, log_filter: Option<&str>) -> Result<CancellationToken> {
+    crate::logging::init(program, log_filter);
+    let cancel = CancellationToken::new();
+    crate::shutdown::cancel_on_signals(cancel.clone())?;
+    Ok(cancel)
+}
 
 /// Kafka connection flags, the same in every binary.
 #[derive(Debug, Clone, Args)]

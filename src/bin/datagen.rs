@@ -14,7 +14,6 @@ use streamkit::generator::{Clock, GeneratorConfig};
 use streamkit::kafka::{Compression, LOCAL_BOOTSTRAP_SERVERS};
 use streamkit::pacing::Pace;
 use streamkit::progress::ProgressMode;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Source {
@@ -210,16 +209,17 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    streamkit::logging::init("datagen", std::env::var("RUST_LOG").ok().as_deref());
+    let cancel = match streamkit::cli::start("datagen", std::env::var("RUST_LOG").ok().as_deref()) {
+        Ok(cancel) => cancel,
+        Err(e) => {
+            eprintln!("datagen: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match args.into_config() {
         Ok(config) => config,
         Err(usage) => usage.exit(),
     };
-    let cancel = CancellationToken::new();
-    if let Err(e) = streamkit::shutdown::cancel_on_signals(cancel.clone()) {
-        log::error!("{e}");
-        return ExitCode::FAILURE;
-    }
     if let Output::File(path) = &config.output {
         log::info!("writing to {}", path.display());
     }

@@ -10,7 +10,6 @@ use clap::{CommandFactory, Parser};
 use streamkit::cli::{KafkaArgs, parse_positive};
 use streamkit::kafka::LOCAL_BOOTSTRAP_SERVERS;
 use streamkit::pipeline::{self, Cluster, DemoConfig, FileConfig, PipelineConfig, Source, Topics};
-use tokio_util::sync::CancellationToken;
 
 const AFTER_HELP: &str = "Where it runs:
   no address       an embedded Kafka cluster in the process, fed by a demo generator (Ctrl-C stops)
@@ -152,16 +151,18 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    streamkit::logging::init("pipeline", std::env::var("RUST_LOG").ok().as_deref());
+    let cancel = match streamkit::cli::start("pipeline", std::env::var("RUST_LOG").ok().as_deref())
+    {
+        Ok(cancel) => cancel,
+        Err(e) => {
+            eprintln!("pipeline: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match args.into_config() {
         Ok(config) => config,
         Err(usage) => usage.exit(),
     };
-    let cancel = CancellationToken::new();
-    if let Err(e) = streamkit::shutdown::cancel_on_signals(cancel.clone()) {
-        log::error!("{e}");
-        return ExitCode::FAILURE;
-    }
     match pipeline::run(&config, &cancel) {
         Ok(summary) => {
             eprintln!("pipeline: {summary}");
