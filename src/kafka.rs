@@ -23,8 +23,7 @@ use crate::error::{Error, Result};
 
 /// Where a local cluster is expected, and how to get one (printed with connection errors).
 pub const LOCAL_BOOTSTRAP_SERVERS: &str = "localhost:29092";
-pub const LOCAL_CLUSTER_HINT: &str = "Is a broker running there? For a local one, see the README section \
-\"A local Kafka\"; or pass --bootstrap-servers (env BOOTSTRAP_SERVERS).";
+pub const LOCAL_CLUSTER_HINT: &str = "Is a broker running there? Start a local one with setup/start-env.sh -k, or pass --bootstrap-servers (env BOOTSTRAP_SERVERS).";
 
 /// How long a client may try to reach the cluster before we report it unreachable.
 pub const REACHABILITY_TIMEOUT: Duration = Duration::from_secs(6);

@@ -204,7 +204,7 @@ fn an_unreachable_broker_fails_fast_naming_the_address() {
         err.contains(&format!("cannot reach Kafka at {address}")),
         "{err}"
     );
-    assert!(err.contains("A local Kafka"), "hint missing: {err}");
+    assert!(err.contains("setup/start-env.sh -k"), "hint missing: {err}");
 }
 
 #[test]

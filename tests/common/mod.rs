@@ -49,6 +49,8 @@ pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> 
         .set("group.id", "streamkit-tests")
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
+        // tansu holds each fetch for the full wait; other brokers do not mind.
+        .set("fetch.wait.max.ms", "10")
         .create()
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
