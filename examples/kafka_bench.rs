@@ -70,6 +70,7 @@ fn main() {
             compression: streamkit::kafka::Compression::None,
         },
         progress: streamkit::progress::ProgressMode::Quiet,
+        metrics_addr: None,
     };
     let loaded =
         streamkit::datagen::run(&load, &CancellationToken::new()).expect("load the input topic");
@@ -98,6 +99,7 @@ fn main() {
                 },
                 print_keys: false,
             },
+            ui: None,
         };
         let started = Instant::now();
         let summary =

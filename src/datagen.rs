@@ -19,7 +19,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -86,6 +87,74 @@ pub struct DatagenConfig {
     pub threads: usize,
     pub output: Output,
     pub progress: ProgressMode,
+    /// Serve Prometheus metrics at `/metrics` here while running.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Live counters of a run, for its metrics endpoint.
+#[derive(Debug, Default)]
+pub struct LiveCounts {
+    pub generated: AtomicU64,
+    pub bytes: AtomicU64,
+    pub delivered: AtomicU64,
+    pub delivery_errors: AtomicU64,
+}
+
+/// `/metrics` of a datagen run.
+struct MetricsView {
+    live: Arc<LiveCounts>,
+    destination: String,
+    /// (when, generated then, events per second since the previous sample)
+    sample: std::sync::Mutex<(Instant, u64, f64)>,
+}
+
+impl crate::web::View for MetricsView {
+    fn tick(&self) {
+        let generated = self.live.generated.load(Ordering::Relaxed);
+        if let Ok(mut sample) = self.sample.lock() {
+            let now = Instant::now();
+            let seconds = now.duration_since(sample.0).as_secs_f64().max(1e-3);
+            *sample = (
+                now,
+                generated,
+                generated.saturating_sub(sample.1) as f64 / seconds,
+            );
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let mut e = crate::web::Exposition::default();
+        let labels: &[(&str, &str)] = &[("destination", &self.destination)];
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        e.counter(
+            "streamkit_datagen_events_generated_total",
+            "Events generated and handed to the destination.",
+            &[(labels, load(&self.live.generated))],
+        );
+        e.counter(
+            "streamkit_datagen_bytes_generated_total",
+            "Bytes of the events generated (key and value in Kafka).",
+            &[(labels, load(&self.live.bytes))],
+        );
+        e.counter(
+            "streamkit_datagen_events_delivered_total",
+            "Events acknowledged by the broker (or written to the file).",
+            &[(labels, load(&self.live.delivered))],
+        );
+        e.counter(
+            "streamkit_datagen_delivery_errors_total",
+            "Events the producer could not deliver.",
+            &[(labels, load(&self.live.delivery_errors))],
+        );
+        let rate = self.sample.lock().map(|s| s.2).unwrap_or(0.0);
+        e.gauge(
+            "streamkit_datagen_events_per_second",
+            "Events generated per second, over the last second.",
+            &[(labels, rate)],
+        );
+        e.build_info();
+        e.finish()
+    }
 }
 
 /// What a run did; printed on stderr at the end.
@@ -247,12 +316,15 @@ trait Sink {
     fn closed(&self) -> bool;
     /// Flushes everything, within the rules of the module docs.
     fn finish(&mut self, cancel: &CancellationToken) -> Result<Delivery>;
+    /// Events delivered and failed so far, as far as the sink knows yet.
+    fn delivery_counts(&self) -> (u64, u64);
 }
 
 struct FileSink {
     writer: BufWriter<Box<dyn Write + Send>>,
     path: PathBuf,
     closed: bool,
+    written: u64,
 }
 
 impl FileSink {
@@ -274,6 +346,7 @@ impl FileSink {
             writer: BufWriter::with_capacity(1 << 20, writer),
             path,
             closed: false,
+            written: 0,
         })
     }
 
@@ -296,13 +369,13 @@ impl Sink for FileSink {
     fn send(&mut self, batch: &EncodedBatch, _: &CancellationToken) -> Result<Sent> {
         let result = self.writer.write_all(batch.lines());
         self.check(result)?;
-        Ok(if self.closed {
-            Sent::default()
-        } else {
-            Sent {
-                events: batch.len() as u64,
-                bytes: batch.lines().len() as u64,
-            }
+        if self.closed {
+            return Ok(Sent::default());
+        }
+        self.written += batch.len() as u64;
+        Ok(Sent {
+            events: batch.len() as u64,
+            bytes: batch.lines().len() as u64,
         })
     }
 
@@ -322,6 +395,10 @@ impl Sink for FileSink {
         let result = self.writer.flush();
         self.check(result)?;
         Ok(Delivery::default())
+    }
+
+    fn delivery_counts(&self) -> (u64, u64) {
+        (self.written, 0)
     }
 }
 
@@ -412,6 +489,11 @@ impl Sink for KafkaSink {
         false
     }
 
+    fn delivery_counts(&self) -> (u64, u64) {
+        let counter = self.producer.context();
+        (counter.delivered(), counter.failed() + self.rejected)
+    }
+
     fn finish(&mut self, cancel: &CancellationToken) -> Result<Delivery> {
         let mut drain_started: Option<Instant> = None;
         let mut last_report = Instant::now();
@@ -476,12 +558,33 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
         (None, None) => Bound::None,
     };
     let mut progress = Progress::new(config.progress, bound, started);
+    let live = Arc::new(LiveCounts::default());
+    // The metrics server lives as long as the run: dropping it stops it.
+    let _metrics = match config.metrics_addr {
+        Some(addr) => {
+            // The topic or path only: never the cluster's address (a client property).
+            let destination = match &config.output {
+                Output::Kafka { topic, .. } => topic.clone(),
+                other => other.to_string(),
+            };
+            let view = MetricsView {
+                live: Arc::clone(&live),
+                destination,
+                sample: std::sync::Mutex::new((started, 0, 0.0)),
+            };
+            let server = crate::web::serve(addr, Arc::new(view))?;
+            log::info!("metrics at http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     let run = Run {
         config,
         source: &source,
         cancel,
         started,
         deadline: config.duration.map(|d| started + d),
+        live: &live,
     };
     let generated = if config.threads > 1 && config.pace == Pace::Unlimited {
         run.parallel(sink.as_mut(), &mut progress)
@@ -490,6 +593,7 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
     };
     // Flush what was handed over even when generation failed: nothing is left unaccounted.
     let delivery = sink.finish(cancel);
+    run.record(sink.as_ref(), Sent::default());
     progress.finish();
     let (sent, delivery) = (generated?, delivery?);
     Ok(Summary {
@@ -508,9 +612,21 @@ struct Run<'a> {
     cancel: &'a CancellationToken,
     started: Instant,
     deadline: Option<Instant>,
+    live: &'a LiveCounts,
 }
 
 impl Run<'_> {
+    /// Adds what the sink just took to the live counters, and refreshes its delivery counts.
+    fn record(&self, sink: &dyn Sink, sent: Sent) {
+        self.live
+            .generated
+            .fetch_add(sent.events, Ordering::Relaxed);
+        self.live.bytes.fetch_add(sent.bytes, Ordering::Relaxed);
+        let (delivered, failed) = sink.delivery_counts();
+        self.live.delivered.store(delivered, Ordering::Relaxed);
+        self.live.delivery_errors.store(failed, Ordering::Relaxed);
+    }
+
     fn should_stop(&self, sink: &dyn Sink, now: Instant) -> bool {
         self.cancel.is_cancelled() || sink.closed() || self.deadline.is_some_and(|d| now >= d)
     }
@@ -531,6 +647,7 @@ impl Run<'_> {
                 Allowance::WaitUntil(due) => {
                     let until = self.deadline.map_or(due, |d| due.min(d));
                     sink.idle(until.saturating_duration_since(now).min(IDLE_SLICE))?;
+                    self.record(sink, Sent::default());
                 }
                 Allowance::Emit(due) => {
                     batch.clear();
@@ -540,7 +657,9 @@ impl Run<'_> {
                         due.min(remaining).min(BATCH_EVENTS),
                         &mut batch,
                     );
-                    sent.add(sink.send(&batch, self.cancel)?);
+                    let accepted = sink.send(&batch, self.cancel)?;
+                    self.record(sink, accepted);
+                    sent.add(accepted);
                     let now = Instant::now();
                     pacer.emitted_at(now);
                     progress.update(sent.events, now, || {
@@ -600,6 +719,7 @@ impl Run<'_> {
                 };
                 match sink.send(&batch, self.cancel) {
                     Ok(accepted) => {
+                        self.record(&*sink, accepted);
                         sent.add(accepted);
                         progress.update(sent.events, Instant::now(), || {
                             String::from_utf8_lossy(batch.last_value()).into_owned()

@@ -38,6 +38,9 @@ pub enum Error {
     #[error("cannot encode an event as JSON: {0}")]
     Encode(#[from] serde_json::Error),
 
+    #[error("dashboard: {0}")]
+    Http(String),
+
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
 }

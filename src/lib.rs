@@ -19,6 +19,7 @@ pub mod progress;
 pub mod schema;
 pub mod shutdown;
 pub mod transform;
+pub mod web;
 
 pub use error::{Error, Result};
 pub use schema::EventLog;

@@ -113,6 +113,11 @@ struct Args {
     #[arg(short = 'q', long)]
     quiet: bool,
 
+    /// Serve Prometheus metrics (events generated and delivered, delivery errors, rate) at
+    /// http://HOST:PORT/metrics while running; the next free port is used if it is taken
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 }
@@ -203,6 +208,7 @@ impl Args {
             threads: usize::from(self.threads),
             output,
             progress,
+            metrics_addr: self.metrics_addr,
         })
     }
 }

@@ -88,6 +88,15 @@ struct Args {
     )]
     dead_letter_file: PathBuf,
 
+    /// Serve the dashboard, its JSON (/api/job) and Prometheus metrics (/metrics) here; the
+    /// next free port is used if this one is taken
+    #[arg(long, default_value = "127.0.0.1:8081", value_name = "HOST:PORT")]
+    ui_addr: std::net::SocketAddr,
+
+    /// No dashboard or metrics server
+    #[arg(long, conflicts_with = "ui_addr")]
+    no_ui: bool,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 }
@@ -145,6 +154,7 @@ impl Args {
             checkpointing_interval: Duration::from_millis(self.checkpointing_interval),
             bounded: self.bounded,
             source,
+            ui: (!self.no_ui).then_some(self.ui_addr),
         })
     }
 }

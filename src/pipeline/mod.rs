@@ -13,6 +13,7 @@
 //! Limits: partitions are assigned when the job starts (as Beam's KafkaIO and Flink's
 //! Kafka source do); partitions added while it runs are picked up on the next start.
 
+mod dashboard;
 mod files;
 mod worker;
 
@@ -49,6 +50,8 @@ pub struct PipelineConfig {
     /// Stop once every input partition has been read to its end.
     pub bounded: bool,
     pub source: Source,
+    /// Serve the dashboard, the JSON and /metrics here (the next free port if taken).
+    pub ui: Option<std::net::SocketAddr>,
 }
 
 /// Where records come from and go to.
@@ -115,6 +118,45 @@ pub struct Stats {
     rejections: Mutex<BTreeMap<RejectKind, RejectionStats>>,
     partitions: Mutex<BTreeMap<i32, PartitionStatus>>,
     checkpoints: Mutex<VecDeque<Checkpoint>>,
+    checkpoint_durations: Mutex<DurationHistogram>,
+    phase: std::sync::atomic::AtomicU8,
+}
+
+/// Where the job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Running,
+    /// Stopped reading; finishing the deliveries in flight.
+    Draining,
+    Finished,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "STARTING",
+            Phase::Running => "RUNNING",
+            Phase::Draining => "DRAINING",
+            Phase::Finished => "FINISHED",
+            Phase::Failed => "FAILED",
+        }
+    }
+}
+
+/// Upper bounds, in seconds, of the checkpoint-duration histogram's buckets.
+pub const CHECKPOINT_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Commit durations, bucketed as Prometheus histograms are.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DurationHistogram {
+    /// Per bucket of [`CHECKPOINT_BUCKETS`], not cumulative.
+    pub counts: [u64; CHECKPOINT_BUCKETS.len()],
+    pub sum_seconds: f64,
+    pub count: u64,
 }
 
 /// One input partition, as last measured.
@@ -126,6 +168,18 @@ pub struct PartitionStatus {
     pub end: Option<i64>,
     /// Records between the job's read position and the end.
     pub lag: Option<i64>,
+    /// Next offset the job reads.
+    pub position: Option<i64>,
+}
+
+impl PartitionStatus {
+    fn update_lag(&mut self) {
+        // Clamped: a broker may under-report its end (tansu 0.6 does).
+        self.lag = self
+            .end
+            .zip(self.position.or(self.committed))
+            .map(|(end, position)| (end - position).max(0));
+    }
 }
 
 /// One commit of delivered positions.
@@ -174,7 +228,44 @@ impl Stats {
             .unwrap_or_default()
     }
 
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            1 => Phase::Running,
+            2 => Phase::Draining,
+            3 => Phase::Finished,
+            4 => Phase::Failed,
+            _ => Phase::Starting,
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        let value = match phase {
+            Phase::Starting => 0,
+            Phase::Running => 1,
+            Phase::Draining => 2,
+            Phase::Finished => 3,
+            Phase::Failed => 4,
+        };
+        self.phase.store(value, Ordering::Relaxed);
+    }
+
+    /// Every commit's duration so far.
+    pub fn checkpoint_durations(&self) -> DurationHistogram {
+        self.checkpoint_durations
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+
     fn record_checkpoint(&self, duration: Duration, positions: &[(i32, i64)]) {
+        if let Ok(mut histogram) = self.checkpoint_durations.lock() {
+            let seconds = duration.as_secs_f64();
+            if let Some(bucket) = CHECKPOINT_BUCKETS.iter().position(|&le| seconds <= le) {
+                histogram.counts[bucket] += 1;
+            }
+            histogram.sum_seconds += seconds;
+            histogram.count += 1;
+        }
         if let Ok(mut partitions) = self.partitions.lock() {
             for &(partition, next) in positions {
                 partitions.entry(partition).or_default().committed = Some(next);
@@ -192,21 +283,22 @@ impl Stats {
         }
     }
 
-    fn record_partition(
-        &self,
-        partition: i32,
-        committed: Option<i64>,
-        end: Option<i64>,
-        position: Option<i64>,
-    ) {
+    /// Records a partition's end offset (from the watermark watcher).
+    fn record_end(&self, partition: i32, end: i64) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            let status = partitions.entry(partition).or_default();
+            status.end = Some(end);
+            status.update_lag();
+        }
+    }
+
+    /// Records where the job reads a partition, and its last commit (from its worker).
+    fn record_position(&self, partition: i32, committed: Option<i64>, position: Option<i64>) {
         if let Ok(mut partitions) = self.partitions.lock() {
             let status = partitions.entry(partition).or_default();
             status.committed = committed.or(status.committed);
-            status.end = end;
-            // Clamped: a broker may under-report its end (tansu 0.6 does).
-            status.lag = end
-                .zip(position)
-                .map(|(end, position)| (end - position).max(0));
+            status.position = position.or(status.position);
+            status.update_lag();
         }
     }
 
@@ -356,19 +448,41 @@ pub fn run_with_stats(
     cancel: &CancellationToken,
 ) -> Result<Summary> {
     let started = Instant::now();
-    match &config.source {
-        Source::Files(files) => files::run(files, stats, cancel)?,
+    // The dashboard lives as long as the job: dropping it stops the server.
+    let _dashboard = match config.ui {
+        Some(addr) => {
+            let server = crate::web::serve(
+                addr,
+                Arc::new(dashboard::JobView::new(config, Arc::clone(stats))),
+            )?;
+            log::info!(
+                "dashboard at http://{}/ (JSON at /api/job, Prometheus at /metrics)",
+                server.addr()
+            );
+            Some(server)
+        }
+        None => None,
+    };
+    stats.set_phase(Phase::Running);
+    let result = match &config.source {
+        Source::Files(files) => files::run(files, stats, cancel),
         Source::Kafka {
             cluster: Cluster::External(kafka),
             topics,
             print_keys,
-        } => worker::run(config, kafka, topics, *print_keys, stats, cancel)?,
+        } => worker::run(config, kafka, topics, *print_keys, stats, cancel),
         Source::Kafka {
             cluster: Cluster::Embedded(demo),
             topics,
             print_keys,
-        } => run_embedded(config, demo, topics, *print_keys, stats, cancel)?,
-    }
+        } => run_embedded(config, demo, topics, *print_keys, stats, cancel),
+    };
+    stats.set_phase(if result.is_ok() {
+        Phase::Finished
+    } else {
+        Phase::Failed
+    });
+    result?;
     Ok(Summary::from_stats(stats, started.elapsed()))
 }
 
@@ -439,6 +553,7 @@ fn run_embedded(
             compression: crate::kafka::Compression::None,
         },
         progress: crate::progress::ProgressMode::Quiet,
+        metrics_addr: None,
     };
     let feed_stop = cancel.child_token();
     std::thread::scope(|scope| {

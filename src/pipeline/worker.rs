@@ -43,7 +43,7 @@ pub const PREFETCH_BUDGET_KBYTES: usize = 16 * 1024;
 const BATCH: usize = 512;
 
 /// How often each worker measures its partitions' lag.
-const LAG_INTERVAL: Duration = Duration::from_secs(5);
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 type OutputProducer = ThreadedProducer<AckRouter>;
 
@@ -219,6 +219,14 @@ async fn run_workers(
     }
 
     let status_stop = CancellationToken::new();
+    let watcher = watch_end_offsets(
+        kafka,
+        &config.job_name,
+        &topics.input,
+        partitions,
+        Arc::clone(stats),
+        status_stop.clone(),
+    )?;
     let status = {
         let (stats, stop) = (Arc::clone(stats), status_stop.clone());
         tokio::spawn(async move {
@@ -244,12 +252,49 @@ async fn run_workers(
     }
     status_stop.cancel();
     let _ = status.await;
+    let _ = block_in_place(|| watcher.join());
     // Deliveries abandoned after the drain timeout are dropped rather than retried forever
     // on exit: their records were not committed, so they are read again on restart.
     if producer.in_flight_count() > 0 {
         producer.purge(PurgeConfig::default().queue().inflight());
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Every [`LAG_INTERVAL`], asks the cluster for each input partition's end offset, on a
+/// thread and client of its own, so that the workers never wait on the network for status.
+fn watch_end_offsets(
+    kafka: &KafkaConfig,
+    job_name: &str,
+    topic: &str,
+    partitions: i32,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>> {
+    let client: rdkafka::consumer::BaseConsumer<ErrorLog> = kafka::create(
+        &kafka::pipeline_consumer_config(kafka, job_name, 1024),
+        ErrorLog::new(&kafka.bootstrap_servers),
+        kafka,
+    )?;
+    let topic = topic.to_string();
+    std::thread::Builder::new()
+        .name("end-offsets".into())
+        .spawn(move || {
+            while !stop.is_cancelled() {
+                for partition in 0..partitions {
+                    if let Ok((_, high)) =
+                        client.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+                    {
+                        stats.record_end(partition, high);
+                    }
+                }
+                let next = std::time::Instant::now() + LAG_INTERVAL;
+                while !stop.is_cancelled() && std::time::Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        })
+        .map_err(|e| Error::Kafka(format!("cannot start the end-offset watcher: {e}")))
 }
 
 struct Worker {
@@ -315,6 +360,7 @@ impl Worker {
                     }
                 }
                 _ = cancel.cancelled(), if reading => {
+                    self.stats.set_phase(super::Phase::Draining);
                     drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
                     if in_flight > 0 {
                         log::info!("worker {}: stopped reading; draining {in_flight} deliveries", self.id);
@@ -509,19 +555,11 @@ impl Worker {
         }
     }
 
-    /// Measures end offsets and lag of this worker's partitions (for status, not for --bounded).
+    /// Records this worker's read positions (local: no network call in the loop). The
+    /// end offsets come from the watermark watcher; together they give the lag.
     fn measure_lag(&self, tracker: &OffsetTracker) {
         let positions = self.consumer.position().ok();
         for &partition in &self.partitions {
-            let end = block_in_place(|| {
-                self.consumer.fetch_watermarks(
-                    &self.topics.input,
-                    partition,
-                    Duration::from_secs(1),
-                )
-            })
-            .ok()
-            .map(|(_, high)| high);
             let position = positions
                 .as_ref()
                 .and_then(|list| list.find_partition(&self.topics.input, partition))
@@ -530,12 +568,8 @@ impl Worker {
                     _ => None,
                 })
                 .or(tracker.last_committed(partition));
-            self.stats.record_partition(
-                partition,
-                tracker.last_committed(partition),
-                end,
-                position,
-            );
+            self.stats
+                .record_position(partition, tracker.last_committed(partition), position);
         }
     }
 }

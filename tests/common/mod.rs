@@ -177,7 +177,69 @@ pub fn pipeline() -> Command {
         .env_remove("BOOTSTRAP_SERVERS")
         .env_remove("TOPIC_NAME")
         .env_remove("RUST_LOG");
+    // Parallel tests each get a dashboard on a port of their own.
+    command.args(["--ui-addr", "127.0.0.1:0"]);
     command
+}
+
+/// A plain HTTP/1.0 GET (or another method): (status, body).
+pub fn http(method: &str, addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Spawns `command` with piped stderr and waits for a line containing `marker` followed by
+/// `http://ADDR`; returns the child and ADDR. The rest of stderr is drained in the background.
+pub fn spawn_with_address(mut command: Command, marker: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.contains(marker)
+            && let Some(rest) = line.split("http://").nth(1)
+        {
+            let addr = rest
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+            return (child, addr);
+        }
+        seen.push_str(&line);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("no {marker:?} line with an address within 30 s; stderr:\n{seen}");
 }
 
 /// Sends `signal` (e.g. "TERM", "KILL") to a child process.

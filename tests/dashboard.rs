@@ -1,0 +1,185 @@
+//! The dashboard, its JSON and /metrics, against a job running on the embedded cluster;
+//! and datagen's /metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{datagen, http, pipeline, signal, spawn_with_address, wait_with_timeout};
+
+fn api(addr: &str) -> serde_json::Value {
+    let (status, body) = http("GET", addr, "/api/job");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// The value of the first sample of `metric` whose line contains every label in `labels`.
+fn metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {metric} {labels:?} in:\n{text}"))
+}
+
+#[test]
+fn the_dashboard_reports_the_records_actually_processed_and_they_grow() {
+    let mut command = pipeline();
+    command.args([
+        "--demo-rate",
+        "40",
+        "--checkpointing-interval",
+        "500",
+        "-X",
+        "sasl.password=hunter2-secret",
+    ]);
+    let (child, addr) = spawn_with_address(command, "dashboard at");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let first = api(&addr);
+    assert_eq!(first["job"]["name"], "kafka-io");
+    assert_eq!(first["job"]["state"], "RUNNING");
+    assert_eq!(first["job"]["mode"], "embedded cluster");
+    assert_eq!(first["job"]["parallelism"], 3);
+    assert_eq!(first["job"]["delivery_guarantee"], "at-least-once");
+    let names: Vec<&str> = first["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Read from Kafka",
+            "Decode messages",
+            "Parse elements",
+            "Create messages",
+            "Write to Kafka",
+            "Dead letters"
+        ]
+    );
+    let read_before = first["totals"]["read"].as_u64().unwrap();
+    assert!(read_before > 0, "{first}");
+    assert_eq!(first["partitions"].as_array().unwrap().len(), 3, "{first}");
+
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, metrics) = http("GET", &addr, "/metrics");
+    assert_eq!(status, 200);
+    let second = api(&addr);
+    let read_after = second["totals"]["read"].as_u64().unwrap();
+    assert!(
+        read_after > read_before,
+        "counts grow while events flow: {read_before} then {read_after}"
+    );
+    let scraped = metric(
+        &metrics,
+        "streamkit_pipeline_records_total",
+        &["operator=\"read\"", "direction=\"out\""],
+    );
+    assert!(
+        scraped as u64 >= read_before && scraped as u64 <= read_after,
+        "{scraped} not within {read_before}..{read_after}"
+    );
+    let written = metric(
+        &metrics,
+        "streamkit_pipeline_records_total",
+        &["operator=\"write\"", "direction=\"out\""],
+    );
+    assert!(written > 0.0 && written <= scraped);
+    assert!(
+        second["operators"][0]["rate_per_second"].as_f64().unwrap() > 0.0,
+        "{second}"
+    );
+    assert!(
+        !second["checkpoints"].as_array().unwrap().is_empty(),
+        "commits every 500 ms: {second}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "streamkit_pipeline_checkpoint_duration_seconds_count",
+            &[]
+        ) >= 1.0
+    );
+    assert!(metrics.contains("# TYPE streamkit_pipeline_checkpoint_duration_seconds histogram"));
+    assert!(metrics.contains("# TYPE streamkit_pipeline_partition_lag_records gauge"));
+    assert!(
+        metrics.contains("streamkit_build_info{version=\""),
+        "{metrics}"
+    );
+
+    // Read-only, and nothing about how it connects.
+    let (page_status, page) = http("GET", &addr, "/");
+    assert_eq!(page_status, 200);
+    assert!(
+        page.contains("<title>streamkit pipeline</title>")
+            && !page.contains("http://")
+            && !page.contains("https://")
+    );
+    assert_eq!(http("POST", &addr, "/api/job").0, 405);
+    assert_eq!(http("DELETE", &addr, "/metrics").0, 405);
+    let everything = format!("{page}{metrics}{second}");
+    assert!(!everything.contains("hunter2-secret"));
+    assert!(
+        !everything.contains("127.0.0.1:"),
+        "no cluster address may appear"
+    );
+
+    signal(&child, "INT");
+    let output = wait_with_timeout(child, Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn a_taken_ui_port_falls_back_to_the_next_free_one() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    // The embedded demo, with the taken port asked for explicitly.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    command
+        .env_remove("BOOTSTRAP_SERVERS")
+        .args(["--ui-addr", &format!("127.0.0.1:{port}")]);
+    let (child, addr) = spawn_with_address(command, "dashboard at");
+    assert_ne!(addr, format!("127.0.0.1:{port}"));
+    assert_eq!(http("GET", &addr, "/api/job").0, 200);
+    signal(&child, "INT");
+    let _ = wait_with_timeout(child, Duration::from_secs(10));
+}
+
+#[test]
+fn datagen_serves_its_load_test_metrics() {
+    let mut command = datagen();
+    command.args([
+        "--rate",
+        "400",
+        "--duration",
+        "6s",
+        "-o",
+        "/dev/null",
+        "-q",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    let (child, addr) = spawn_with_address(command, "metrics at");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, first) = http("GET", &addr, "/metrics");
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, second) = http("GET", &addr, "/metrics");
+    let generated = |text: &str| metric(text, "streamkit_datagen_events_generated_total", &[]);
+    assert!(
+        generated(&first) > 0.0 && generated(&second) > generated(&first),
+        "{first}\n{second}"
+    );
+    assert!(metric(&second, "streamkit_datagen_events_delivered_total", &[]) > 0.0);
+    assert_eq!(
+        metric(&second, "streamkit_datagen_delivery_errors_total", &[]),
+        0.0
+    );
+    let rate = metric(&second, "streamkit_datagen_events_per_second", &[]);
+    assert!(rate > 100.0 && rate < 800.0, "about 400/s: {rate}");
+    assert!(second.contains("streamkit_build_info"));
+    let output = wait_with_timeout(child, Duration::from_secs(15));
+    assert!(output.status.success());
+}
