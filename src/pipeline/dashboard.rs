@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::{CHECKPOINT_BUCKETS, Cluster, PipelineConfig, Source, Stats};
+use super::{CHECKPOINT_BUCKETS, Cluster, PartitionStatus, PipelineConfig, Source, Stats, Totals};
 use crate::web::{Exposition, View};
 
 /// The operators, in order, as the original Beam job names them.
@@ -126,7 +126,7 @@ impl JobView {
                 partition,
                 committed_offset: p.committed,
                 end_offset: p.end,
-                lag: p.lag,
+                lag: p.lag(),
             })
             .collect();
         let checkpoints = self
@@ -157,11 +157,6 @@ impl JobView {
                 last_reason: r.last_reason,
             })
             .collect();
-        let (read, written, dead_lettered) = (
-            Stats::get(&self.stats.read),
-            Stats::get(&self.stats.written),
-            Stats::get(&self.stats.dead_lettered),
-        );
         JobSnapshot {
             job: JobInfo {
                 name: self.name.clone(),
@@ -182,12 +177,7 @@ impl JobView {
             partitions,
             checkpoints,
             dead_letters,
-            totals: Totals {
-                read,
-                written,
-                dead_lettered,
-                in_flight: read.saturating_sub(written + dead_lettered),
-            },
+            totals: self.stats.totals(),
         }
     }
 }
@@ -270,7 +260,7 @@ impl View for JobView {
             (
                 "streamkit_pipeline_partition_lag_records",
                 "Records between the job's position and the partition's end.",
-                gauges(|p| p.lag),
+                gauges(PartitionStatus::lag),
             ),
             (
                 "streamkit_pipeline_partition_committed_offset",
@@ -373,12 +363,4 @@ struct DeadLetterSnapshot {
     kind: &'static str,
     count: u64,
     last_reason: String,
-}
-
-#[derive(Debug, Serialize)]
-struct Totals {
-    read: u64,
-    written: u64,
-    dead_lettered: u64,
-    in_flight: u64,
 }

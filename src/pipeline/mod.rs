@@ -124,6 +124,7 @@ pub struct Stats {
 
 /// Where the job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Phase {
     Starting,
     Running,
@@ -166,19 +167,17 @@ pub struct PartitionStatus {
     pub committed: Option<i64>,
     /// The partition's end (high watermark).
     pub end: Option<i64>,
-    /// Records between the job's read position and the end.
-    pub lag: Option<i64>,
     /// Next offset the job reads.
     pub position: Option<i64>,
 }
 
 impl PartitionStatus {
-    fn update_lag(&mut self) {
-        // Clamped: a broker may under-report its end (tansu 0.6 does).
-        self.lag = self
-            .end
+    /// Records between the job's read position (or its last commit) and the end.
+    /// Clamped at 0: a broker may under-report its end (tansu 0.6 does).
+    pub fn lag(&self) -> Option<i64> {
+        self.end
             .zip(self.position.or(self.committed))
-            .map(|(end, position)| (end - position).max(0));
+            .map(|(end, position)| (end - position).max(0))
     }
 }
 
@@ -193,6 +192,15 @@ pub struct Checkpoint {
 
 /// How many recent checkpoints are kept.
 const CHECKPOINTS_KEPT: usize = 20;
+
+/// The job's record counts; `read = written + dead_lettered + in_flight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    pub read: u64,
+    pub written: u64,
+    pub dead_lettered: u64,
+    pub in_flight: u64,
+}
 
 /// Dead letters of one kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -220,6 +228,21 @@ impl Stats {
         }
     }
 
+    /// Records read, written, dead-lettered, and read but not yet acknowledged.
+    pub fn totals(&self) -> Totals {
+        let (read, written, dead_lettered) = (
+            Self::get(&self.read),
+            Self::get(&self.written),
+            Self::get(&self.dead_lettered),
+        );
+        Totals {
+            read,
+            written,
+            dead_lettered,
+            in_flight: read.saturating_sub(written + dead_lettered),
+        }
+    }
+
     /// Dead letters per kind, with the latest reason of each.
     pub fn rejections(&self) -> BTreeMap<RejectKind, RejectionStats> {
         self.rejections
@@ -239,14 +262,7 @@ impl Stats {
     }
 
     pub fn set_phase(&self, phase: Phase) {
-        let value = match phase {
-            Phase::Starting => 0,
-            Phase::Running => 1,
-            Phase::Draining => 2,
-            Phase::Finished => 3,
-            Phase::Failed => 4,
-        };
-        self.phase.store(value, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Relaxed);
     }
 
     /// Every commit's duration so far.
@@ -288,7 +304,6 @@ impl Stats {
         if let Ok(mut partitions) = self.partitions.lock() {
             let status = partitions.entry(partition).or_default();
             status.end = Some(end);
-            status.update_lag();
         }
     }
 
@@ -298,7 +313,6 @@ impl Stats {
             let status = partitions.entry(partition).or_default();
             status.committed = committed.or(status.committed);
             status.position = position.or(status.position);
-            status.update_lag();
         }
     }
 
@@ -324,22 +338,20 @@ impl Stats {
         if partitions.is_empty() {
             return None;
         }
-        partitions.values().map(|p| p.lag).sum()
+        partitions.values().map(PartitionStatus::lag).sum()
     }
 
     fn status_line(&self, rate: f64) -> String {
-        let lag = self.lag().unwrap_or(-1);
+        let lag = self
+            .lag()
+            .map_or_else(|| "unknown".to_string(), |lag| group_thousands(lag as u64));
         format!(
             "read {}, written {}, dead-lettered {}, {} records/s, lag {}",
             group_thousands(Self::get(&self.read)),
             group_thousands(Self::get(&self.written)),
             group_thousands(Self::get(&self.dead_lettered)),
             group_thousands(rate.round() as u64),
-            if lag < 0 {
-                "unknown".to_string()
-            } else {
-                group_thousands(lag as u64)
-            },
+            lag,
         )
     }
 }
@@ -384,16 +396,12 @@ pub struct Summary {
 
 impl Summary {
     fn from_stats(stats: &Stats, elapsed: Duration) -> Self {
-        let (read, written, dead_lettered) = (
-            Stats::get(&stats.read),
-            Stats::get(&stats.written),
-            Stats::get(&stats.dead_lettered),
-        );
+        let totals = stats.totals();
         Summary {
-            read,
-            written,
-            dead_lettered,
-            unfinished: read.saturating_sub(written + dead_lettered),
+            read: totals.read,
+            written: totals.written,
+            dead_lettered: totals.dead_lettered,
+            unfinished: totals.in_flight,
             elapsed,
             rejections: stats.rejections(),
         }
