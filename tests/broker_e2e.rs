@@ -76,6 +76,16 @@ fn topic_args<'a>(input: &'a str, output: &'a str, dead: &'a str) -> [&'a str; 6
     ]
 }
 
+/// Runs `pipeline --use-own --bounded` over a test's topics, its job named after the input.
+fn drain(input: &str, output: &str, dead: &str) -> Output {
+    pipeline()
+        .args(["--use-own", "--bounded", "--job-name", input])
+        .args(topic_args(input, output, dead))
+        .args(FAST_FETCH)
+        .output()
+        .unwrap()
+}
+
 const SEEDED: [&str; 6] = [
     "--seed",
     "4",
@@ -134,12 +144,7 @@ fn wait_for_output(topic: &str) {
 fn datagen_then_pipeline_writes_exactly_what_file_mode_writes() {
     let (input, output, dead) = cluster_and_topics("loop");
     feed(&input, 10_000);
-    let run = pipeline()
-        .args(["--use-own", "--bounded", "--job-name", &input])
-        .args(topic_args(&input, &output, &dead))
-        .args(FAST_FETCH)
-        .output()
-        .unwrap();
+    let run = drain(&input, &output, &dead);
     let err = stderr(&run);
     assert!(run.status.success(), "{err}");
     assert!(
@@ -227,12 +232,7 @@ fn bad_records_reach_the_dead_letter_topic_with_their_headers() {
         ));
     }
     produce(BOOTSTRAP, &input, &records);
-    let run = pipeline()
-        .args(["--use-own", "--bounded", "--job-name", &input])
-        .args(topic_args(&input, &output, &dead))
-        .args(FAST_FETCH)
-        .output()
-        .unwrap();
+    let run = drain(&input, &output, &dead);
     let err = stderr(&run);
     assert!(run.status.success(), "{err}");
     assert!(
@@ -283,12 +283,7 @@ fn a_killed_pipeline_restarts_without_losing_records() {
     wait_for_output(&output);
     signal(&child, "KILL");
     let _ = wait_with_timeout(child, Duration::from_secs(5));
-    let restart = pipeline()
-        .args(["--use-own", "--bounded", "--job-name", &input])
-        .args(topic_args(&input, &output, &dead))
-        .args(FAST_FETCH)
-        .output()
-        .unwrap();
+    let restart = drain(&input, &output, &dead);
     assert!(restart.status.success(), "{}", stderr(&restart));
     let (total, written) = keys_in(&output);
     assert_eq!(written, keys, "every input id reaches the output");
@@ -374,12 +369,7 @@ fn a_broker_down_at_start_fails_fast_and_loses_nothing() {
         );
     }
     script("start-env.sh", &["-k"]);
-    let run = pipeline()
-        .args(["--use-own", "--bounded", "--job-name", &input])
-        .args(topic_args(&input, &output, &dead))
-        .args(FAST_FETCH)
-        .output()
-        .unwrap();
+    let run = drain(&input, &output, &dead);
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(
         keys_in(&output).1,

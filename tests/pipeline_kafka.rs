@@ -319,6 +319,18 @@ fn output_keys(bootstrap: &str) -> (usize, BTreeSet<String>) {
     )
 }
 
+/// Waits until the job has written something to the output topic.
+fn wait_for_output(bootstrap: &str) {
+    let started = Instant::now();
+    while output_keys(bootstrap).0 == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no output after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn a_killed_job_restarted_with_the_same_name_loses_nothing() {
     let cluster = cluster_with(BIG);
@@ -339,18 +351,7 @@ fn a_killed_job_restarted_with_the_same_name_loses_nothing() {
         .spawn()
         .unwrap();
     // Kill -9 once some output is out, before the job is done.
-    let started = Instant::now();
-    loop {
-        let (count, _) = output_keys(&bootstrap);
-        if count > 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no output after 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_output(&bootstrap);
     signal(&child, "KILL");
     let _ = wait_with_timeout(child, Duration::from_secs(5));
     let (first_run, _) = output_keys(&bootstrap);
@@ -392,14 +393,7 @@ fn sigterm_drains_commits_and_a_restart_continues_without_duplicates() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while output_keys(&bootstrap).0 == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no output after 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_output(&bootstrap);
     signal(&child, "TERM");
     let stopping = Instant::now();
     let output = wait_with_timeout(child, Duration::from_secs(15));
@@ -446,14 +440,7 @@ fn a_broker_outage_is_ridden_out_without_loss() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while output_keys(&bootstrap).0 == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no output after 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_output(&bootstrap);
     cluster.broker_down(1).unwrap();
     std::thread::sleep(Duration::from_secs(6));
     cluster.broker_up(1).unwrap();
