@@ -84,31 +84,22 @@ pub fn parse_non_negative(raw: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses a duration: `90`, `90s`, `500ms`, `5m`, `2h` (a bare number is seconds).
+/// Parses a duration with `humantime` (`500ms`, `90s`, `5m`, `2h`, `1h 30m`, `1.5s`); a bare
+/// number is seconds, as in `90`.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    let split = raw
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(raw.len());
-    let (number, unit) = raw.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{raw}' is not a duration like 30s, 500ms, 5m or 2h"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{raw}' (use ms, s, m or h)"
-            ));
-        }
-    };
-    if seconds.is_finite() && seconds > 0.0 {
-        Ok(Duration::from_secs_f64(seconds))
+    let bare_number = !raw.is_empty() && raw.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let parsed = if bare_number {
+        humantime::parse_duration(&format!("{raw}s"))
     } else {
-        Err(format!("'{raw}' must be longer than zero"))
+        humantime::parse_duration(raw)
+    };
+    match parsed {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err(format!("'{raw}' must be longer than zero")),
+        Err(e) => Err(format!(
+            "'{raw}' is not a duration like 90, 30s, 500ms, 5m or 2h ({e})"
+        )),
     }
 }
 
@@ -135,6 +126,11 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-3").is_err());
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("99999999999999999999999").is_err());
+        assert!(parse_duration("").is_err());
     }
 
     #[test]

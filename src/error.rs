@@ -23,6 +23,9 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
     #[error("invalid Kafka client configuration: {0}")]
     KafkaConfig(String),
 

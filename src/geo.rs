@@ -6,6 +6,10 @@
 //! its approximate metropolitan population in thousands, used as its weight. The table and
 //! the pick are deterministic, so seeded output is the same on every machine.
 
+use rand::Rng;
+use rand::distr::Distribution;
+use rand::distr::weighted::WeightedIndex;
+
 /// A city users can live in.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct City {
@@ -164,37 +168,22 @@ pub const CITIES: &[City] = &[
     city("Reykjavik", "IS", 64.1466, -21.9426, 240),
 ];
 
-/// Picks cities with probability proportional to population.
+/// Picks cities with probability proportional to population (rand's `WeightedIndex`).
 #[derive(Debug, Clone)]
 pub struct CityPicker {
-    /// Running totals of `population_k`, one per city in `CITIES` order.
-    cumulative: Vec<u64>,
-}
-
-impl Default for CityPicker {
-    fn default() -> Self {
-        let mut total = 0u64;
-        let cumulative = CITIES
-            .iter()
-            .map(|c| {
-                total += u64::from(c.population_k);
-                total
-            })
-            .collect();
-        CityPicker { cumulative }
-    }
+    weights: WeightedIndex<u32>,
 }
 
 impl CityPicker {
-    /// Sum of all weights: draw `ticket` uniformly in `0..total_weight()`.
-    pub fn total_weight(&self) -> u64 {
-        self.cumulative.last().copied().unwrap_or(0)
+    /// A picker over [`CITIES`]; fails only if the table had no positive weight.
+    pub fn new() -> Result<Self, rand::distr::weighted::Error> {
+        let weights = WeightedIndex::new(CITIES.iter().map(|c| c.population_k))?;
+        Ok(CityPicker { weights })
     }
 
-    /// The city whose weight interval contains `ticket` (`ticket < total_weight()`).
-    pub fn pick(&self, ticket: u64) -> &'static City {
-        let index = self.cumulative.partition_point(|&end| end <= ticket);
-        &CITIES[index.min(CITIES.len() - 1)]
+    /// A city, drawn with population weights.
+    pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> &'static City {
+        &CITIES[self.weights.sample(rng)]
     }
 }
 
@@ -220,15 +209,22 @@ mod tests {
     }
 
     #[test]
-    fn pick_follows_the_weight_intervals() {
-        let picker = CityPicker::default();
-        assert_eq!(picker.pick(0).name, CITIES[0].name);
-        let first = u64::from(CITIES[0].population_k);
-        assert_eq!(picker.pick(first - 1).name, CITIES[0].name);
-        assert_eq!(picker.pick(first).name, CITIES[1].name);
-        assert_eq!(
-            picker.pick(picker.total_weight() - 1).name,
-            CITIES.last().unwrap().name
+    fn picks_follow_population() {
+        use rand::SeedableRng;
+        let picker = CityPicker::new().unwrap();
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(1);
+        let total: u64 = CITIES.iter().map(|c| u64::from(c.population_k)).sum();
+        let draws = 200_000;
+        let mut tokyo = 0;
+        for _ in 0..draws {
+            if picker.pick(&mut rng).name == "Tokyo" {
+                tokyo += 1;
+            }
+        }
+        let expected = draws as f64 * f64::from(CITIES[0].population_k) / total as f64;
+        assert!(
+            (tokyo as f64 - expected).abs() < 5.0 * expected.sqrt(),
+            "tokyo {tokyo}, expected {expected:.0}"
         );
     }
 }

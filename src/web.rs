@@ -1,17 +1,25 @@
-//! A small read-only HTTP server for dashboards and Prometheus scrapes, and the Prometheus
-//! text format.
+//! A small read-only HTTP server for dashboards and Prometheus scrapes, and the helpers
+//! that render metrics with `prometheus-client` (the Prometheus text format 0.0.4).
 //!
 //! Guarantees: it binds where it is told (loopback by default in both binaries), answers
 //! only GET and HEAD (anything else gets 405), and serves only what its [`View`] renders:
 //! no files, and nothing from the internet. It runs on its own thread, so it works whatever
 //! the job does (Kafka or files), and stops when the [`Server`] is dropped.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use crate::error::{Error, Result};
 
@@ -141,107 +149,98 @@ fn respond(request: tiny_http::Request, view: &dyn View) {
     let _ = request.respond(response);
 }
 
-/// Builds a Prometheus text exposition (format 0.0.4).
-#[derive(Debug, Default)]
-pub struct Exposition {
-    text: String,
+/// A metrics registry that already holds `streamkit_build_info`; each view adds its own
+/// metrics and collectors, then renders it with [`render_metrics`] on every scrape.
+pub fn metrics_registry() -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(BuildInfo));
+    registry
 }
 
-/// Label pairs of one sample.
-pub type Labels<'a> = &'a [(&'a str, &'a str)];
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// `registry` in the Prometheus text format (version 0.0.4), by `prometheus-client`.
+pub fn render_metrics(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail, and every collector here only formats numbers.
+    if let Err(e) = prometheus_text::encode(&mut text, registry) {
+        log::debug!("metrics encoding stopped early: {e}");
     }
+    text
+}
 
-    fn sample(&mut self, name: &str, labels: Labels<'_>, value: f64) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (key, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let escaped = value
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.text, "{key}=\"{escaped}\"");
-            }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {value}");
+/// Writes one metric family of `samples` (labels, value) from a collector.
+pub fn encode_samples<L, M>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result
+where
+    L: EncodeLabelSet,
+    M: EncodeMetric,
+{
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
     }
+    Ok(())
+}
 
-    pub fn counter(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
-        self.family(name, "counter", help);
-        for (labels, value) in samples {
-            self.sample(name, labels, *value);
-        }
-    }
+/// `streamkit_build_info{version, librdkafka_version} 1`.
+#[derive(Debug)]
+struct BuildInfo;
 
-    pub fn gauge(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
-        self.family(name, "gauge", help);
-        for (labels, value) in samples {
-            self.sample(name, labels, *value);
-        }
-    }
-
-    /// `buckets` are (upper bound, cumulative count), ascending.
-    pub fn histogram(
-        &mut self,
-        name: &str,
-        help: &str,
-        buckets: &[(f64, u64)],
-        sum: f64,
-        count: u64,
-    ) {
-        self.family(name, "histogram", help);
-        let bucket = format!("{name}_bucket");
-        for (le, cumulative) in buckets {
-            self.sample(&bucket, &[("le", &le.to_string())], *cumulative as f64);
-        }
-        self.sample(&bucket, &[("le", "+Inf")], count as f64);
-        self.sample(&format!("{name}_sum"), &[], sum);
-        self.sample(&format!("{name}_count"), &[], count as f64);
-    }
-
-    /// `streamkit_build_info`: version and librdkafka version, value 1.
-    pub fn build_info(&mut self) {
+impl Collector for BuildInfo {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
-        self.gauge(
+        encode_samples(
+            &mut encoder,
             "streamkit_build_info",
             "Build information (always 1).",
-            &[(
-                &[
+            MetricType::Gauge,
+            [(
+                [
                     ("version", env!("CARGO_PKG_VERSION")),
-                    ("librdkafka_version", &librdkafka),
+                    ("librdkafka_version", librdkafka.as_str()),
                 ],
-                1.0,
+                ConstGauge::new(1i64),
             )],
-        );
-    }
-
-    pub fn finish(self) -> String {
-        self.text
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::metrics::counter::ConstCounter;
+
+    #[derive(Debug)]
+    struct Things;
+
+    impl Collector for Things {
+        fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+            encode_samples(
+                &mut encoder,
+                "x",
+                "Things.",
+                MetricType::Counter,
+                [([("op", "a\"b")], ConstCounter::new(3u64))],
+            )
+        }
+    }
 
     #[test]
-    fn exposition_follows_the_text_format() {
-        let mut e = Exposition::default();
-        e.counter("x_total", "Things.", &[(&[("op", "a\"b")], 3.0)]);
-        e.histogram("d_seconds", "Durations.", &[(0.1, 1), (1.0, 2)], 0.6, 3);
-        let text = e.finish();
+    fn metrics_follow_the_text_format_with_build_info() {
+        let mut registry = metrics_registry();
+        registry.register_collector(Box::new(Things));
+        let text = render_metrics(&registry);
         assert!(
             text.contains("# TYPE x_total counter\nx_total{op=\"a\\\"b\"} 3\n"),
             "{text}"
         );
-        assert!(text.contains("d_seconds_bucket{le=\"0.1\"} 1\nd_seconds_bucket{le=\"1\"} 2\nd_seconds_bucket{le=\"+Inf\"} 3\nd_seconds_sum 0.6\nd_seconds_count 3\n"), "{text}");
+        assert!(
+            text.contains("# TYPE streamkit_build_info gauge\nstreamkit_build_info{version=\""),
+            "{text}"
+        );
     }
 }

@@ -5,14 +5,22 @@
 //! It shows what the job does, never how it connects: no librdkafka property value, not
 //! even the bootstrap address, appears anywhere.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::{CHECKPOINT_BUCKETS, Cluster, PartitionStatus, PipelineConfig, Source, Stats, Totals};
-use crate::web::{Exposition, View};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::{Cluster, PartitionStatus, PipelineConfig, Source, Stats, Totals};
+use crate::web::{View, encode_samples, metrics_registry, render_metrics};
 
 /// The operators, in order, as the original Beam job names them.
 const OPERATORS: [&str; 6] = [
@@ -43,6 +51,8 @@ pub(super) struct JobView {
     stats: Arc<Stats>,
     /// Last sample of records out per operator, for rates.
     sample: Mutex<(Instant, [u64; 6], [f64; 6])>,
+    /// `/metrics`: build info, the commit-duration histogram and [`JobMetrics`].
+    registry: Registry,
 }
 
 impl JobView {
@@ -64,40 +74,36 @@ impl JobView {
                 )),
             ),
         };
+        let started = Instant::now();
+        let mut registry = metrics_registry();
+        registry.register(
+            "streamkit_pipeline_checkpoint_duration_seconds",
+            "Duration of commits of delivered positions",
+            stats.checkpoint_durations().0,
+        );
+        registry.register_collector(Box::new(JobMetrics {
+            job: config.job_name.clone(),
+            input: topics
+                .as_ref()
+                .map_or_else(|| "file".to_string(), |t| t.0.clone()),
+            started,
+            stats: Arc::clone(&stats),
+        }));
         JobView {
             name: config.job_name.clone(),
             mode,
             parallelism,
             topics,
-            started: Instant::now(),
+            started,
             started_at: SystemTime::now(),
             stats,
-            sample: Mutex::new((Instant::now(), [0; 6], [0.0; 6])),
+            sample: Mutex::new((started, [0; 6], [0.0; 6])),
+            registry,
         }
     }
 
-    /// (records in, records out) per operator.
-    fn operator_counts(&self) -> [(u64, u64); 6] {
-        let s = &self.stats;
-        let (read, decoded, parsed, created) = (
-            Stats::get(&s.read),
-            Stats::get(&s.decoded),
-            Stats::get(&s.parsed),
-            Stats::get(&s.created),
-        );
-        let rejected: u64 = s.rejections().values().map(|r| r.count).sum();
-        [
-            (read, read),
-            (read, decoded),
-            (decoded, parsed),
-            (parsed, created),
-            (created, Stats::get(&s.written)),
-            (rejected, Stats::get(&s.dead_lettered)),
-        ]
-    }
-
     fn snapshot(&self) -> JobSnapshot {
-        let counts = self.operator_counts();
+        let counts = self.stats.operator_counts();
         let rates = self.sample.lock().map(|s| s.2).unwrap_or_default();
         let files = self.topics.is_none();
         let operators = OPERATORS
@@ -192,7 +198,7 @@ impl View for JobView {
     }
 
     fn tick(&self) {
-        let counts = self.operator_counts();
+        let counts = self.stats.operator_counts();
         if let Ok(mut sample) = self.sample.lock() {
             let now = Instant::now();
             let seconds = now.duration_since(sample.0).as_secs_f64().max(1e-3);
@@ -205,102 +211,107 @@ impl View for JobView {
     }
 
     fn metrics(&self) -> String {
-        let mut e = Exposition::default();
-        let counts = self.operator_counts();
-        let job = self.name.as_str();
-        let mut records: Vec<(Vec<(&str, &str)>, f64)> = Vec::new();
-        for (label, (records_in, records_out)) in OPERATOR_LABELS.iter().zip(counts) {
-            records.push((
-                vec![("job", job), ("operator", label), ("direction", "in")],
-                records_in as f64,
-            ));
-            records.push((
-                vec![("job", job), ("operator", label), ("direction", "out")],
-                records_out as f64,
-            ));
-        }
-        let samples: Vec<_> = records.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-        e.counter(
-            "streamkit_pipeline_records_total",
+        render_metrics(&self.registry)
+    }
+}
+
+/// The job's Prometheus families, read from its [`Stats`] at each scrape.
+#[derive(Debug)]
+struct JobMetrics {
+    job: String,
+    /// The input topic, or `file`.
+    input: String,
+    started: Instant,
+    stats: Arc<Stats>,
+}
+
+impl Collector for JobMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let job = self.job.as_str();
+        let counts = self.stats.operator_counts();
+        encode_samples(
+            &mut encoder,
+            "streamkit_pipeline_records",
             "Records into and out of each operator.",
-            &samples,
-        );
-
-        let rejections = self.stats.rejections();
-        let kinds: Vec<(Vec<(&str, &str)>, f64)> = rejections
-            .iter()
-            .map(|(kind, r)| (vec![("job", job), ("kind", kind.as_str())], r.count as f64))
-            .collect();
-        let samples: Vec<_> = kinds.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-        e.counter(
-            "streamkit_pipeline_dead_letters_total",
-            "Records sent to the dead-letter destination, by kind.",
-            &samples,
-        );
-
-        let input = self.topics.as_ref().map_or("file", |t| t.0.as_str());
-        let partitions = self.stats.partitions();
-        let numbers: Vec<String> = partitions.keys().map(i32::to_string).collect();
-        let gauges =
-            |pick: fn(&super::PartitionStatus) -> Option<i64>| -> Vec<(Vec<(&str, &str)>, f64)> {
-                partitions
-                    .values()
-                    .zip(&numbers)
-                    .filter_map(|(p, n)| {
-                        pick(p).map(|v| {
-                            (
-                                vec![("job", job), ("topic", input), ("partition", n.as_str())],
-                                v as f64,
-                            )
-                        })
+            MetricType::Counter,
+            OPERATOR_LABELS
+                .iter()
+                .zip(counts)
+                .flat_map(|(operator, (records_in, records_out))| {
+                    [("in", records_in), ("out", records_out)].map(|(direction, n)| {
+                        (
+                            [
+                                ("job", job),
+                                ("operator", operator),
+                                ("direction", direction),
+                            ],
+                            ConstCounter::new(n),
+                        )
                     })
-                    .collect()
-            };
-        for (name, help, values) in [
+                }),
+        )?;
+        encode_samples(
+            &mut encoder,
+            "streamkit_pipeline_dead_letters",
+            "Records sent to the dead-letter destination, by kind.",
+            MetricType::Counter,
+            self.stats.rejections().iter().map(|(kind, r)| {
+                (
+                    [("job", job), ("kind", kind.as_str())],
+                    ConstCounter::new(r.count),
+                )
+            }),
+        )?;
+        let partitions = self.stats.partitions();
+        let input = self.input.as_str();
+        type Pick = fn(&PartitionStatus) -> Option<i64>;
+        let families: [(&str, &str, Pick); 3] = [
             (
                 "streamkit_pipeline_partition_lag_records",
                 "Records between the job's position and the partition's end.",
-                gauges(PartitionStatus::lag),
+                PartitionStatus::lag,
             ),
             (
                 "streamkit_pipeline_partition_committed_offset",
                 "Next offset the job resumes from, per input partition.",
-                gauges(|p| p.committed),
+                |p| p.committed,
             ),
             (
                 "streamkit_pipeline_partition_end_offset",
                 "End offset (high watermark) per input partition.",
-                gauges(|p| p.end),
+                |p| p.end,
             ),
-        ] {
-            let samples: Vec<_> = values.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-            e.gauge(name, help, &samples);
+        ];
+        for (name, help, pick) in families {
+            encode_samples(
+                &mut encoder,
+                name,
+                help,
+                MetricType::Gauge,
+                partitions.iter().filter_map(|(partition, status)| {
+                    pick(status).map(|value| {
+                        (
+                            [
+                                ("job", job.to_string()),
+                                ("topic", input.to_string()),
+                                ("partition", partition.to_string()),
+                            ],
+                            ConstGauge::new(value),
+                        )
+                    })
+                }),
+            )?;
         }
-
-        let histogram = self.stats.checkpoint_durations();
-        let mut cumulative = 0;
-        let buckets: Vec<(f64, u64)> = CHECKPOINT_BUCKETS
-            .iter()
-            .zip(histogram.counts)
-            .map(|(&le, n)| {
-                cumulative += n;
-                (le, cumulative)
-            })
-            .collect();
-        e.histogram(
-            "streamkit_pipeline_checkpoint_duration_seconds",
-            "Duration of commits of delivered positions.",
-            &buckets,
-            histogram.sum_seconds,
-            histogram.count,
-        );
-        e.gauge(
+        encode_samples(
+            &mut encoder,
             "streamkit_pipeline_uptime_seconds",
             "Seconds since the job started.",
-            &[(&[("job", job)], self.started.elapsed().as_secs_f64())],
-        );
-        e.build_info();
-        e.finish()
+            MetricType::Gauge,
+            [(
+                [("job", job)],
+                ConstGauge::new(self.started.elapsed().as_secs_f64()),
+            )],
+        )
     }
 }
 

@@ -118,7 +118,7 @@ pub struct Stats {
     rejections: Mutex<BTreeMap<RejectKind, RejectionStats>>,
     partitions: Mutex<BTreeMap<i32, PartitionStatus>>,
     checkpoints: Mutex<VecDeque<Checkpoint>>,
-    checkpoint_durations: Mutex<DurationHistogram>,
+    checkpoint_durations: CheckpointDurations,
     phase: std::sync::atomic::AtomicU8,
 }
 
@@ -151,13 +151,16 @@ pub const CHECKPOINT_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// Commit durations, bucketed as Prometheus histograms are.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct DurationHistogram {
-    /// Per bucket of [`CHECKPOINT_BUCKETS`], not cumulative.
-    pub counts: [u64; CHECKPOINT_BUCKETS.len()],
-    pub sum_seconds: f64,
-    pub count: u64,
+/// Commit durations: a `prometheus-client` histogram over [`CHECKPOINT_BUCKETS`].
+#[derive(Debug, Clone)]
+pub struct CheckpointDurations(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for CheckpointDurations {
+    fn default() -> Self {
+        CheckpointDurations(prometheus_client::metrics::histogram::Histogram::new(
+            CHECKPOINT_BUCKETS,
+        ))
+    }
 }
 
 /// One input partition, as last measured.
@@ -265,23 +268,33 @@ impl Stats {
         self.phase.store(phase as u8, Ordering::Relaxed);
     }
 
-    /// Every commit's duration so far.
-    pub fn checkpoint_durations(&self) -> DurationHistogram {
-        self.checkpoint_durations
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_default()
+    /// Every commit's duration so far (shares its data with the stats).
+    pub fn checkpoint_durations(&self) -> CheckpointDurations {
+        self.checkpoint_durations.clone()
+    }
+
+    /// (records in, records out) of each operator, in chain order, the dead-letter branch
+    /// last: Read, Decode, Parse, Create messages, Write, Dead letters.
+    pub fn operator_counts(&self) -> [(u64, u64); 6] {
+        let (read, decoded, parsed, created) = (
+            Self::get(&self.read),
+            Self::get(&self.decoded),
+            Self::get(&self.parsed),
+            Self::get(&self.created),
+        );
+        let rejected: u64 = self.rejections().values().map(|r| r.count).sum();
+        [
+            (read, read),
+            (read, decoded),
+            (decoded, parsed),
+            (parsed, created),
+            (created, Self::get(&self.written)),
+            (rejected, Self::get(&self.dead_lettered)),
+        ]
     }
 
     fn record_checkpoint(&self, duration: Duration, positions: &[(i32, i64)]) {
-        if let Ok(mut histogram) = self.checkpoint_durations.lock() {
-            let seconds = duration.as_secs_f64();
-            if let Some(bucket) = CHECKPOINT_BUCKETS.iter().position(|&le| seconds <= le) {
-                histogram.counts[bucket] += 1;
-            }
-            histogram.sum_seconds += seconds;
-            histogram.count += 1;
-        }
+        self.checkpoint_durations.0.observe(duration.as_secs_f64());
         if let Ok(mut partitions) = self.partitions.lock() {
             for &(partition, next) in positions {
                 partitions.entry(partition).or_default().committed = Some(next);

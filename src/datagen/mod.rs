@@ -1,0 +1,149 @@
+//! `datagen`: website-visit events into a file, stdout or a Kafka topic.
+//!
+//! Guarantees:
+//! - **Exact content.** Values and keys are byte-for-byte what the original generator
+//!   writes (see [`crate::schema`]). With a seed and a simulated clock the output is
+//!   byte-identical on every run, whatever `threads` is.
+//! - **Accounted delivery.** In Kafka mode every event handed to the producer ends as
+//!   delivered or as counted in `Summary::delivery_failures`, also after a cancellation:
+//!   cancelling stops generation, waits up to [`DRAIN_TIMEOUT`] for outstanding deliveries,
+//!   then purges and counts whatever is left as failed.
+//! - **Fail fast.** An unreachable broker or a missing topic is reported, naming the
+//!   address, before any event is generated.
+//!
+//! Limit: delivery is at-least-once per event from the producer's point of view; an
+//! event reported failed may still have reached the broker (for example, when its
+//! acknowledgement was lost).
+//!
+//! Layout: [`run`] here; the loop in `run`, the destinations in `sink`, `file_sink` and
+//! `kafka_sink`, the encoding in `batch`, `/metrics` in `metrics`, the summary in `summary`.
+
+mod batch;
+mod file_sink;
+mod kafka_sink;
+mod metrics;
+mod run;
+mod sink;
+mod summary;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+pub use batch::{EncodedBatch, encode};
+pub use metrics::LiveCounts;
+pub use summary::{Summary, group_thousands};
+
+use crate::error::Result;
+use crate::generator::{Clock, EventSource, GeneratorConfig};
+use crate::kafka::{Compression, KafkaConfig};
+use crate::pacing::Pace;
+use crate::progress::{Bound, Progress, ProgressMode};
+use metrics::MetricsView;
+use run::Run;
+use sink::{Sent, open_sink};
+
+/// After cancellation, how long outstanding deliveries may take before they are purged.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Where events go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// JSON lines, one event per line; the file is created (with its folders) or truncated.
+    File(PathBuf),
+    /// JSON lines on stdout.
+    Stdout,
+    /// One message per event: key `{"event_id", "event_ts"}`, value the event JSON.
+    Kafka {
+        kafka: KafkaConfig,
+        topic: String,
+        compression: Compression,
+    },
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Output::File(path) => write!(f, "{}", path.display()),
+            Output::Stdout => f.write_str("stdout"),
+            Output::Kafka { kafka, topic, .. } => {
+                write!(f, "topic {topic} at {}", kafka.bootstrap_servers)
+            }
+        }
+    }
+}
+
+/// Everything a run needs; built by the binary from its flags.
+#[derive(Debug, Clone)]
+pub struct DatagenConfig {
+    pub generator: GeneratorConfig,
+    pub clock: Clock,
+    /// Stop after this many events.
+    pub num_events: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    pub pace: Pace,
+    /// Generator threads; used when the pace is unlimited.
+    pub threads: usize,
+    pub output: Output,
+    pub progress: ProgressMode,
+    /// Serve Prometheus metrics at `/metrics` here while running.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// Generates events as configured until the count, the duration or `cancel` ends the run.
+pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary> {
+    let source = EventSource::new(&config.generator)?;
+    let mut sink = open_sink(&config.output)?;
+    let started = Instant::now();
+    let bound = match (config.num_events, config.duration) {
+        (Some(n), _) => Bound::Events(n),
+        (None, Some(d)) => Bound::Time(d),
+        (None, None) => Bound::None,
+    };
+    let mut progress = Progress::new(config.progress, bound, started);
+    let live = LiveCounts::default();
+    // The metrics server lives as long as the run: dropping it stops it.
+    let _metrics = match config.metrics_addr {
+        Some(addr) => {
+            // The topic or path only: never the cluster's address (a client property).
+            let destination = match &config.output {
+                Output::Kafka { topic, .. } => topic.clone(),
+                other => other.to_string(),
+            };
+            let view = MetricsView::new(&live, &destination, started);
+            let server = crate::web::serve(addr, std::sync::Arc::new(view))?;
+            log::info!("metrics at http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let run = Run {
+        config,
+        source: &source,
+        cancel,
+        started,
+        deadline: config.duration.map(|d| started + d),
+        live: &live,
+    };
+    let generated = if config.threads > 1 && config.pace == Pace::Unlimited {
+        run.parallel(sink.as_mut(), &mut progress)
+    } else {
+        run.sequential(sink.as_mut(), &mut progress)
+    };
+    // Flush what was handed over even when generation failed: nothing is left unaccounted.
+    let delivery = sink.finish(cancel);
+    run.record(sink.as_ref(), Sent::default());
+    progress.finish();
+    let (sent, delivery) = (generated?, delivery?);
+    Ok(Summary {
+        events: sent.events,
+        bytes: sent.bytes,
+        elapsed: started.elapsed(),
+        delivery_failures: delivery.failures,
+        first_failure: delivery.first_failure,
+        destination: config.output.to_string(),
+    })
+}

@@ -1,0 +1,75 @@
+//! The end-of-run summary on stderr: events, bytes, time, rate and delivery failures.
+//!
+//! Guarantee: the figures are those of the run, from the sink's own accounting; a failure
+//! counted here is an event that was not confirmed delivered.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What a run did; printed on stderr at the end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// Events written, or handed to the Kafka producer.
+    pub events: u64,
+    /// Bytes written (lines with newlines), or key and value bytes produced.
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Events the producer could not deliver (0 for files).
+    pub delivery_failures: u64,
+    /// The reason of the first failure.
+    pub first_failure: Option<String>,
+    pub destination: String,
+}
+
+impl Summary {
+    pub fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        write!(
+            f,
+            "{} events, {:.1} MB in {:.2} s: {} events/s ({:.1} MB/s) to {}; delivery failures: {}",
+            group_thousands(self.events),
+            self.bytes as f64 / 1e6,
+            secs,
+            group_thousands(self.events_per_sec().round() as u64),
+            self.bytes as f64 / 1e6 / secs,
+            self.destination,
+            group_thousands(self.delivery_failures),
+        )?;
+        if let Some(reason) = &self.first_failure {
+            write!(f, " (first: {reason})")?;
+        }
+        Ok(())
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands() {
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(1000), "1,000");
+        assert_eq!(group_thousands(1234567), "1,234,567");
+    }
+}
