@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Says whether the local cluster is up, where, and on which backend. Exit 0 when it answers.
+# Says whether the local cluster is up, where, on which backend and version. Exit 0 when it answers.
 set -euo pipefail
 source "$(dirname "$(readlink -f "$0")")/lib.sh"
 
@@ -14,13 +14,13 @@ if [ -z "$backend" ]; then
   exit 1
 fi
 detail=""
-if [ "$backend" = native ]; then
-  pid=$(native_pid || true)
-  detail=" (tansu pid ${pid:-none}, storage $(cat "$STATE_DIR/storage" 2>/dev/null || echo unknown))"
-fi
+case $backend in
+  tansu) detail=" (pid $(native_pid || echo none), storage $(cat "$STATE_DIR/storage" 2>/dev/null || echo unknown))" ;;
+  kafka) detail=" (pid $(native_pid || echo none), data ${STATE_DIR/#$REPO_DIR\//}/kafka-data)" ;;
+esac
 if broker_answers; then
-  say "up: $backend at $BOOTSTRAP$detail"
+  say "up: $backend, $(backend_version "$backend"), at $BOOTSTRAP$detail"
 else
-  say "down: $backend at $BOOTSTRAP does not answer$detail"
+  say "down: $backend, $(backend_version "$backend"), at $BOOTSTRAP does not answer$detail"
   exit 1
 fi

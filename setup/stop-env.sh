@@ -8,11 +8,11 @@ usage() {
   cat <<USAGE
 Usage: setup/stop-env.sh [-k|--kafka] [-a|--all] [--keep-data] [-h|--help]
 
-Stops the local cluster started by setup/start-env.sh and removes its data.
+Stops the local cluster started by setup/start-env.sh (any backend) and removes its data.
 
   -k, --kafka      stop Kafka (the default)
   -a, --all        stop everything start-env.sh started
-      --keep-data  keep the topics' data for the next start
+      --keep-data  keep the topics' data and committed positions for the next start
   -h, --help       this help
 USAGE
 }
@@ -28,19 +28,37 @@ while [[ "$#" -gt 0 ]]; do
   shift
 done
 
-case "$(recorded_backend)" in
-  native)
-    if pid=$(native_pid); then
-      kill -TERM "$pid"
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-      say "stopped tansu (pid $pid)"
+# Stops our broker process: SIGTERM (Kafka shuts down in order), SIGKILL after `seconds`.
+stop_process() {
+  local name=$1 seconds=$2 pid
+  if pid=$(native_pid); then
+    kill -TERM "$pid"
+    for _ in $(seq $((seconds * 5))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid"
+      for _ in $(seq 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      say "stopped $name (pid $pid; killed after $seconds s)"
     else
-      say "tansu is not running"
+      say "stopped $name (pid $pid)"
     fi
-    rm -f "$STATE_DIR/tansu.pid"
+  else
+    say "$name is not running"
+  fi
+  rm -f "$STATE_DIR/broker.pid" "$STATE_DIR/tansu.pid"
+}
+
+case "$(recorded_backend)" in
+  tansu)
+    stop_process tansu 10
     if [ "$keep_data" = false ]; then
       rm -rf "$STATE_DIR/data" "$STATE_DIR/storage" "$STATE_DIR/backend"
+      say "removed its data"
+    fi
+    ;;
+  kafka)
+    stop_process "Apache Kafka" 30
+    if [ "$keep_data" = false ]; then
+      rm -rf "$STATE_DIR/kafka-data" "$STATE_DIR/server.properties" "$STATE_DIR/version" "$STATE_DIR/backend"
       say "removed its data"
     fi
     ;;

@@ -136,25 +136,77 @@ pub fn throughput_producer_config(
         .set("queue.buffering.max.kbytes", "1048576")
         // Optional batch compression (default none).
         .set("compression.type", compression.as_librdkafka())
+        // A missing topic is reported, not created with the broker's defaults (the
+        // producer's default is true).
+        .set("allow.auto.create.topics", "false")
         // Fail a connection attempt after 5 s (default 30 s) so an unreachable broker is reported fast.
         .set("socket.connection.setup.timeout.ms", "5000");
     apply_properties(&mut config, kafka);
     config
 }
 
-/// Consumer configuration for one of the pipeline's workers (partitions are assigned
-/// manually); `prefetch_kbytes` is this worker's share of the job's prefetch budget.
+/// How the pipeline's workers take part in the job's consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    pub protocol: GroupProtocol,
+    /// Static membership (KIP-345): worker `w` joins as `<id>-<w>`.
+    pub instance_id: Option<String>,
+}
+
+/// The consumer-group protocol (librdkafka's `group.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// The classic protocol: members assign partitions among themselves, here with the
+    /// `cooperative-sticky` strategy, so a rebalance moves only the partitions it must.
+    /// `session_timeout` is librdkafka's `session.timeout.ms` (default 45 s).
+    Classic {
+        session_timeout: Option<std::time::Duration>,
+    },
+    /// KIP-848 (Kafka 4+): the broker assigns, incrementally; timeouts are set broker side.
+    Consumer,
+}
+
+impl GroupProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic { .. } => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            protocol: GroupProtocol::Classic {
+                session_timeout: None,
+            },
+            instance_id: None,
+        }
+    }
+}
+
+/// Consumer configuration for worker `worker` of the pipeline: a member of the consumer
+/// group named after the job. `prefetch_kbytes` is its share of the job's prefetch budget.
 pub fn pipeline_consumer_config(
     kafka: &KafkaConfig,
     job_name: &str,
+    worker: usize,
+    group: &GroupConfig,
     prefetch_kbytes: usize,
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &kafka.bootstrap_servers)
-        // Offsets are committed under the job's name, as the original's group "kafka-io".
+        // Every worker of every process of the job is a member of this group, which is
+        // also where positions are committed (as the original's group "kafka-io").
         .set("group.id", job_name)
-        .set("client.id", format!("streamkit-pipeline-{job_name}"))
+        // Named in `kafka-consumer-groups --describe` and broker logs: job and worker.
+        .set(
+            "client.id",
+            format!("streamkit-pipeline-{job_name}-{worker}"),
+        )
+        .set("group.protocol", group.protocol.as_str())
         // Never commit on a timer: only positions whose output was delivered are committed.
         .set("enable.auto.commit", "false")
         // Likewise, no implicit offset store on read.
@@ -163,6 +215,9 @@ pub fn pipeline_consumer_config(
         .set("auto.offset.reset", "earliest")
         // Report the end of each partition: --bounded stops on it.
         .set("enable.partition.eof", "true")
+        // Look for new partitions every 10 s (default 5 min), so partitions added to the
+        // input topic are assigned and read while the job runs.
+        .set("topic.metadata.refresh.interval.ms", "10000")
         // Prefetch at most this worker's share of the job's budget (default 64 MiB per
         // consumer): memory stays bounded on backlogs, whatever the parallelism.
         .set("queued.max.messages.kbytes", prefetch_kbytes.to_string())
@@ -171,7 +226,41 @@ pub fn pipeline_consumer_config(
         .set("fetch.queue.backoff.ms", "10")
         // Fail a connection attempt after 5 s (default 30 s) so an unreachable broker is reported fast.
         .set("socket.connection.setup.timeout.ms", "5000");
+    if let GroupProtocol::Classic { session_timeout } = group.protocol {
+        // Incremental rebalances (default: range, then roundrobin, both eager): a member
+        // joining or leaving moves only the partitions that must move; the others flow on.
+        config.set("partition.assignment.strategy", "cooperative-sticky");
+        if let Some(timeout) = session_timeout {
+            // How long the group waits for a silent member before reassigning its
+            // partitions (default 45 s).
+            config.set("session.timeout.ms", timeout.as_millis().to_string());
+        }
+    }
+    if let Some(id) = &group.instance_id {
+        // Static membership: a restart within the session timeout gets its partitions
+        // back without a rebalance.
+        config.set("group.instance.id", format!("{id}-{worker}"));
+    }
     apply_properties(&mut config, kafka);
+    config
+}
+
+/// Configuration of the client that watches the input's end offsets for the dashboard: no
+/// group, it only asks for metadata and watermarks.
+pub fn watermark_client_config(kafka: &KafkaConfig, job_name: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set(
+            "client.id",
+            format!("streamkit-pipeline-{job_name}-watermarks"),
+        )
+        // Fail a connection attempt after 5 s (default 30 s) so an unreachable broker is reported fast.
+        .set("socket.connection.setup.timeout.ms", "5000");
+    apply_properties(&mut config, kafka);
+    // Not a group member, whatever -X says for the workers.
+    config.remove("group.id");
+    config.remove("group.instance.id");
     config
 }
 
@@ -188,6 +277,9 @@ pub fn pipeline_producer_config(kafka: &KafkaConfig, job_name: &str) -> ClientCo
         // Never give up on a record (default 300 s): through a broker outage deliveries are
         // retried until the broker is back, so nothing read is ever dropped.
         .set("message.timeout.ms", "0")
+        // A missing output topic is reported, not created with the broker's defaults (the
+        // producer's default is true).
+        .set("allow.auto.create.topics", "false")
         // Fail a connection attempt after 5 s (default 30 s) so an unreachable broker is reported fast.
         .set("socket.connection.setup.timeout.ms", "5000");
     apply_properties(&mut config, kafka);

@@ -57,6 +57,20 @@ impl OffsetTracker {
         self.partitions.values().map(|t| t.pending.len()).sum()
     }
 
+    /// Records of `partition` read but not yet released: 0 once every one of them is
+    /// acknowledged (then its delivered prefix reaches its last record read).
+    pub fn in_flight_of(&self, partition: i32) -> usize {
+        self.partitions
+            .get(&partition)
+            .map_or(0, |t| t.pending.len())
+    }
+
+    /// Drops `partition` (revoked or lost): nothing of it is committed any more, and its
+    /// late acknowledgements are ignored.
+    pub fn forget(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
     /// Positions that advanced since the last [`committed`](Self::committed) call.
     pub fn to_commit(&self) -> Vec<(i32, i64)> {
         self.partitions
@@ -119,6 +133,23 @@ mod tests {
         assert_eq!(t.to_commit(), vec![(1, 108)]);
         t.ack(0, 5);
         assert_eq!(t.to_commit(), vec![(0, 6), (1, 108)]);
+    }
+
+    #[test]
+    fn a_forgotten_partition_commits_nothing_and_ignores_late_acks() {
+        let mut t = OffsetTracker::default();
+        t.read(0, 1);
+        t.read(0, 2);
+        t.read(1, 7);
+        assert_eq!((t.in_flight_of(0), t.in_flight_of(1)), (2, 1));
+        t.ack(0, 1);
+        assert_eq!(t.in_flight_of(0), 1);
+        t.forget(0);
+        t.ack(0, 2);
+        assert_eq!(t.in_flight_of(0), 0);
+        assert!(t.to_commit().is_empty(), "{:?}", t.to_commit());
+        t.ack(1, 7);
+        assert_eq!(t.to_commit(), vec![(1, 8)]);
     }
 
     #[test]

@@ -5,140 +5,15 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::broker::{
+    BOOTSTRAP, SEEDED, cluster_and_topics, drain, feed, fetch_args, keys_in, script, topic_args,
+    wait_for_output,
+};
 use common::{datagen, pipeline, produce, read_topic, signal, stderr, wait_with_timeout};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-
-const BOOTSTRAP: &str = "localhost:29092";
-/// tansu holds every fetch for fetch.wait.max.ms; the pipeline gets a low value, as the
-/// scripts' hints say.
-const FAST_FETCH: [&str; 2] = ["-X", "fetch.wait.max.ms=5"];
-
-fn script(name: &str, args: &[&str]) -> Output {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("setup")
-        .join(name);
-    let output = Command::new("bash").arg(path).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "setup/{name} {args:?} failed:\n{}{}",
-        common::stdout(&output),
-        stderr(&output)
-    );
-    output
-}
-
-/// The local cluster, started if needed, and three fresh topics: (input, output, dead letters).
-fn cluster_and_topics(test: &str) -> (String, String, String) {
-    script("start-env.sh", &["-k"]);
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let names = [
-        format!("{test}-{id}-in"),
-        format!("{test}-{id}-out"),
-        format!("{test}-{id}-dlq"),
-    ];
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .create()
-        .unwrap();
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, 3, TopicReplication::Fixed(1)))
-        .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for result in runtime
-        .block_on(admin.create_topics(&topics, &AdminOptions::new()))
-        .unwrap()
-    {
-        result.unwrap_or_else(|(name, code)| panic!("cannot create {name}: {code}"));
-    }
-    let [input, output, dead] = names;
-    (input, output, dead)
-}
-
-fn topic_args<'a>(input: &'a str, output: &'a str, dead: &'a str) -> [&'a str; 6] {
-    [
-        "--input-topic",
-        input,
-        "--output-topic",
-        output,
-        "--dead-letter-topic",
-        dead,
-    ]
-}
-
-/// Runs `pipeline --use-own --bounded` over a test's topics, its job named after the input.
-fn drain(input: &str, output: &str, dead: &str) -> Output {
-    pipeline()
-        .args(["--use-own", "--bounded", "--job-name", input])
-        .args(topic_args(input, output, dead))
-        .args(FAST_FETCH)
-        .output()
-        .unwrap()
-}
-
-const SEEDED: [&str; 6] = [
-    "--seed",
-    "4",
-    "--start-time",
-    "2024-04-18T09:00:00Z",
-    "--missing-geo-ratio",
-    "0.2",
-];
-
-fn feed(topic: &str, n: u64) -> BTreeSet<String> {
-    let output = datagen()
-        .args([
-            "-s",
-            "streaming",
-            "-q",
-            "--topic",
-            topic,
-            "--num-events",
-            &n.to_string(),
-        ])
-        .args(SEEDED)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
-    let keys: BTreeSet<String> = read_topic(BOOTSTRAP, topic, 3)
-        .iter()
-        .map(|r| String::from_utf8(r.key.clone()).unwrap())
-        .collect();
-    assert_eq!(keys.len() as u64, n);
-    keys
-}
-
-fn keys_in(topic: &str) -> (usize, BTreeSet<String>) {
-    let records = read_topic(BOOTSTRAP, topic, 3);
-    (
-        records.len(),
-        records
-            .iter()
-            .map(|r| String::from_utf8(r.key.clone()).unwrap())
-            .collect(),
-    )
-}
-
-fn wait_for_output(topic: &str) {
-    let started = Instant::now();
-    while keys_in(topic).0 == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no output in {topic} after 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn datagen_then_pipeline_writes_exactly_what_file_mode_writes() {
@@ -303,14 +178,15 @@ fn the_pipeline_rides_out_a_broker_killed_and_restarted_by_the_scripts() {
             "200",
         ])
         .args(topic_args(&input, &output, &dead))
-        .args(FAST_FETCH)
+        .args(fetch_args())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     wait_for_output(&output);
-    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join(".state/kafka/tansu.pid");
-    let pid = std::fs::read_to_string(&state).expect("the native backend records its pid");
+    // Apache Kafka and tansu both record their pid; Kafka restarts on its own data on disk.
+    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join(".state/kafka/broker.pid");
+    let pid = std::fs::read_to_string(&state).expect("a native backend records its pid");
     assert!(
         Command::new("kill")
             .args(["-KILL", pid.trim()])
@@ -402,9 +278,16 @@ fn the_scripts_reject_unknown_flags_report_status_and_are_idempotent() {
         "{}",
         common::stdout(&again)
     );
-    let status = script("status-env.sh", &[]);
+    let status = common::stdout(&script("status-env.sh", &[]));
+    let backend = common::broker::backend();
     assert!(
-        common::stdout(&status).contains("up: native at localhost:29092")
-            || common::stdout(&status).contains("up: docker")
+        status.contains(&format!("up: {backend}, ")) && status.contains("at localhost:29092"),
+        "{status}"
     );
+    let version = match backend.as_str() {
+        "kafka" => "Apache Kafka 4.",
+        "tansu" => "tansu 0.",
+        _ => "Apache Kafka",
+    };
+    assert!(status.contains(version), "{status}");
 }

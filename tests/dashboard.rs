@@ -34,9 +34,22 @@ fn the_dashboard_reports_the_records_actually_processed_and_they_grow() {
         "sasl.password=hunter2-secret",
     ]);
     let (child, addr) = spawn_with_address(command, "dashboard at");
-    std::thread::sleep(Duration::from_secs(2));
-
-    let first = api(&addr);
+    // The workers join the job's consumer group first (the embedded cluster, like Kafka,
+    // waits 3 s for a new group's members), then read.
+    let started = std::time::Instant::now();
+    let first = loop {
+        let job = api(&addr);
+        if job["partitions"].as_array().unwrap().len() == 3
+            && job["totals"]["read"].as_u64() > Some(0)
+        {
+            break job;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no assignment or no records after 20 s: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(first["job"]["name"], "kafka-io");
     assert_eq!(first["job"]["state"], "RUNNING");
     assert_eq!(first["job"]["mode"], "embedded cluster");

@@ -77,7 +77,20 @@ fn the_page_shows_the_job_and_its_rising_counters_in_a_real_browser() {
     command.args(["--demo-rate", "30", "--checkpointing-interval", "1000"]);
     let (child, addr) = spawn_with_address(command, "dashboard at");
     let url = format!("http://{addr}/");
-    std::thread::sleep(Duration::from_secs(2));
+    // The workers join the job's consumer group (3 s on the embedded cluster), then read.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, body) = common::http("GET", &addr, "/api/job");
+        let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if job["totals"]["read"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing read: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let first = String::from_utf8(headless(&url, &["--dump-dom"])).unwrap();
     assert_eq!(element_text(&first, "job-name"), "kafka-io");

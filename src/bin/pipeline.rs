@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use streamkit::cli::{KafkaArgs, parse_positive};
-use streamkit::kafka::LOCAL_BOOTSTRAP_SERVERS;
+use streamkit::kafka::{GroupConfig, GroupProtocol, LOCAL_BOOTSTRAP_SERVERS};
 use streamkit::pipeline::{self, Cluster, DemoConfig, FileConfig, PipelineConfig, Source, Topics};
 
 const AFTER_HELP: &str = "Where it runs:
@@ -31,9 +31,25 @@ struct Args {
     #[arg(long, default_value = "kafka-io")]
     job_name: String,
 
-    /// Workers processing partitions concurrently
+    /// Workers in this process, each a member of the job's consumer group (more processes
+    /// with the same --job-name share the partitions)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true)]
     parallelism: u16,
+
+    /// Consumer-group protocol: classic (cooperative-sticky, every broker) or consumer
+    /// (KIP-848, Kafka 4+); -X group.protocol=... says the same
+    #[arg(long, value_enum, default_value_t = GroupProtocolArg::Classic)]
+    group_protocol: GroupProtocolArg,
+
+    /// Classic protocol: how long the group waits for a silent member before moving its
+    /// partitions, in milliseconds [default: librdkafka's, 45000]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000), allow_negative_numbers = true)]
+    session_timeout: Option<u64>,
+
+    /// Static membership: worker w joins as ID-w, and a restart within the session timeout
+    /// gets its partitions back without a rebalance
+    #[arg(long, value_name = "ID")]
+    group_instance_id: Option<String>,
 
     /// How often delivered positions are committed, in milliseconds
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true, value_name = "MS")]
@@ -101,6 +117,12 @@ struct Args {
     kafka: KafkaArgs,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GroupProtocolArg {
+    Classic,
+    Consumer,
+}
+
 /// `-` means stdin or stdout: `None`.
 fn dash_is_std(path: &Path) -> Option<PathBuf> {
     (path.as_os_str() != "-").then(|| path.to_path_buf())
@@ -108,6 +130,41 @@ fn dash_is_std(path: &Path) -> Option<PathBuf> {
 
 impl Args {
     fn into_config(self) -> Result<PipelineConfig, clap::Error> {
+        // `-X group.protocol=...` is librdkafka's own name for --group-protocol; the last word wins.
+        let protocol = match self
+            .kafka
+            .properties
+            .iter()
+            .rev()
+            .find(|(key, _)| key == "group.protocol")
+            .map(|(_, value)| value.as_str())
+        {
+            Some("consumer") => GroupProtocolArg::Consumer,
+            Some("classic") => GroupProtocolArg::Classic,
+            Some(other) => {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("-X group.protocol={other}: expected classic or consumer"),
+                ));
+            }
+            None => self.group_protocol,
+        };
+        let protocol = match protocol {
+            GroupProtocolArg::Classic => GroupProtocol::Classic {
+                session_timeout: self.session_timeout.map(Duration::from_millis),
+            },
+            GroupProtocolArg::Consumer if self.session_timeout.is_some() => {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--session-timeout applies to the classic protocol; with KIP-848 the broker sets it (group.consumer.session.timeout.ms)",
+                ));
+            }
+            GroupProtocolArg::Consumer => GroupProtocol::Consumer,
+        };
+        let group = GroupConfig {
+            protocol,
+            instance_id: self.group_instance_id.clone(),
+        };
         let topics = Topics {
             input: self.input_topic,
             output: self.output_topic,
@@ -151,6 +208,7 @@ impl Args {
         Ok(PipelineConfig {
             job_name: self.job_name,
             parallelism: usize::from(self.parallelism),
+            group,
             checkpointing_interval: Duration::from_millis(self.checkpointing_interval),
             bounded: self.bounded,
             source,

@@ -43,6 +43,8 @@ const OPERATOR_LABELS: [&str; 6] = [
 
 pub(super) struct JobView {
     name: String,
+    /// (consumer-group protocol) in Kafka modes.
+    group: Option<&'static str>,
     mode: &'static str,
     parallelism: usize,
     topics: Option<(String, String, String)>,
@@ -91,6 +93,7 @@ impl JobView {
         }));
         JobView {
             name: config.job_name.clone(),
+            group: topics.as_ref().map(|_| config.group.protocol.as_str()),
             mode,
             parallelism,
             topics,
@@ -141,10 +144,7 @@ impl JobView {
             .into_iter()
             .rev()
             .map(|c| CheckpointSnapshot {
-                completed_at_ms: c
-                    .at
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                completed_at_ms: epoch_ms(c.at),
                 duration_ms: c.duration.as_secs_f64() * 1000.0,
                 offsets: c
                     .positions
@@ -163,6 +163,29 @@ impl JobView {
                 last_reason: r.last_reason,
             })
             .collect();
+        let members = self
+            .stats
+            .members()
+            .into_values()
+            .map(|m| MemberSnapshot {
+                member: m.name,
+                partitions: m.partitions.into_iter().collect(),
+            })
+            .collect();
+        let rebalances = self
+            .stats
+            .rebalances()
+            .into_iter()
+            .rev()
+            .map(|r| RebalanceSnapshot {
+                at_ms: epoch_ms(r.at),
+                member: r.member,
+                assigned: r.assigned,
+                revoked: r.revoked,
+                lost: r.lost,
+                duration_ms: r.duration.as_secs_f64() * 1000.0,
+            })
+            .collect();
         JobSnapshot {
             job: JobInfo {
                 name: self.name.clone(),
@@ -170,15 +193,20 @@ impl JobView {
                 mode: self.mode,
                 parallelism: self.parallelism,
                 delivery_guarantee: "at-least-once",
-                started_at_ms: self
-                    .started_at
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                started_at_ms: epoch_ms(self.started_at),
                 uptime_seconds: self.started.elapsed().as_secs_f64(),
                 input: self.topics.as_ref().map(|t| t.0.clone()),
                 output: self.topics.as_ref().map(|t| t.1.clone()),
                 dead_letter: self.topics.as_ref().map(|t| t.2.clone()),
+                group: self.group.map(|protocol| GroupInfo {
+                    id: self.name.clone(),
+                    protocol,
+                    rebalances: self.stats.rebalance_count(),
+                    assigned_partitions: self.stats.assigned_partitions(),
+                }),
             },
+            members,
+            rebalances,
             operators,
             partitions,
             checkpoints,
@@ -213,6 +241,12 @@ impl View for JobView {
     fn metrics(&self) -> String {
         render_metrics(&self.registry)
     }
+}
+
+/// Milliseconds since the epoch (0 before it).
+fn epoch_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The job's Prometheus families, read from its [`Stats`] at each scrape.
@@ -304,6 +338,26 @@ impl Collector for JobMetrics {
         }
         encode_samples(
             &mut encoder,
+            "streamkit_pipeline_rebalances",
+            "Assignments and revocations of this process's workers by the consumer group.",
+            MetricType::Counter,
+            [(
+                [("job", job)],
+                ConstCounter::new(self.stats.rebalance_count()),
+            )],
+        )?;
+        encode_samples(
+            &mut encoder,
+            "streamkit_pipeline_assigned_partitions",
+            "Input partitions assigned to this process's workers.",
+            MetricType::Gauge,
+            [(
+                [("job", job)],
+                ConstGauge::new(self.stats.assigned_partitions() as i64),
+            )],
+        )?;
+        encode_samples(
+            &mut encoder,
             "streamkit_pipeline_uptime_seconds",
             "Seconds since the job started.",
             MetricType::Gauge,
@@ -319,6 +373,8 @@ impl Collector for JobMetrics {
 #[derive(Debug, Serialize)]
 struct JobSnapshot {
     job: JobInfo,
+    members: Vec<MemberSnapshot>,
+    rebalances: Vec<RebalanceSnapshot>,
     operators: Vec<OperatorSnapshot>,
     partitions: Vec<PartitionSnapshot>,
     checkpoints: Vec<CheckpointSnapshot>,
@@ -338,6 +394,32 @@ struct JobInfo {
     input: Option<String>,
     output: Option<String>,
     dead_letter: Option<String>,
+    /// The job's consumer group, in Kafka modes.
+    group: Option<GroupInfo>,
+}
+
+#[derive(Debug, Serialize)]
+struct GroupInfo {
+    id: String,
+    protocol: &'static str,
+    rebalances: u64,
+    assigned_partitions: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct MemberSnapshot {
+    member: String,
+    partitions: Vec<i32>,
+}
+
+#[derive(Debug, Serialize)]
+struct RebalanceSnapshot {
+    at_ms: u64,
+    member: String,
+    assigned: Vec<i32>,
+    revoked: Vec<i32>,
+    lost: bool,
+    duration_ms: f64,
 }
 
 #[derive(Debug, Serialize)]

@@ -10,12 +10,18 @@
 //! and written again on restart (duplicates are possible, loss is not). Every record read
 //! is either written, dead-lettered, or still in flight: the summary reconciles the three.
 //!
-//! Limits: partitions are assigned when the job starts (as Beam's KafkaIO and Flink's
-//! Kafka source do); partitions added while it runs are picked up on the next start.
+//! **Scale-out** comes from Kafka's consumer-group protocol: every worker of every process
+//! with the same job name is a member of one group, and partitions move between them with
+//! a safe hand-over (see `worker` and `group`). A clean scale-up or scale-down loses and
+//! duplicates nothing; a `kill -9` of one process loses nothing. Partitions added to the
+//! input are picked up while the job runs.
 
 mod dashboard;
 mod files;
+mod group;
 mod worker;
+
+pub use worker::{IN_FLIGHT_BUDGET, PREFETCH_BUDGET_KBYTES, REVOKE_TIMEOUT};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -43,8 +49,10 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub struct PipelineConfig {
     /// Also the consumer group under which positions are committed.
     pub job_name: String,
-    /// Workers processing partitions concurrently (partition p goes to worker p mod n).
+    /// Workers in this process; each is a member of the job's consumer group.
     pub parallelism: usize,
+    /// How the workers join the job's consumer group.
+    pub group: crate::kafka::GroupConfig,
     /// How often delivered positions are committed.
     pub checkpointing_interval: Duration,
     /// Stop once every input partition has been read to its end.
@@ -120,7 +128,35 @@ pub struct Stats {
     checkpoints: Mutex<VecDeque<Checkpoint>>,
     checkpoint_durations: CheckpointDurations,
     phase: std::sync::atomic::AtomicU8,
+    /// This process's members of the job's group (its workers), by worker number.
+    members: Mutex<BTreeMap<usize, MemberStatus>>,
+    rebalances: Mutex<VecDeque<RebalanceRecord>>,
+    rebalance_count: AtomicU64,
 }
+
+/// One member of the job's consumer group in this process: a worker, and what it owns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Its client id, as `kafka-consumer-groups --describe` shows it.
+    pub name: String,
+    pub partitions: std::collections::BTreeSet<i32>,
+}
+
+/// A change of a worker's partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebalanceRecord {
+    pub at: std::time::SystemTime,
+    pub member: String,
+    pub assigned: Vec<i32>,
+    pub revoked: Vec<i32>,
+    /// The revoked partitions were lost (session timeout, fencing): not committed.
+    pub lost: bool,
+    /// From the revocation to the release of the partitions (0 for an assignment).
+    pub duration: Duration,
+}
+
+/// How many recent rebalances are kept.
+const REBALANCES_KEPT: usize = 20;
 
 /// Where the job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,12 +348,72 @@ impl Stats {
         }
     }
 
-    /// Records a partition's end offset (from the watermark watcher).
+    /// Records a partition's end offset (from the watermark watcher), if this process
+    /// owns the partition.
     fn record_end(&self, partition: i32, end: i64) {
-        if let Ok(mut partitions) = self.partitions.lock() {
-            let status = partitions.entry(partition).or_default();
+        if let Ok(mut partitions) = self.partitions.lock()
+            && let Some(status) = partitions.get_mut(&partition)
+        {
             status.end = Some(end);
         }
+    }
+
+    /// Partitions this process starts to own (their status appears on the dashboard).
+    fn add_partitions(&self, owned: &[i32]) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            for &partition in owned {
+                partitions.entry(partition).or_default();
+            }
+        }
+    }
+
+    /// Partitions this process no longer owns.
+    fn remove_partitions(&self, released: &[i32]) {
+        if let Ok(mut partitions) = self.partitions.lock() {
+            for partition in released {
+                partitions.remove(partition);
+            }
+        }
+    }
+
+    /// Sets what worker `worker` owns.
+    fn set_member(&self, worker: usize, status: MemberStatus) {
+        if let Ok(mut members) = self.members.lock() {
+            members.insert(worker, status);
+        }
+    }
+
+    fn record_rebalance(&self, record: RebalanceRecord) {
+        self.rebalance_count.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut log) = self.rebalances.lock() {
+            if log.len() == REBALANCES_KEPT {
+                log.pop_front();
+            }
+            log.push_back(record);
+        }
+    }
+
+    /// This process's members of the group, by worker number.
+    pub fn members(&self) -> BTreeMap<usize, MemberStatus> {
+        self.members.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The most recent rebalances, oldest first.
+    pub fn rebalances(&self) -> Vec<RebalanceRecord> {
+        self.rebalances
+            .lock()
+            .map(|log| log.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Assignments and revocations seen by this process's workers.
+    pub fn rebalance_count(&self) -> u64 {
+        Self::get(&self.rebalance_count)
+    }
+
+    /// Partitions owned by this process's workers.
+    pub fn assigned_partitions(&self) -> usize {
+        self.members().values().map(|m| m.partitions.len()).sum()
     }
 
     /// Records where the job reads a partition, and its last commit (from its worker).

@@ -1,12 +1,29 @@
-//! The Kafka side of the job: `parallelism` workers, each with its own consumer on a fixed
-//! share of the input partitions (partition p to worker p mod n), sharing one producer.
+//! The Kafka side of the job: `parallelism` workers in this process, each a member of the
+//! job's consumer group (named after `--job-name`), sharing one producer.
 //!
-//! Each worker is one task running one `select!` loop, and never spawns a task per record:
-//! the producer's delivery reports come back on the worker's own channel. The job reads at
-//! most [`IN_FLIGHT_BUDGET`] records ahead of their acknowledgements and prefetches at most
-//! [`PREFETCH_BUDGET_KBYTES`], whatever its parallelism. Acknowledgements are handled
-//! before new input, so commits keep up under load. Positions are committed from an
-//! [`OffsetTracker`], which only releases the contiguous delivered prefix of each partition.
+//! **Partitions.** The group coordinator balances the input's partitions over every worker
+//! of every process of the job: `subscribe`, with `cooperative-sticky` assignment (or the
+//! broker's, under KIP-848), so a member joining or leaving moves only the partitions that
+//! must move. Partitions added to the input topic are picked up while the job runs.
+//!
+//! **Hand-over.** When a partition is revoked, its worker stops reading it, waits (at most
+//! [`REVOKE_TIMEOUT`]) for the acknowledgements of its records in flight, commits their
+//! contiguous delivered prefix, and only then releases it (see `group`). A partition that
+//! was *lost* (session timeout, fencing) is dropped without a commit.
+//!
+//! **Guarantees.** A clean scale-up or scale-down (a process started, or stopped with
+//! SIGTERM) loses nothing and duplicates nothing: every partition changes hands at a
+//! committed position that covers exactly what was written. A `kill -9` of one process
+//! loses nothing: once its session times out, the others re-read its uncommitted records,
+//! so duplicates are bounded by what it had in flight and had not yet committed.
+//!
+//! **Bounded work.** Each worker is one task running one `select!` loop and never spawns a
+//! task per record: the producer's delivery reports come back on the worker's own channel.
+//! The job reads at most [`IN_FLIGHT_BUDGET`] records ahead of their acknowledgements and
+//! prefetches at most [`PREFETCH_BUDGET_KBYTES`], whatever its parallelism.
+//! Acknowledgements are handled before new input, so commits keep up under load. Positions
+//! are committed from an [`OffsetTracker`], which only releases the contiguous delivered
+//! prefix of each partition.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -21,13 +38,19 @@ use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Message, OwnedHe
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::task::block_in_place;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::group::{self, Member, RebalanceEvent};
 use super::{
-    DRAIN_TIMEOUT, PipelineConfig, STATUS_INTERVAL, Stats, StatusLine, Topics, run_stages,
+    DRAIN_TIMEOUT, MemberStatus, PipelineConfig, RebalanceRecord, STATUS_INTERVAL, Stats,
+    StatusLine, Topics, run_stages,
 };
 use crate::error::{Error, Result};
 use crate::kafka::{self, ErrorLog, KafkaConfig};
@@ -44,6 +67,19 @@ const BATCH: usize = 512;
 
 /// How often each worker measures its partitions' lag.
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Longest wait for the acknowledgements of a revoked partition's records before it is
+/// released anyway (its new owner then writes them again).
+pub const REVOKE_TIMEOUT: Duration = DRAIN_TIMEOUT;
+
+/// How long a worker waits for its first assignment before it warns.
+const JOIN_WARNING: Duration = Duration::from_secs(30);
+
+/// How soon a failed final commit is tried again.
+const COMMIT_RETRY: Duration = Duration::from_millis(200);
+
+/// `--bounded`: how often a worker that is done asks whether the whole job is.
+const DRAINED_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
 type OutputProducer = ThreadedProducer<AckRouter>;
 
@@ -164,49 +200,72 @@ async fn run_workers(
     let max_in_flight = (IN_FLIGHT_BUDGET / parallelism).max(1_000);
     let prefetch_kbytes = (PREFETCH_BUDGET_KBYTES / parallelism).max(1_024);
     log::info!(
-        "job {}: {} ({partitions} partitions) → {}, dead letters → {}; {parallelism} workers, at-least-once, checkpoint every {} ms, at {}",
+        "job {}: {} ({partitions} partitions) → {}, dead letters → {}; {parallelism} workers in consumer group {} ({} protocol), at-least-once, checkpoint every {} ms, at {}",
         config.job_name,
         topics.input,
         topics.output,
         topics.dead_letter,
+        config.job_name,
+        config.group.protocol.as_str(),
         config.checkpointing_interval.as_millis(),
         kafka.bootstrap_servers
     );
 
     // A failing worker stops the others: they drain and commit what was delivered.
     let job = cancel.child_token();
+    // --bounded drains the backlog as it is now: its ends, per partition.
+    let mut ends = BTreeMap::new();
+    if config.bounded {
+        for partition in 0..partitions {
+            let (_, high) = block_in_place(|| {
+                producer.client().fetch_watermarks(
+                    &topics.input,
+                    partition,
+                    kafka::REACHABILITY_TIMEOUT,
+                )
+            })
+            .map_err(|e| Error::Kafka(format!("end offsets of {}: {e}", topics.input)))?;
+            ends.insert(partition, high);
+        }
+    }
+    let siblings = Arc::new(Siblings::new(parallelism, ends));
     let mut handles = Vec::new();
     for (id, acks) in ack_receivers.into_iter().enumerate() {
-        let mine: Vec<i32> = (0..partitions)
-            .filter(|p| *p as usize % parallelism == id)
-            .collect();
-        let consumer: StreamConsumer<ErrorLog> = kafka::create(
-            &kafka::pipeline_consumer_config(kafka, &config.job_name, prefetch_kbytes),
-            ErrorLog::new(&kafka.bootstrap_servers),
+        let consumer: StreamConsumer<Member> = kafka::create(
+            &kafka::pipeline_consumer_config(
+                kafka,
+                &config.job_name,
+                id,
+                &config.group,
+                prefetch_kbytes,
+            ),
+            Member::new(&kafka.bootstrap_servers),
             kafka,
         )?;
-        let mut assignment = TopicPartitionList::new();
-        for &p in &mine {
-            // Resume from the job's committed position, or from the earliest offset.
-            assignment
-                .add_partition_offset(&topics.input, p, Offset::Stored)
-                .map_err(|e| Error::Kafka(e.to_string()))?;
-        }
         consumer
-            .assign(&assignment)
+            .subscribe(&[topics.input.as_str()])
             .map_err(|e| Error::Kafka(kafka::redact(&e.to_string(), kafka)))?;
+        let name = format!("streamkit-pipeline-{}-{id}", config.job_name);
+        stats.set_member(
+            id,
+            MemberStatus {
+                name: name.clone(),
+                partitions: BTreeSet::new(),
+            },
+        );
         let worker = Worker {
             id,
+            name,
             consumer,
             producer: Arc::clone(&producer),
             acks,
-            partitions: mine,
             topics: topics.clone(),
             print_keys,
             bounded: config.bounded,
             checkpointing_interval: config.checkpointing_interval,
             max_in_flight,
             stats: Arc::clone(stats),
+            siblings: Arc::clone(&siblings),
         };
         let job = job.clone();
         handles.push(tokio::spawn(async move {
@@ -223,7 +282,6 @@ async fn run_workers(
         kafka,
         &config.job_name,
         &topics.input,
-        partitions,
         Arc::clone(stats),
         status_stop.clone(),
     )?;
@@ -261,18 +319,18 @@ async fn run_workers(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Every [`LAG_INTERVAL`], asks the cluster for each input partition's end offset, on a
-/// thread and client of its own, so that the workers never wait on the network for status.
+/// Every [`LAG_INTERVAL`], asks the cluster for the end offset of each input partition this
+/// process owns, on a thread and client of its own, so that the workers never wait on the
+/// network for status. The partition count is read again each time: partitions come and go.
 fn watch_end_offsets(
     kafka: &KafkaConfig,
     job_name: &str,
     topic: &str,
-    partitions: i32,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>> {
     let client: rdkafka::consumer::BaseConsumer<ErrorLog> = kafka::create(
-        &kafka::pipeline_consumer_config(kafka, job_name, 1024),
+        &kafka::watermark_client_config(kafka, job_name),
         ErrorLog::new(&kafka.bootstrap_servers),
         kafka,
     )?;
@@ -281,7 +339,7 @@ fn watch_end_offsets(
         .name("end-offsets".into())
         .spawn(move || {
             while !stop.is_cancelled() {
-                for partition in 0..partitions {
+                for partition in stats.partitions().into_keys() {
                     if let Ok((_, high)) =
                         client.fetch_watermarks(&topic, partition, Duration::from_secs(1))
                     {
@@ -297,13 +355,68 @@ fn watch_end_offsets(
         .map_err(|e| Error::Kafka(format!("cannot start the end-offset watcher: {e}")))
 }
 
+/// The workers of this process, so that they leave the group together.
+pub(super) struct Siblings {
+    /// Bit `w`: worker `w` is ready to leave (or has left).
+    ready: AtomicU64,
+    all: u64,
+    changed: Notify,
+    /// `--bounded`: the input's end offsets when the job started.
+    ends: BTreeMap<i32, i64>,
+    /// `--bounded`: the job's committed positions reached `ends`.
+    drained: AtomicBool,
+}
+
+impl Siblings {
+    fn new(workers: usize, ends: BTreeMap<i32, i64>) -> Self {
+        Siblings {
+            ready: AtomicU64::new(0),
+            all: if workers >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << workers) - 1
+            },
+            changed: Notify::new(),
+            ends,
+            drained: AtomicBool::new(false),
+        }
+    }
+
+    fn report(&self, worker: usize, ready: bool) {
+        let bit = 1u64 << worker;
+        let before = if ready {
+            self.ready.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.ready.fetch_and(!bit, Ordering::AcqRel)
+        };
+        if (before & bit != 0) != ready {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn all_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) == self.all
+    }
+}
+
+/// Partitions being handed over: no longer read, released once their records in flight
+/// are acknowledged and committed, or at `deadline`.
+struct Revocation {
+    list: TopicPartitionList,
+    partitions: BTreeSet<i32>,
+    incremental: bool,
+    started: std::time::Instant,
+    deadline: Instant,
+}
+
 struct Worker {
     id: usize,
-    consumer: StreamConsumer<ErrorLog>,
+    /// Its client id: the member's name in the group.
+    name: String,
+    consumer: StreamConsumer<Member>,
     producer: Arc<OutputProducer>,
     /// Delivery reports of the records this worker sent.
     acks: UnboundedReceiver<Ack>,
-    partitions: Vec<i32>,
     topics: Topics,
     print_keys: bool,
     bounded: bool,
@@ -311,22 +424,37 @@ struct Worker {
     /// This worker's share of [`IN_FLIGHT_BUDGET`].
     max_in_flight: usize,
     stats: Arc<Stats>,
+    siblings: Arc<Siblings>,
+}
+
+/// The state of a worker's loop.
+struct Progress {
+    /// Partitions the group assigned to this worker.
+    partitions: BTreeSet<i32>,
+    tracker: OffsetTracker,
+    /// Records sent and not yet acknowledged.
+    in_flight: usize,
+    /// Assigned partitions read to their end (for `--bounded`).
+    at_end: BTreeSet<i32>,
+    revoking: Option<Revocation>,
+    /// Whether the group has given this worker its first assignment.
+    joined: bool,
+    /// When the group last changed this worker's partitions.
+    last_rebalance: Instant,
 }
 
 impl Worker {
     async fn run(mut self, cancel: &CancellationToken) -> Result<()> {
-        if self.partitions.is_empty() {
-            // More workers than partitions: this one idles, like an idle Flink subtask.
-            if !self.bounded {
-                cancel.cancelled().await;
-            }
-            return Ok(());
-        }
-        let mut tracker = OffsetTracker::default();
-        // Records sent and not yet acknowledged.
-        let mut in_flight = 0usize;
+        let mut progress = Progress {
+            partitions: BTreeSet::new(),
+            tracker: OffsetTracker::default(),
+            in_flight: 0,
+            at_end: BTreeSet::new(),
+            revoking: None,
+            joined: false,
+            last_rebalance: Instant::now(),
+        };
         let mut acks = Vec::with_capacity(BATCH);
-        let mut at_end = BTreeSet::new();
         let mut checkpoint = tokio::time::interval_at(
             Instant::now() + self.checkpointing_interval,
             self.checkpointing_interval,
@@ -339,22 +467,86 @@ impl Worker {
         let mut last_read_error: Option<std::time::Instant> = None;
         let (mut key, mut value) = (Vec::with_capacity(128), Vec::with_capacity(1024));
 
+        let mut retry_commit_at: Option<Instant> = None;
+        let mut next_drained_check: Option<Instant> = None;
+        let mut warned_undrained = false;
+        let mut warned_unjoined = false;
+        let started = Instant::now();
+        let siblings = Arc::clone(&self.siblings);
         loop {
+            // Listen for siblings before looking at them, so no change goes unnoticed.
+            let siblings_changed = siblings.changed.notified();
+            tokio::pin!(siblings_changed);
+            siblings_changed.as_mut().enable();
+            self.handle_rebalances(&mut progress);
+            self.finish_revocation_if_done(&mut progress);
             let reading = drain_deadline.is_none();
-            if !reading && in_flight == 0 {
+            // Ready to leave the group: drained after a stop (or out of time), or, with
+            // --bounded, every assigned partition read to its end.
+            let drain_over = drain_deadline.is_some_and(|d| Instant::now() >= d);
+            let mut ready = if reading {
+                self.bounded && self.bounded_done(&progress)
+            } else {
+                progress.in_flight == 0 || drain_over
+            };
+            if drain_over && progress.in_flight > 0 && !warned_undrained {
+                warned_undrained = true;
+                log::warn!(
+                    "worker {}: {} deliveries still in flight after {} s; their records will be read again on restart",
+                    self.id,
+                    progress.in_flight,
+                    DRAIN_TIMEOUT.as_secs()
+                );
+            }
+            // Commit before saying so; a failed commit (say, during a rebalance) is tried
+            // again shortly, until the drain deadline.
+            if ready && !drain_over {
+                if retry_commit_at.is_some() {
+                    ready = false;
+                } else if !self.commit(&mut progress.tracker) {
+                    ready = false;
+                    retry_commit_at = Some(Instant::now() + COMMIT_RETRY);
+                }
+            } else if ready {
+                // Out of time: one last try, then leave whatever happens.
+                self.commit(&mut progress.tracker);
+            }
+            // --bounded: done here, and committed; the process still serves the group (and
+            // takes over partitions) until the whole job's backlog is written and committed,
+            // so that no partition is left without an owner while records remain.
+            if !(ready && reading) {
+                next_drained_check = None;
+            } else if !siblings.drained.load(Ordering::Acquire) {
+                ready = false;
+                if next_drained_check.is_none_or(|at| Instant::now() >= at) {
+                    if self.job_drained() {
+                        siblings.drained.store(true, Ordering::Release);
+                        siblings.changed.notify_waiters();
+                        ready = true;
+                        next_drained_check = None;
+                    } else {
+                        next_drained_check = Some(Instant::now() + DRAINED_CHECK_INTERVAL);
+                    }
+                }
+            }
+            // The process leaves the group only when all its workers are ready, so that no
+            // worker's leaving starts a rebalance while a sibling still commits.
+            siblings.report(self.id, ready);
+            if siblings.all_ready() {
                 break;
             }
-            if reading && self.bounded && in_flight == 0 && at_end.len() == self.partitions.len() {
-                break;
-            }
+            let revoke_deadline = progress.revoking.as_ref().map(|r| r.deadline);
+            // A worker with no partitions waits out a quiet period before `--bounded` ends it.
             tokio::select! {
                 biased;
                 // Every acknowledgement that is ready, up to a batch, before any new input.
-                received = self.acks.recv_many(&mut acks, BATCH), if in_flight > 0 => {
-                    in_flight = in_flight.saturating_sub(received);
+                received = self.acks.recv_many(&mut acks, BATCH), if progress.in_flight > 0 => {
+                    progress.in_flight = progress.in_flight.saturating_sub(received);
                     for ack in acks.drain(..) {
-                        if let Err(e) = self.acknowledge(&mut tracker, ack) {
+                        if let Err(e) = self.acknowledge(&mut progress.tracker, ack) {
                             failure.get_or_insert(e);
+                            // The whole job stops: its other workers drain and commit too.
+                            cancel.cancel();
                             drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
                         }
                     }
@@ -362,21 +554,41 @@ impl Worker {
                 _ = cancel.cancelled(), if reading => {
                     self.stats.set_phase(super::Phase::Draining);
                     drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
-                    if in_flight > 0 {
-                        log::info!("worker {}: stopped reading; draining {in_flight} deliveries", self.id);
+                    if progress.in_flight > 0 {
+                        log::info!("worker {}: stopped reading; draining {} deliveries", self.id, progress.in_flight);
                     }
                 }
-                _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() => {
-                    log::warn!(
-                        "worker {}: {in_flight} deliveries still in flight after {} s; their records will be read again on restart",
-                        self.id,
-                        DRAIN_TIMEOUT.as_secs()
-                    );
-                    break;
+                _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(Instant::now)), if drain_deadline.is_some() && !drain_over => {
+                    // The drain is over: the top of the loop says so.
                 }
-                _ = checkpoint.tick() => self.commit(&mut tracker),
-                _ = lag_tick.tick() => self.measure_lag(&tracker),
-                message = self.consumer.recv(), if reading && in_flight < self.max_in_flight => {
+                _ = tokio::time::sleep_until(retry_commit_at.unwrap_or_else(Instant::now)), if retry_commit_at.is_some() => {
+                    retry_commit_at = None;
+                }
+                _ = &mut siblings_changed => {}
+                _ = tokio::time::sleep_until(revoke_deadline.unwrap_or_else(Instant::now)), if revoke_deadline.is_some() => {
+                    // finish_revocation_if_done sees the deadline at the top of the loop.
+                }
+                _ = tokio::time::sleep_until(next_drained_check.unwrap_or_else(Instant::now)), if next_drained_check.is_some() && reading => {}
+                _ = self.consumer.context().notify.notified() => {
+                    // A rebalance: handled at the top of the loop.
+                }
+                _ = checkpoint.tick() => {
+                    self.commit(&mut progress.tracker);
+                }
+                _ = lag_tick.tick() => {
+                    self.measure_lag(&progress);
+                    if !progress.joined && !warned_unjoined && started.elapsed() >= JOIN_WARNING {
+                        warned_unjoined = true;
+                        log::warn!(
+                            "worker {}: no partitions from the group coordinator after {} s; is the group protocol right for this broker? (--group-protocol consumer, KIP-848, needs Apache Kafka 4; tansu and older brokers need classic)",
+                            self.id,
+                            JOIN_WARNING.as_secs()
+                        );
+                    }
+                }
+                // After a stop, the consumer is still polled (its records are dropped, to be
+                // read again by the next owner), so that rebalances are served.
+                message = self.consumer.recv(), if !reading || progress.in_flight < self.max_in_flight => {
                     // Then every message already fetched, up to a batch: timers and select
                     // bookkeeping are paid per batch, not per record.
                     let mut next = Some(message);
@@ -384,18 +596,34 @@ impl Worker {
                     while let Some(message) = next {
                         match message {
                             Ok(message) => {
-                                Stats::add(&self.stats.read);
-                                at_end.remove(&message.partition());
-                                tracker.read(message.partition(), message.offset());
-                                if let Err(e) = self.process(&message, &mut key, &mut value) {
-                                    failure.get_or_insert(e);
-                                    drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
-                                    break;
+                                let partition = message.partition();
+                                if !progress.partitions.contains(&partition) {
+                                    // Assigned by the callback inside this recv(): take the
+                                    // news before deciding, or the records would be skipped
+                                    // and a later commit would pass over them.
+                                    self.handle_rebalances(&mut progress);
                                 }
-                                in_flight += 1;
+                                if !reading
+                                    || progress.revoking.as_ref().is_some_and(|r| r.partitions.contains(&partition))
+                                    || !progress.partitions.contains(&partition)
+                                {
+                                    // Being handed over (or no longer ours): its new owner reads
+                                    // it from the committed position.
+                                } else {
+                                    Stats::add(&self.stats.read);
+                                    progress.at_end.remove(&partition);
+                                    progress.tracker.read(partition, message.offset());
+                                    if let Err(e) = self.process(&message, &mut key, &mut value) {
+                                        failure.get_or_insert(e);
+                                        cancel.cancel();
+                                        drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+                                        break;
+                                    }
+                                    progress.in_flight += 1;
+                                }
                             }
                             Err(KafkaError::PartitionEOF(partition)) => {
-                                at_end.insert(partition);
+                                progress.at_end.insert(partition);
                             }
                             Err(error) => {
                                 if last_read_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
@@ -406,7 +634,7 @@ impl Worker {
                             }
                         }
                         taken += 1;
-                        next = if taken < BATCH && in_flight < self.max_in_flight {
+                        next = if taken < BATCH && (!reading || progress.in_flight < self.max_in_flight) {
                             self.consumer.recv().now_or_never()
                         } else {
                             None
@@ -415,10 +643,207 @@ impl Worker {
                 }
             }
         }
-        self.commit(&mut tracker);
+        // Hand over what is left at once: everything delivered is committed.
+        if let Some(revocation) = progress.revoking.take() {
+            self.release(revocation, &mut progress);
+        }
+        self.consumer.context().set_closing();
+        self.leave_group();
         failure.map_or(Ok(()), Err)
     }
 
+    /// `--bounded`: this worker is done with its own share once it has joined the group,
+    /// hands nothing over, and has every assigned partition read to its end and nothing
+    /// in flight. (The process stops when the whole job is done: see [`Siblings::drained`].)
+    fn bounded_done(&self, progress: &Progress) -> bool {
+        progress.joined
+            && progress.revoking.is_none()
+            && progress.in_flight == 0
+            && progress
+                .partitions
+                .iter()
+                .all(|p| progress.at_end.contains(p))
+    }
+
+    /// Whether the job's committed positions reach the input's ends as they were when it
+    /// started, on every partition: then every record of the backlog was written and
+    /// committed, by whichever process of the group. False if it cannot be told now.
+    fn job_drained(&self) -> bool {
+        let mut list = TopicPartitionList::new();
+        for &partition in self.siblings.ends.keys() {
+            let _ = list.add_partition(&self.topics.input, partition);
+        }
+        let Ok(committed) = block_in_place(|| {
+            self.consumer
+                .committed_offsets(list, Duration::from_secs(5))
+        }) else {
+            return false;
+        };
+        self.siblings.ends.iter().all(|(&partition, &end)| {
+            end <= 0
+                || committed
+                    .find_partition(&self.topics.input, partition)
+                    .is_some_and(|e| matches!(e.offset(), Offset::Offset(o) if o >= end))
+        })
+    }
+
+    /// Applies what the group said since the last pass.
+    fn handle_rebalances(&self, progress: &mut Progress) {
+        for event in self.consumer.context().take_events() {
+            progress.last_rebalance = Instant::now();
+            match event {
+                RebalanceEvent::Assigned(assigned) => {
+                    progress.joined = true;
+                    progress.partitions.extend(assigned.iter().copied());
+                    self.stats.add_partitions(&assigned);
+                    self.changed(progress, &assigned, &[], false, Duration::ZERO);
+                }
+                RebalanceEvent::RevokeRequested {
+                    partitions,
+                    incremental,
+                } => {
+                    let revoked: BTreeSet<i32> =
+                        group::partitions_of(&partitions).into_iter().collect();
+                    log::debug!("worker {}: handing over partitions {revoked:?}", self.id);
+                    progress.revoking = Some(Revocation {
+                        list: partitions,
+                        partitions: revoked,
+                        incremental,
+                        started: std::time::Instant::now(),
+                        deadline: Instant::now() + REVOKE_TIMEOUT,
+                    });
+                }
+                RebalanceEvent::Released { partitions, lost } => {
+                    if lost {
+                        log::warn!(
+                            "worker {}: partitions {partitions:?} were lost (session timeout or fenced): not committed; their new owner reads them from the last commit",
+                            self.id
+                        );
+                    }
+                    self.forget(&partitions, progress);
+                    self.changed(progress, &[], &partitions, lost, Duration::ZERO);
+                }
+                RebalanceEvent::Failed(reason) => {
+                    log::warn!("worker {}: consumer group {}: {reason}", self.id, self.name);
+                }
+            }
+        }
+    }
+
+    /// Releases the partitions being handed over once none of their records is in flight,
+    /// or at the deadline.
+    fn finish_revocation_if_done(&self, progress: &mut Progress) {
+        let Some(revocation) = &progress.revoking else {
+            return;
+        };
+        let pending: usize = revocation
+            .partitions
+            .iter()
+            .map(|&p| progress.tracker.in_flight_of(p))
+            .sum();
+        if pending > 0 && Instant::now() < revocation.deadline {
+            return;
+        }
+        if pending > 0 {
+            log::warn!(
+                "worker {}: {pending} records of partitions {:?} still in flight after {} s; releasing them anyway, their new owner writes them again",
+                self.id,
+                revocation.partitions,
+                REVOKE_TIMEOUT.as_secs()
+            );
+        }
+        if let Some(revocation) = progress.revoking.take() {
+            self.commit(&mut progress.tracker);
+            self.release(revocation, progress);
+        }
+    }
+
+    /// Releases revoked partitions to the group and forgets them.
+    fn release(&self, revocation: Revocation, progress: &mut Progress) {
+        if let Err(e) = group::release(&self.consumer, &revocation.list, revocation.incremental) {
+            log::warn!(
+                "worker {}: releasing partitions {:?}: {e}",
+                self.id,
+                revocation.partitions
+            );
+        }
+        let released: Vec<i32> = revocation.partitions.into_iter().collect();
+        self.forget(&released, progress);
+        self.changed(
+            progress,
+            &[],
+            &released,
+            false,
+            revocation.started.elapsed(),
+        );
+    }
+
+    /// Drops every trace of `partitions` (revoked or lost).
+    fn forget(&self, partitions: &[i32], progress: &mut Progress) {
+        for partition in partitions {
+            progress.partitions.remove(partition);
+            progress.at_end.remove(partition);
+            progress.tracker.forget(*partition);
+        }
+        self.stats.remove_partitions(partitions);
+    }
+
+    /// Records an assignment change: the dashboard, the history and the log.
+    fn changed(
+        &self,
+        progress: &Progress,
+        assigned: &[i32],
+        revoked: &[i32],
+        lost: bool,
+        duration: Duration,
+    ) {
+        self.stats.set_member(
+            self.id,
+            MemberStatus {
+                name: self.name.clone(),
+                partitions: progress.partitions.clone(),
+            },
+        );
+        if assigned.is_empty() && revoked.is_empty() {
+            return;
+        }
+        self.stats.record_rebalance(RebalanceRecord {
+            at: std::time::SystemTime::now(),
+            member: self.name.clone(),
+            assigned: assigned.to_vec(),
+            revoked: revoked.to_vec(),
+            lost,
+            duration,
+        });
+        log::info!(
+            "worker {}: {}{}; now reads partitions {:?} of {}",
+            self.id,
+            if assigned.is_empty() {
+                String::new()
+            } else {
+                format!("assigned {assigned:?}")
+            },
+            if revoked.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "{}{} {revoked:?} in {} ms",
+                    if assigned.is_empty() { "" } else { ", " },
+                    if lost { "lost" } else { "handed over" },
+                    duration.as_millis()
+                )
+            },
+            progress.partitions,
+            self.topics.input
+        );
+    }
+
+    /// Leaves the group: the remaining partitions are released at once (all delivered
+    /// records were committed), and librdkafka's close is served here.
+    fn leave_group(self) {
+        let Worker { consumer, .. } = self;
+        block_in_place(move || drop(consumer));
+    }
     /// Records one delivery report: the record's position may now be committed.
     fn acknowledge(&self, tracker: &mut OffsetTracker, ack: Ack) -> Result<()> {
         if let Some(error) = ack.error {
@@ -527,11 +952,12 @@ impl Worker {
         }
     }
 
-    /// Commits every position whose records have all been delivered.
-    fn commit(&self, tracker: &mut OffsetTracker) {
+    /// Commits every position whose records have all been delivered; false if the commit
+    /// failed (it is tried again later).
+    fn commit(&self, tracker: &mut OffsetTracker) -> bool {
         let positions = tracker.to_commit();
         if positions.is_empty() {
-            return;
+            return true;
         }
         let mut list = TopicPartitionList::new();
         for &(partition, next) in &positions {
@@ -547,19 +973,21 @@ impl Worker {
                     self.id,
                     started.elapsed()
                 );
+                true
             }
-            Err(e) => log::warn!(
-                "worker {}: commit failed ({e}); retrying at the next checkpoint",
-                self.id
-            ),
+            Err(e) => {
+                log::warn!("worker {}: commit failed ({e}); trying again", self.id);
+                false
+            }
         }
     }
 
     /// Records this worker's read positions (local: no network call in the loop). The
     /// end offsets come from the watermark watcher; together they give the lag.
-    fn measure_lag(&self, tracker: &OffsetTracker) {
+    fn measure_lag(&self, progress: &Progress) {
+        let tracker = &progress.tracker;
         let positions = self.consumer.position().ok();
-        for &partition in &self.partitions {
+        for &partition in &progress.partitions {
             let position = positions
                 .as_ref()
                 .and_then(|list| list.find_partition(&self.topics.input, partition))

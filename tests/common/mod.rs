@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: running the binaries and reading topics back.
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

@@ -1,0 +1,245 @@
+//! End to end against Apache Kafka itself (`setup/start-env.sh --backend kafka`): what only
+//! a real group coordinator and Kafka's own tools can answer. Run with
+//! `cargo test --features e2e --test kafka_e2e -- --test-threads=1`, after the other
+//! backends are stopped: each test starts Apache Kafka (idempotently) and fails if another
+//! backend holds the port.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::broker::{
+    BOOTSTRAP, create_topics, ever_assigned, finished, job, loss_and_duplicates, script,
+};
+use common::signal;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+const PARTITIONS: i32 = 6;
+
+fn apache_kafka() {
+    script("start-env.sh", &["-k", "--backend", "kafka"]);
+}
+
+/// A member of `group` subscribed to `topic`, speaking `protocol` (`classic` or `consumer`).
+fn member(group: &str, topic: &str, protocol: &str) -> BaseConsumer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", BOOTSTRAP)
+        .set("group.id", group)
+        .set("group.protocol", protocol)
+        .set("enable.auto.commit", "false");
+    if protocol == "classic" {
+        // With the consumer protocol the broker assigns; with the classic one, the members.
+        config
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", "10000");
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+fn assigned(consumer: &BaseConsumer) -> BTreeSet<i32> {
+    consumer
+        .assignment()
+        .expect("assignment")
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+/// Polls every member until `done` holds for their assignments, or fails after 60 s.
+fn poll_until(members: &[&BaseConsumer], what: &str, done: impl Fn(&[BTreeSet<i32>]) -> bool) {
+    let started = Instant::now();
+    loop {
+        for member in members {
+            // A message is not what these tests wait for: rebalances happen inside poll.
+            let _ = member.poll(Duration::from_millis(50));
+        }
+        let assignments: Vec<_> = members.iter().map(|m| assigned(m)).collect();
+        if done(&assignments) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what}: still {assignments:?} after 60 s"
+        );
+    }
+}
+
+fn members_share_the_partitions_then_one_takes_over(protocol: &str) {
+    apache_kafka();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("group-{protocol}-{id}");
+    create_topics(std::slice::from_ref(&topic), PARTITIONS);
+    let group = format!("{topic}-group");
+    let all: BTreeSet<i32> = (0..PARTITIONS).collect();
+
+    let first = member(&group, &topic, protocol);
+    poll_until(&[&first], "the first member alone", |a| a[0] == all);
+    let second = member(&group, &topic, protocol);
+    poll_until(
+        &[&first, &second],
+        "two members sharing the partitions",
+        |a| {
+            !a[0].is_empty()
+                && !a[1].is_empty()
+                && a[0].is_disjoint(&a[1])
+                && a[0].union(&a[1]).copied().collect::<BTreeSet<_>>() == all
+        },
+    );
+    // The second member leaves the group (close sends LeaveGroup / a leave heartbeat).
+    drop(second);
+    poll_until(&[&first], "the remaining member taking over", |a| {
+        a[0] == all
+    });
+}
+
+#[test]
+fn classic_group_members_share_partitions_and_rebalance_when_one_leaves() {
+    members_share_the_partitions_then_one_takes_over("classic");
+}
+
+#[test]
+fn kip_848_group_members_share_partitions_and_rebalance_when_one_leaves() {
+    members_share_the_partitions_then_one_takes_over("consumer");
+}
+
+#[test]
+fn kafka_tools_run_from_the_same_jars_against_the_local_cluster() {
+    apache_kafka();
+    let kafka_sh = Path::new(env!("CARGO_MANIFEST_DIR")).join("setup/kafka.sh");
+    let listed = Command::new("bash")
+        .arg(&kafka_sh)
+        .args(["topics", "--list"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", common::stderr(&listed));
+    let topics = common::stdout(&listed);
+    for topic in ["website-visit", "website-out", "website-visit-dlq"] {
+        assert!(topics.lines().any(|l| l == topic), "{topic} in:\n{topics}");
+    }
+    let unknown = Command::new("bash")
+        .arg(&kafka_sh)
+        .arg("frobnicate")
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(common::stderr(&unknown).contains("Unknown tool: frobnicate"));
+    let status = common::stdout(&script("status-env.sh", &[]));
+    assert!(status.contains("up: kafka, Apache Kafka 4."), "{status}");
+}
+
+#[test]
+fn two_pipeline_processes_share_the_partitions_with_the_kip_848_protocol() {
+    apache_kafka();
+    let job = job("kip848", 6);
+    let flags = [
+        "--group-protocol",
+        "consumer",
+        "--checkpointing-interval",
+        "500",
+    ];
+    let first = job.spawn(&flags);
+    let second = job.spawn(&flags);
+    // Both members get partitions from the broker; then a backlog goes through them.
+    std::thread::sleep(Duration::from_secs(3));
+    let keys = job.feed(50_000, 51);
+    job.wait_for_all(&keys, Duration::from_secs(90));
+    signal(&first, "TERM");
+    signal(&second, "TERM");
+    let first = finished(first, "the first process");
+    let second = finished(second, "the second process");
+    assert_eq!(loss_and_duplicates(&keys, &job.output_counts()), (0, 0));
+    let (a, b) = (ever_assigned(&first), ever_assigned(&second));
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both processes own partitions:\n{}\n{}",
+        common::stderr(&first),
+        common::stderr(&second)
+    );
+    assert!(
+        common::stderr(&first).contains("(consumer protocol)"),
+        "{}",
+        common::stderr(&first)
+    );
+}
+
+#[test]
+fn x_group_protocol_consumer_means_the_same_as_the_flag() {
+    apache_kafka();
+    let job = job("xprotocol", 3);
+    let keys = job.feed(1_000, 52);
+    let run = job
+        .process(&["--bounded", "-X", "group.protocol=consumer"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", common::stderr(&run));
+    assert!(common::stderr(&run).contains("(consumer protocol)"));
+    assert_eq!(loss_and_duplicates(&keys, &job.output_counts()), (0, 0));
+}
+
+/// The partitions a process owned last, from its last "now reads partitions {..}" line.
+fn last_owned(output: &std::process::Output) -> BTreeSet<String> {
+    let err = common::stderr(output);
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.contains("now reads partitions {"))
+        .unwrap_or_else(|| panic!("no assignment in:\n{err}"));
+    let set = line.split("partitions {").nth(1).unwrap();
+    set[..set.find('}').unwrap()]
+        .split(", ")
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_static_member_restarted_within_its_session_gets_its_partitions_back() {
+    apache_kafka();
+    let job = job("static", 4);
+    let flags = [
+        "--group-instance-id",
+        "node-a",
+        "--session-timeout",
+        "30000",
+        "--checkpointing-interval",
+        "300",
+    ];
+    let first = job.spawn(&flags);
+    let other = job.spawn(&["--session-timeout", "30000"]);
+    std::thread::sleep(Duration::from_secs(4));
+    signal(&first, "TERM");
+    let first = finished(first, "the static member");
+    let before = last_owned(&first);
+    assert!(!before.is_empty(), "{}", common::stderr(&first));
+    // A static member leaves no gap: its partitions wait for it (up to the session
+    // timeout) instead of moving to the other member.
+    let again = job.spawn(&flags);
+    std::thread::sleep(Duration::from_secs(3));
+    let keys = job.feed(5_000, 53);
+    job.wait_for_all(&keys, Duration::from_secs(60));
+    signal(&again, "TERM");
+    signal(&other, "TERM");
+    let again = finished(again, "the restarted static member");
+    let other = finished(other, "the other member");
+    assert_eq!(
+        ever_assigned(&again),
+        before,
+        "the same partitions, back without a rebalance:\n{}",
+        common::stderr(&again)
+    );
+    assert_eq!(
+        common::stderr(&other).matches("assigned [").count(),
+        1,
+        "the other member got partitions once, when it joined, never the static member's:\n{}",
+        common::stderr(&other)
+    );
+    assert_eq!(loss_and_duplicates(&keys, &job.output_counts()), (0, 0));
+}
