@@ -49,7 +49,7 @@ Tools: $(printf '%s\n' "${!CLASSES[@]}" | sort | tr '\n' ' ')
 
 Examples:
   setup/kafka.sh topics --list
-  setup/kafka.sh console-consumer --topic website-out --from-beginning --property print.key=true
+  setup/kafka.sh console-consumer --topic website-out --from-beginning --formatter-property print.key=true
   setup/kafka.sh consumer-groups --describe --group kafka-io
   setup/kafka.sh producer-perf-test --topic perf --num-records 1000000 --record-size 480 --throughput -1
   setup/kafka.sh e2e-latency perf-latency 10000 all 480

@@ -184,7 +184,7 @@ start_docker() {
 say "$(backend_version "$backend") is up at $BOOTSTRAP with topics ${TOPICS[*]}"
 if [ "$backend" = docker ] && [ "${#services[@]}" -gt 1 ]; then say "kafka-ui: http://localhost:8080"; fi
 hint=""
-look="setup/kafka.sh console-consumer --topic website-out --from-beginning --property print.key=true"
+look="setup/kafka.sh console-consumer --topic website-out --from-beginning --formatter-property print.key=true"
 if [ "$backend" = tansu ]; then
   hint=" -X fetch.wait.max.ms=5"
   look="tansu cat consume --broker tcp://$BOOTSTRAP --partition 0 website-out"
