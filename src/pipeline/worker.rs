@@ -439,8 +439,6 @@ struct Progress {
     revoking: Option<Revocation>,
     /// Whether the group has given this worker its first assignment.
     joined: bool,
-    /// When the group last changed this worker's partitions.
-    last_rebalance: Instant,
 }
 
 impl Worker {
@@ -452,7 +450,6 @@ impl Worker {
             at_end: BTreeSet::new(),
             revoking: None,
             joined: false,
-            last_rebalance: Instant::now(),
         };
         let mut acks = Vec::with_capacity(BATCH);
         let mut checkpoint = tokio::time::interval_at(
@@ -536,7 +533,6 @@ impl Worker {
                 break;
             }
             let revoke_deadline = progress.revoking.as_ref().map(|r| r.deadline);
-            // A worker with no partitions waits out a quiet period before `--bounded` ends it.
             tokio::select! {
                 biased;
                 // Every acknowledgement that is ready, up to a batch, before any new input.
@@ -623,7 +619,14 @@ impl Worker {
                                 }
                             }
                             Err(KafkaError::PartitionEOF(partition)) => {
-                                progress.at_end.insert(partition);
+                                if !progress.partitions.contains(&partition) {
+                                    self.handle_rebalances(&mut progress);
+                                }
+                                // The end of a partition this worker no longer owns says
+                                // nothing about a later assignment of it.
+                                if progress.partitions.contains(&partition) {
+                                    progress.at_end.insert(partition);
+                                }
                             }
                             Err(error) => {
                                 if last_read_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
@@ -690,7 +693,6 @@ impl Worker {
     /// Applies what the group said since the last pass.
     fn handle_rebalances(&self, progress: &mut Progress) {
         for event in self.consumer.context().take_events() {
-            progress.last_rebalance = Instant::now();
             match event {
                 RebalanceEvent::Assigned(assigned) => {
                     progress.joined = true;
