@@ -114,7 +114,10 @@ native_pid() {
   for file in "$STATE_DIR/broker.pid" "$STATE_DIR/tansu.pid"; do
     pid=$(cat "$file" 2>/dev/null) || continue
     [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || continue
-    if tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qE "tansu broker|kafka\.Kafka "; then
+    # No pipe into grep -q here: under pipefail its early exit would fail the check.
+    local command
+    command=$(tr '\0' ' ' < "/proc/$pid/cmdline")
+    if [[ $command == *"tansu broker"* || $command == *" kafka.Kafka "* ]]; then
       echo "$pid"
       return 0
     fi
