@@ -206,6 +206,8 @@ pub fn pipeline_consumer_config(
             "client.id",
             format!("streamkit-pipeline-{job_name}-{worker}"),
         )
+        // The group protocol, stated even when it is the default (classic): KIP-848
+        // ("consumer") rules out the classic-only settings below.
         .set("group.protocol", group.protocol.as_str())
         // Never commit on a timer: only positions whose output was delivered are committed.
         .set("enable.auto.commit", "false")
@@ -515,6 +517,37 @@ mod tests {
             redact("bad value hunter2 for x", &config),
             "bad value *** for x"
         );
+    }
+
+    #[test]
+    fn the_consumer_protocol_leaves_out_what_only_the_classic_one_takes() {
+        let kafka = KafkaConfig {
+            bootstrap_servers: "b:9092".into(),
+            properties: Vec::new(),
+        };
+        let classic = GroupConfig {
+            protocol: GroupProtocol::Classic {
+                session_timeout: Some(std::time::Duration::from_secs(6)),
+            },
+            instance_id: Some("node".into()),
+        };
+        let config = pipeline_consumer_config(&kafka, "job", 2, &classic, 1024);
+        assert_eq!(
+            config.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(config.get("group.instance.id"), Some("node-2"));
+        assert_eq!(config.get("group.id"), Some("job"));
+        let consumer = GroupConfig {
+            protocol: GroupProtocol::Consumer,
+            instance_id: None,
+        };
+        let config = pipeline_consumer_config(&kafka, "job", 0, &consumer, 1024);
+        assert_eq!(config.get("group.protocol"), Some("consumer"));
+        // librdkafka refuses either of these with group.protocol=consumer.
+        assert_eq!(config.get("partition.assignment.strategy"), None);
+        assert_eq!(config.get("session.timeout.ms"), None);
     }
 
     #[test]
