@@ -12,13 +12,21 @@ use crate::error::Result;
 use crate::kafka::KafkaConfig;
 
 /// What every binary does first: log to stderr as `program` (`log_filter` is RUST_LOG's
-/// value), and return the one cancellation token that SIGINT and SIGTERM cancel.
-pub fn start(program: &'static str, log_filter: Option<&str>) -> Result<CancellationToken> {
+/// value), and return the one cancellation token that SIGINT and SIGTERM cancel. The
+/// process exits at the latest `drain_timeout` plus [`EXIT_MARGIN`] after the signal.
+pub fn start(
+    program: &'static str,
+    log_filter: Option<&str>,
+    drain_timeout: Duration,
+) -> Result<CancellationToken> {
     crate::logging::init(program, log_filter);
     let cancel = CancellationToken::new();
-    crate::shutdown::cancel_on_signals(cancel.clone())?;
+    crate::shutdown::cancel_on_signals(cancel.clone(), Some(drain_timeout + EXIT_MARGIN))?;
     Ok(cancel)
 }
+
+/// How long after its drain timeout a stopping process may take to exit.
+pub const EXIT_MARGIN: Duration = Duration::from_secs(2);
 
 /// Kafka connection flags, the same in every binary.
 #[derive(Debug, Clone, Args)]
@@ -46,6 +54,22 @@ impl KafkaArgs {
     }
 }
 
+impl KafkaArgs {
+    /// Checks the `-X` properties for a run that has Kafka clients (against librdkafka), or
+    /// refuses any for a run that has none (`without_kafka` says what it does instead).
+    pub fn check(&self, without_kafka: Option<&str>) -> Result<(), String> {
+        match (without_kafka, self.properties.first()) {
+            (Some(mode), Some((key, _))) => Err(format!(
+                "-X {key}: -X sets librdkafka properties, and {mode} uses no Kafka client"
+            )),
+            (Some(_), None) => Ok(()),
+            (None, _) => {
+                crate::kafka::check_properties(&self.properties).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 /// Parses `key=value` (the value may contain `=`).
 pub fn parse_property(raw: &str) -> Result<(String, String), String> {
     match raw.split_once('=') {
@@ -68,20 +92,40 @@ pub fn parse_ratio(raw: &str) -> Result<f64, String> {
     }
 }
 
-/// Parses a finite number greater than zero.
-pub fn parse_positive(raw: &str) -> Result<f64, String> {
-    match raw.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("'{raw}' is not a number greater than 0")),
+/// The highest `--rate` accepted, events per second: well above what one machine
+/// generates (about 16M/s on two cores), and low enough that pacing arithmetic stays exact.
+pub const MAX_RATE: f64 = 1e9;
+
+/// The lowest `--rate` accepted: one event every ten seconds.
+pub const MIN_RATE: f64 = 0.1;
+
+/// The longest duration, pause or interval any flag takes: ten years.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses a finite number in `min..=max`.
+pub fn parse_number_in(raw: &str, min: f64, max: f64) -> Result<f64, String> {
+    match raw.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (min..=max).contains(&v) => Ok(v),
+        Ok(_) => Err(format!("'{raw}' is outside {min}..={max}")),
+        Err(_) => Err(format!("'{raw}' is not a number")),
     }
 }
 
-/// Parses a finite number of zero or more.
-pub fn parse_non_negative(raw: &str) -> Result<f64, String> {
-    match raw.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("'{raw}' is not a number of 0 or more")),
-    }
+/// Parses an event rate: events per second, from [`MIN_RATE`] to [`MAX_RATE`].
+pub fn parse_rate(raw: &str) -> Result<f64, String> {
+    parse_number_in(raw, MIN_RATE, MAX_RATE)
+        .map_err(|e| format!("{e} (events per second, {MIN_RATE} to {MAX_RATE:e})"))
+}
+
+/// Parses seconds, from 0 to one day (`--delay-seconds`).
+pub fn parse_seconds_up_to_a_day(raw: &str) -> Result<f64, String> {
+    parse_number_in(raw, 0.0, 86_400.0).map_err(|e| format!("{e} (seconds, up to one day)"))
+}
+
+/// Parses milliseconds, from 0 to one day (`--time-step-ms`).
+pub fn parse_millis_up_to_a_day(raw: &str) -> Result<f64, String> {
+    parse_number_in(raw, 0.0, 86_400_000.0)
+        .map_err(|e| format!("{e} (milliseconds, up to one day)"))
 }
 
 /// Parses a duration with `humantime` (`500ms`, `90s`, `5m`, `2h`, `1h 30m`, `1.5s`); a bare
@@ -95,6 +139,10 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         humantime::parse_duration(raw)
     };
     match parsed {
+        Ok(duration) if duration > MAX_DURATION => Err(format!(
+            "'{raw}' is longer than the most accepted, {}",
+            humantime::format_duration(MAX_DURATION)
+        )),
         Ok(duration) if !duration.is_zero() => Ok(duration),
         Ok(_) => Err(format!("'{raw}' must be longer than zero")),
         Err(e) => Err(format!(
@@ -131,6 +179,43 @@ mod tests {
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("99999999999999999999999").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        assert_eq!(parse_rate("0.1").unwrap(), 0.1);
+        assert_eq!(parse_rate("1e9").unwrap(), 1e9);
+        for bad in ["1e-12", "1e-300", "1e300", "0", "-5", "inf", "NaN", "x"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_seconds_up_to_a_day("0.5").unwrap(), 0.5);
+        assert!(parse_seconds_up_to_a_day("1e300").is_err());
+        assert!(parse_millis_up_to_a_day("86400001").is_err());
+        assert!(parse_duration("18446744073709551615").is_err());
+        assert!(parse_duration("3650d").is_ok());
+        assert!(parse_duration("3651d").is_err());
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// No flag value panics; whatever a parser accepts is inside its documented range.
+        #[test]
+        fn flag_parsers_never_panic(raw in "[-+0-9.eE]{0,30}|\\PC{0,30}|[0-9]{1,30}(ns|ms|s|m|h|d|y)?") {
+            if let Ok(rate) = parse_rate(&raw) {
+                prop_assert!((MIN_RATE..=MAX_RATE).contains(&rate));
+            }
+            if let Ok(duration) = parse_duration(&raw) {
+                prop_assert!(!duration.is_zero() && duration <= MAX_DURATION);
+            }
+            if let Ok(ratio) = parse_ratio(&raw) {
+                prop_assert!((0.0..=1.0).contains(&ratio));
+            }
+            if let Ok(seconds) = parse_seconds_up_to_a_day(&raw) {
+                prop_assert!((0.0..=86_400.0).contains(&seconds));
+            }
+            let _ = parse_property(&raw);
+        }
     }
 
     #[test]

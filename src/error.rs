@@ -41,8 +41,12 @@ pub enum Error {
     #[error("cannot encode an event as JSON: {0}")]
     Encode(#[from] serde_json::Error),
 
-    #[error("dashboard: {0}")]
-    Http(String),
+    #[error("cannot serve the {what} on {addr}: {reason}")]
+    Listen {
+        what: &'static str,
+        addr: String,
+        reason: String,
+    },
 
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),

@@ -267,8 +267,23 @@ pub fn watermark_client_config(kafka: &KafkaConfig, job_name: &str) -> ClientCon
 }
 
 /// Producer configuration for the pipeline's output and dead-letter topics.
-pub fn pipeline_producer_config(kafka: &KafkaConfig, job_name: &str) -> ClientConfig {
+pub fn pipeline_producer_config(
+    kafka: &KafkaConfig,
+    job_name: &str,
+    max_message_bytes: Option<usize>,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
+    if let Some(limit) = max_message_bytes {
+        // The largest record the topics written take (default 1,000,000, below Kafka's
+        // default of 1,048,588): a record over it is refused at `send`, one by one, so the
+        // job dead-letters it; a batch never exceeds it, so the broker never refuses a whole
+        // batch of good records. (librdkafka's own bounds are 1,000..=1,000,000,000.)
+        let limit = limit.clamp(1_000, 1_000_000_000).to_string();
+        config
+            .set("message.max.bytes", &limit)
+            // Batches stay within the limit too (default 1,000,000).
+            .set("batch.size", &limit);
+    }
     config
         .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("client.id", format!("streamkit-pipeline-{job_name}"))
@@ -286,6 +301,107 @@ pub fn pipeline_producer_config(kafka: &KafkaConfig, job_name: &str) -> ClientCo
         .set("socket.connection.setup.timeout.ms", "5000");
     apply_properties(&mut config, kafka);
     config
+}
+
+/// Room left for a record batch's own framing under a topic's `max.message.bytes`.
+const BATCH_FRAMING_BYTES: usize = 512;
+
+/// What the job needs to know of its topics before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicFacts {
+    /// Partitions of the input topic.
+    pub input_partitions: i32,
+    /// The largest record every output topic takes, from their `max.message.bytes`, less
+    /// room for the batch framing; `None` when the cluster does not say (then librdkafka's
+    /// default applies).
+    pub max_record_bytes: Option<usize>,
+}
+
+/// Fails fast, naming the address, if the cluster cannot be reached or a topic is missing;
+/// then reads the output topics' record size limit.
+pub async fn inspect_topics(
+    kafka: &KafkaConfig,
+    input: &str,
+    outputs: &[&str],
+) -> Result<TopicFacts> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        // Fail a connection attempt after 5 s (default 30 s), as every client here.
+        .set("socket.connection.setup.timeout.ms", "5000")
+        // Asking for a missing topic's metadata must not create it (an admin client is a
+        // producer inside librdkafka, whose default is true).
+        .set("allow.auto.create.topics", "false");
+    apply_properties(&mut config, kafka);
+    let admin: AdminClient<ErrorLog> =
+        create(&config, ErrorLog::new(&kafka.bootstrap_servers), kafka)?;
+    let input_partitions =
+        tokio::task::block_in_place(|| check_topic_reachable(admin.inner(), kafka, input))?;
+    for topic in outputs {
+        tokio::task::block_in_place(|| check_topic_reachable(admin.inner(), kafka, topic))?;
+    }
+    let specifiers: Vec<ResourceSpecifier<'_>> = outputs
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(t))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(REACHABILITY_TIMEOUT));
+    let max_record_bytes = match admin.describe_configs(&specifiers, &options).await {
+        Ok(results) => results
+            .into_iter()
+            .map(|result| {
+                result
+                    .ok()?
+                    .get("max.message.bytes")?
+                    .value
+                    .as_deref()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .collect::<Option<Vec<usize>>>()
+            .and_then(|limits| limits.into_iter().min())
+            .map(|limit| limit.saturating_sub(BATCH_FRAMING_BYTES)),
+        Err(e) => {
+            log::debug!("cannot read the topics' max.message.bytes: {e}");
+            None
+        }
+    };
+    Ok(TopicFacts {
+        input_partitions,
+        max_record_bytes,
+    })
+}
+
+/// librdkafka's `message.timeout.ms` (alias `delivery.timeout.ms`) in `config`: how long a
+/// message may wait for its acknowledgement before it is reported failed. `None` for 0,
+/// which means no limit.
+pub fn message_timeout(config: &ClientConfig) -> Option<Duration> {
+    let millis = match config.create_native_config() {
+        Ok(native) => native
+            .get("message.timeout.ms")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok()),
+        Err(_) => None,
+    }
+    .unwrap_or(300_000);
+    (millis > 0).then(|| Duration::from_millis(millis))
+}
+
+/// Checks `-X` properties against librdkafka before any client exists: an unknown name or
+/// a value librdkafka refuses is an error naming the property (a secret value is not shown).
+pub fn check_properties(properties: &[(String, String)]) -> Result<()> {
+    let kafka = KafkaConfig {
+        bootstrap_servers: String::new(),
+        properties: properties.to_vec(),
+    };
+    for (key, value) in properties {
+        let mut config = ClientConfig::new();
+        config.set(key, value);
+        config.create_native_config().map_err(|e| {
+            Error::KafkaConfig(format!("-X {key}: {}", redact(&e.to_string(), &kafka)))
+        })?;
+    }
+    Ok(())
 }
 
 fn apply_properties(config: &mut ClientConfig, kafka: &KafkaConfig) {
@@ -315,7 +431,7 @@ pub fn check_topic_reachable<C: ClientContext>(
         .fetch_metadata(Some(topic), REACHABILITY_TIMEOUT)
         .map_err(|e| Error::BrokerUnreachable {
             servers: kafka.bootstrap_servers.clone(),
-            reason: describe_unreachable(&e),
+            reason: describe_unreachable(&e, &kafka.bootstrap_servers),
             hint: LOCAL_CLUSTER_HINT,
         })?;
     let topic_metadata = metadata.topics().iter().find(|t| t.name() == topic);
@@ -335,7 +451,13 @@ pub fn check_topic_reachable<C: ClientContext>(
     }
 }
 
-fn describe_unreachable(error: &KafkaError) -> String {
+/// Why the cluster could not be reached. librdkafka reports a name that does not resolve
+/// as "all brokers down", so the names are resolved here to tell the two apart.
+fn describe_unreachable(error: &KafkaError, servers: &str) -> String {
+    let unresolved = unresolved_hosts(servers);
+    if !unresolved.is_empty() {
+        return format!("the host name does not resolve: {}", unresolved.join(", "));
+    }
     match error.rdkafka_error_code() {
         Some(RDKafkaErrorCode::OperationTimedOut) => format!(
             "no answer to a metadata request within {} s",
@@ -347,6 +469,32 @@ fn describe_unreachable(error: &KafkaError) -> String {
         Some(RDKafkaErrorCode::Resolve) => "the host name does not resolve".to_string(),
         _ => error.to_string(),
     }
+}
+
+/// The `host:port` entries of a bootstrap list whose host does not resolve.
+fn unresolved_hosts(servers: &str) -> Vec<String> {
+    use std::net::ToSocketAddrs;
+    servers
+        .split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .map(|server| {
+            // Strip a protocol prefix such as PLAINTEXT:// .
+            server.rsplit("://").next().unwrap_or(server)
+        })
+        .filter(|server| {
+            let with_port = if server
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            {
+                server.to_string()
+            } else {
+                format!("{server}:9092")
+            };
+            with_port.to_socket_addrs().is_err()
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// How often repeated client errors (say, "connection refused") are logged.
@@ -548,6 +696,37 @@ mod tests {
         // librdkafka refuses either of these with group.protocol=consumer.
         assert_eq!(config.get("partition.assignment.strategy"), None);
         assert_eq!(config.get("session.timeout.ms"), None);
+    }
+
+    #[test]
+    fn the_message_timeout_is_librdkafkas_own() {
+        let mut config = ClientConfig::new();
+        assert_eq!(message_timeout(&config), Some(Duration::from_secs(300)));
+        config.set("delivery.timeout.ms", "4000");
+        assert_eq!(message_timeout(&config), Some(Duration::from_secs(4)));
+        let mut unlimited = ClientConfig::new();
+        unlimited.set("message.timeout.ms", "0");
+        assert_eq!(message_timeout(&unlimited), None);
+    }
+
+    #[test]
+    fn unresolvable_hosts_are_named() {
+        assert_eq!(
+            unresolved_hosts("localhost:9092, no-such-host.invalid:9092,127.0.0.1:1"),
+            vec!["no-such-host.invalid:9092"]
+        );
+        assert!(unresolved_hosts("PLAINTEXT://localhost:29092").is_empty());
+    }
+
+    #[test]
+    fn properties_are_checked_against_librdkafka() {
+        let property = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert!(check_properties(&property("linger.ms", "5")).is_ok());
+        assert!(check_properties(&property("sasl.password", "hunter2")).is_ok());
+        let unknown = check_properties(&property("bogus.property", "1")).unwrap_err();
+        assert!(unknown.to_string().contains("bogus.property"), "{unknown}");
+        let bad_value = check_properties(&property("linger.ms", "soon")).unwrap_err();
+        assert!(bad_value.to_string().contains("linger.ms"), "{bad_value}");
     }
 
     #[test]

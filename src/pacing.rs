@@ -7,7 +7,9 @@
 //! - `Pace::Delay(d)`: the original's `--delay-seconds`, a pause of `d` after each event.
 //! - `Pace::Unlimited`: as fast as the sink takes them.
 //!
-//! The pacer is pure: callers pass the current instant.
+//! The pacer is pure: callers pass the current instant. It never panics or overflows: a
+//! count or an instant beyond what the types hold saturates (an instant too far to
+//! represent becomes "in a day", asked again then).
 
 use std::time::{Duration, Instant};
 
@@ -51,18 +53,20 @@ impl Pacer {
             Pace::Unlimited => Allowance::Emit(u64::MAX),
             Pace::Rate(rate) => {
                 let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
-                // Events 0..=floor(elapsed * rate) are due by now.
-                let due = (elapsed * rate).floor() as u64 + 1;
+                // Events 0..=floor(elapsed * rate) are due by now (`as` saturates).
+                let due = ((elapsed * rate).floor() as u64).saturating_add(1);
                 if due > emitted {
                     Allowance::Emit(due - emitted)
                 } else {
-                    Allowance::WaitUntil(
-                        self.start + Duration::from_secs_f64(emitted as f64 / rate),
-                    )
+                    Allowance::WaitUntil(later(
+                        self.start,
+                        Duration::try_from_secs_f64(emitted as f64 / rate).ok(),
+                        now,
+                    ))
                 }
             }
-            Pace::Delay(delay) => match self.last_emit {
-                Some(last) if now < last + delay => Allowance::WaitUntil(last + delay),
+            Pace::Delay(delay) => match self.last_emit.map(|last| later(last, Some(delay), now)) {
+                Some(until) if now < until => Allowance::WaitUntil(until),
                 _ => Allowance::Emit(1),
             },
         }
@@ -72,6 +76,14 @@ impl Pacer {
     pub fn emitted_at(&mut self, now: Instant) {
         self.last_emit = Some(now);
     }
+}
+
+/// `from + by`, or a day after `now` when that is not representable.
+fn later(from: Instant, by: Option<Duration>, now: Instant) -> Instant {
+    const FAR: Duration = Duration::from_secs(86_400);
+    by.and_then(|by| from.checked_add(by))
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -121,6 +133,22 @@ mod tests {
             pacer.allowance(5, t0 + Duration::from_secs(3600)),
             Allowance::Emit(10_796)
         );
+    }
+
+    #[test]
+    fn extreme_rates_neither_overflow_nor_stall() {
+        let t0 = Instant::now();
+        // Every event is due at once, however many were emitted.
+        let fast = Pacer::new(Pace::Rate(1e300), t0);
+        let later = t0 + Duration::from_millis(1);
+        assert_eq!(fast.allowance(0, later), Allowance::Emit(u64::MAX));
+        assert!(matches!(fast.allowance(3, later), Allowance::Emit(n) if n > 1_000_000));
+        // The next event is further away than an Instant reaches: wait, without a panic.
+        let slow = Pacer::new(Pace::Rate(1e-300), t0);
+        assert!(matches!(slow.allowance(1, t0), Allowance::WaitUntil(at) if at > t0));
+        let mut pause = Pacer::new(Pace::Delay(Duration::MAX), t0);
+        pause.emitted_at(t0);
+        assert!(matches!(pause.allowance(1, t0), Allowance::WaitUntil(at) if at > t0));
     }
 
     #[test]

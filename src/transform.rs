@@ -25,6 +25,10 @@ pub enum RejectKind {
     NotObject,
     /// A missing field, an unknown field, or a field of the wrong type.
     InvalidField,
+    /// Larger than the output (or the input reader) takes.
+    TooLarge,
+    /// Refused by the output topic for a reason of its own (say, an invalid record).
+    OutputRejected,
 }
 
 impl RejectKind {
@@ -35,6 +39,8 @@ impl RejectKind {
             RejectKind::NotJson => "not_json",
             RejectKind::NotObject => "not_object",
             RejectKind::InvalidField => "invalid_field",
+            RejectKind::TooLarge => "too_large",
+            RejectKind::OutputRejected => "output_rejected",
         }
     }
 }
@@ -111,8 +117,17 @@ fn classify(text: &str, error: &serde_json::Error) -> Rejection {
     if error.is_syntax() || error.is_eof() {
         return reject(RejectKind::NotJson, format!("not JSON: {error}"));
     }
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-        return reject(RejectKind::NotJson, format!("not JSON: {error}"));
+    let value = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) => value,
+        // serde_json stops at 128 levels of arrays and objects, so no input overflows the
+        // stack; an event has one level.
+        Err(e) if e.to_string().starts_with("recursion limit exceeded") => {
+            return reject(
+                RejectKind::NotJson,
+                format!("not JSON we read: nested too deeply (more than 128 levels; {e})"),
+            );
+        }
+        Err(e) => return reject(RejectKind::NotJson, format!("not JSON: {e}")),
     };
     let Some(object) = value.as_object() else {
         let what = match value {
@@ -280,6 +295,53 @@ mod tests {
             value.contains(r#""lat": -33.8688, "lng": 139.6917"#),
             "{value}"
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_named_as_such() {
+        for deep in ["[".repeat(200), format!("{{\"ip\": {}", "[".repeat(200))] {
+            let rejection = run(deep.as_bytes()).unwrap_err();
+            assert_eq!(rejection.kind, RejectKind::NotJson);
+            assert!(
+                rejection.reason.contains("nested too deeply"),
+                "{rejection}"
+            );
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// No input panics: any bytes end as a record or a rejection with a reason.
+        #[test]
+        fn any_bytes_transform_or_reject(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            match run(&bytes) {
+                Ok((key, value)) => {
+                    let well_formed = key.starts_with(r#"{"event_id""#) && value.starts_with('{');
+                    prop_assert!(well_formed, "{} {}", key, value);
+                }
+                Err(rejection) => proptest::prop_assert!(!rejection.reason.is_empty()),
+            }
+        }
+
+        /// Any field of a good record replaced by any JSON value: no panic, and a rejection
+        /// names a reason.
+        #[test]
+        fn any_field_value_transforms_or_rejects(
+            field in proptest::sample::select(vec!["ip", "id", "lat", "lng", "user_agent", "age_bracket", "opted_into_marketing", "http_request", "http_response", "file_size_bytes", "event_datetime", "event_ts"]),
+            raw in proptest::prop_oneof![
+                proptest::strategy::Just("null".to_string()),
+                proptest::num::f64::ANY.prop_map(|v| v.to_string()),
+                proptest::num::i64::ANY.prop_map(|v| v.to_string()),
+                "\\PC{0,20}".prop_map(|v| serde_json::to_string(&v).unwrap()),
+                "[\\[\\]{}0-9,\"a:]{0,30}",
+            ],
+        ) {
+            let record = with(field, &raw);
+            if let Err(rejection) = run(record.as_bytes()) {
+                proptest::prop_assert!(!rejection.reason.is_empty());
+            }
+        }
     }
 
     #[test]

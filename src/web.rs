@@ -1,18 +1,31 @@
 //! A small read-only HTTP server for dashboards and Prometheus scrapes, and the helpers
 //! that render metrics with `prometheus-client` (the Prometheus text format 0.0.4).
 //!
-//! Guarantees: it binds where it is told (loopback by default in both binaries), answers
-//! only GET and HEAD (anything else gets 405), and serves only what its [`View`] renders:
-//! no files, and nothing from the internet. It runs on its own thread, so it works whatever
-//! the job does (Kafka or files), and stops when the [`Server`] is dropped.
+//! The server is axum's router on hyper's HTTP/1 connections, run as tasks of a tokio
+//! runtime the caller owns (the job's): no thread per connection. Guarantees:
+//! - It binds where it is told (loopback by default in both binaries), answers only GET
+//!   and HEAD (anything else gets 405), and serves only what its [`View`] renders: no
+//!   files, and nothing from the internet.
+//! - Limits: request headers of at most [`MAX_HEADER_BYTES`] (more gets 431); headers must
+//!   arrive within [`HEADER_READ_TIMEOUT`], which also closes a keep-alive connection idle
+//!   that long; at most [`MAX_CONNECTIONS`] connections at once (more are closed at once).
+//! - Each connection is its own task: a slow client, or one that pipelines requests
+//!   without reading the answers, delays only itself.
+//! - An accept error (say, out of file descriptors) is logged and retried with backoff;
+//!   the listener never goes away while the [`Server`] lives. Dropping it stops it.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text,
@@ -20,8 +33,20 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+
+/// Largest request head (request line and headers) read; more is answered with 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// How long a client may take to send a request's headers, and how long a keep-alive
+/// connection may sit idle before it is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// What a server shows. Each method renders a fresh answer.
 pub trait View: Send + Sync + 'static {
@@ -39,11 +64,10 @@ pub trait View: Send + Sync + 'static {
     fn tick(&self) {}
 }
 
-/// A running server; dropping it stops it.
+/// A running server; dropping it stops it (its tasks end with the runtime or sooner).
 pub struct Server {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    stop: CancellationToken,
 }
 
 impl Server {
@@ -55,98 +79,175 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop.cancel();
     }
 }
 
 /// How many ports above a taken one are tried.
 const NEXT_PORTS: u16 = 20;
 
-/// Serves `view` on `addr`, or on the next free port above it (logged) when it is taken.
-pub fn serve(addr: SocketAddr, view: Arc<dyn View>) -> Result<Server> {
+/// Serves `view` on `addr` from `runtime`, or on the next free port above it (logged) when
+/// it is taken. `what` names the server in messages ("dashboard", "metrics").
+pub fn serve(
+    what: &'static str,
+    addr: SocketAddr,
+    view: Arc<dyn View>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Server> {
+    let listen_error = |reason: String| Error::Listen {
+        what,
+        addr: addr.to_string(),
+        reason,
+    };
     let mut candidate = addr;
-    let server = loop {
-        match tiny_http::Server::http(candidate) {
-            Ok(server) => break server,
+    let listener = loop {
+        match std::net::TcpListener::bind(candidate) {
+            Ok(listener) => break listener,
+            // Only a taken port moves on to the next one; any other error is about the
+            // address asked for, and says so.
             Err(e)
-                if addr.port() != 0
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && addr.port() != 0
                     && candidate.port() < addr.port().saturating_add(NEXT_PORTS) =>
             {
                 log::debug!("{candidate}: {e}");
                 candidate.set_port(candidate.port() + 1);
             }
-            Err(e) => return Err(Error::Http(format!("cannot listen on {candidate}: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 => {
+                return Err(listen_error(format!(
+                    "it and the next {NEXT_PORTS} ports are taken"
+                )));
+            }
+            Err(e) => return Err(listen_error(e.to_string())),
         }
     };
-    let bound = server.server_addr().to_ip().unwrap_or(candidate);
+    let bound = listener
+        .local_addr()
+        .map_err(|e| listen_error(e.to_string()))?;
     if bound.port() != addr.port() && addr.port() != 0 {
-        log::warn!("{addr} is taken; serving on {bound} instead");
+        log::warn!("{addr} is taken; serving the {what} on {bound} instead");
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("http".into())
-            .spawn(move || {
-                let mut last_tick = std::time::Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(200)) {
-                        respond(request, view.as_ref());
-                    }
-                    if last_tick.elapsed() >= Duration::from_secs(1) {
-                        view.tick();
-                        last_tick = std::time::Instant::now();
-                    }
-                }
-            })
-            .map_err(|e| Error::Http(e.to_string()))?
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| listen_error(e.to_string()))?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(|e| listen_error(e.to_string()))?
     };
-    Ok(Server {
-        addr: bound,
-        stop,
-        thread: Some(thread),
-    })
+    let stop = CancellationToken::new();
+    let router = Router::new()
+        .route("/", get(page))
+        .route("/api/job", get(api))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(no_store))
+        .with_state(Arc::clone(&view));
+    runtime.spawn(accept_loop(what, listener, router, stop.clone()));
+    runtime.spawn(tick_loop(view, stop.clone()));
+    Ok(Server { addr: bound, stop })
 }
 
-fn respond(request: tiny_http::Request, view: &dyn View) {
-    use tiny_http::{Header, Method, Response};
-    let header = |value: &str| Header::from_bytes("Content-Type", value).ok();
-    if !matches!(request.method(), Method::Get | Method::Head) {
-        let _ = request.respond(Response::from_string("read-only\n").with_status_code(405));
-        return;
+/// Accepts connections until `stop`, each served by a task of its own.
+async fn accept_loop(
+    what: &'static str,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors, or the like: keep the listener, try again later.
+                log::warn!("{what}: cannot accept a connection ({e}); retrying in {backoff:?}");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        // Over the cap: close it at once rather than hold a descriptor for it.
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .max_buf_size(MAX_HEADER_BYTES)
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = connection => {}
+            }
+            drop(permit);
+        });
     }
-    let path = request.url().split('?').next().unwrap_or("/").to_string();
-    let (status, content_type, body) = match path.as_str() {
-        "/" => match view.page() {
-            Some(page) => (200, "text/html; charset=utf-8", page.to_string()),
-            None => (
-                404,
-                "text/plain; charset=utf-8",
-                "see /metrics\n".to_string(),
-            ),
-        },
-        "/api/job" => match view.api() {
-            Some(json) => (200, "application/json", json),
-            None => (404, "text/plain; charset=utf-8", "not found\n".to_string()),
-        },
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            view.metrics(),
-        ),
-        _ => (404, "text/plain; charset=utf-8", "not found\n".to_string()),
-    };
-    let mut response = Response::from_string(body).with_status_code(status);
-    if let Some(h) = header(content_type) {
-        response = response.with_header(h);
+}
+
+/// Calls the view's `tick` about once a second, until `stop`.
+async fn tick_loop(view: Arc<dyn View>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => view.tick(),
+        }
     }
-    if let Ok(h) = Header::from_bytes("Cache-Control", "no-store") {
-        response = response.with_header(h);
+}
+
+type ViewState = State<Arc<dyn View>>;
+
+async fn page(State(view): ViewState) -> Response {
+    match view.page() {
+        Some(page) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response(),
+        None => (StatusCode::NOT_FOUND, "see /metrics\n").into_response(),
     }
-    let _ = request.respond(response);
+}
+
+async fn api(State(view): ViewState) -> Response {
+    match view.api() {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+async fn metrics(State(view): ViewState) -> Response {
+    (
+        [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+        view.metrics(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+/// Every answer is fresh, and a method other than GET or HEAD says the server is read-only.
+async fn no_store(mut response: Response) -> Response {
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        response = (StatusCode::METHOD_NOT_ALLOWED, "read-only\n").into_response();
+    }
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// A metrics registry that already holds `streamkit_build_info`; each view adds its own

@@ -291,3 +291,56 @@ fn the_scripts_reject_unknown_flags_report_status_and_are_idempotent() {
     };
     assert!(status.contains(version), "{status}");
 }
+
+/// Issue 17: datagen once spun at 100% CPU for good after its broker died (it counted
+/// librdkafka's queued requests as undelivered events). Now, with the broker killed
+/// mid-run, a bounded run ends within `message.timeout.ms` plus a few seconds of its last
+/// event, counts every event delivered or failed, and exits 1.
+#[test]
+fn datagen_ends_on_time_and_counts_exactly_after_its_broker_is_killed() {
+    let (input, _, _) = cluster_and_topics("datagen-kill");
+    let child = common::datagen()
+        .args([
+            "-s",
+            "streaming",
+            "--topic",
+            &input,
+            "--rate",
+            "20000",
+            "--duration",
+            "4s",
+        ])
+        .args(["-X", "message.timeout.ms=6000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join(".state/kafka/broker.pid");
+    let pid = std::fs::read_to_string(&state).expect("a native backend records its pid");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let killed = Instant::now();
+    // 2 s of generation left, 6 s of message timeout, 5 s of grace, and margin.
+    let output = wait_with_timeout(child, Duration::from_secs(40));
+    let took = killed.elapsed();
+    let err = stderr(&output);
+    script("start-env.sh", &["-k"]);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(20), "{took:?}\n{err}");
+    let (events, failures) = common::summary_counts(&err);
+    assert!(
+        events > 40_000 && failures > 0 && failures <= events,
+        "{err}"
+    );
+    let stored = keys_in(&input).0 as u64;
+    assert!(
+        stored <= events && stored + failures >= events,
+        "stored {stored}, events {events}, failed {failures}\n{err}"
+    );
+}

@@ -161,6 +161,40 @@ fn a_taken_ui_port_falls_back_to_the_next_free_one() {
 }
 
 #[test]
+fn an_address_that_cannot_be_bound_is_named_in_the_error() {
+    // Not an address of this machine: binding fails, and no other port is tried.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["--input", "-", "--ui-addr", "192.0.2.1:8081"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot serve the dashboard on 192.0.2.1:8081:"),
+        "{err}"
+    );
+    let output = datagen()
+        .args([
+            "-e",
+            "1",
+            "-o",
+            "/dev/null",
+            "--metrics-addr",
+            "192.0.2.1:9100",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot serve the metrics on 192.0.2.1:9100:"),
+        "{err}"
+    );
+    assert!(!err.contains("dashboard"), "{err}");
+}
+
+#[test]
 fn datagen_serves_its_load_test_metrics() {
     let mut command = datagen();
     command.args([
@@ -195,4 +229,100 @@ fn datagen_serves_its_load_test_metrics() {
     assert!(second.contains("streamkit_build_info"));
     let output = wait_with_timeout(child, Duration::from_secs(15));
     assert!(output.status.success());
+}
+
+/// A pipeline in file mode reading a stdin that stays open and quiet (the pipe is held by
+/// the returned child): a job that runs, with a dashboard, and no Kafka. `shell_prefix`
+/// runs first in the shell (say, to lower `ulimit -n`).
+fn idle_job(shell_prefix: &str) -> (std::process::Child, String) {
+    let mut command = std::process::Command::new("bash");
+    command
+        .args([
+            "-c",
+            &format!(
+                "{shell_prefix} exec {} --input - --output /dev/null --ui-addr 127.0.0.1:0",
+                env!("CARGO_BIN_EXE_pipeline")
+            ),
+        ])
+        .stdin(std::process::Stdio::piped());
+    spawn_with_address(command, "dashboard at")
+}
+
+/// GET `path`, retrying for up to `limit`: (status, how long it took).
+fn get_eventually(addr: &str, path: &str, limit: Duration) -> (u16, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = std::panic::catch_unwind(|| http("GET", addr, path).0);
+        if let Ok(status) = attempt {
+            return (status, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no answer from {addr}{path} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_thousand_idle_connections_under_a_low_descriptor_limit_do_not_take_the_server_down() {
+    let (child, addr) = idle_job("ulimit -n 200;");
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        let target: std::net::SocketAddr = addr.parse().unwrap();
+        if let Ok(stream) =
+            std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200))
+        {
+            idle.push(stream);
+        }
+    }
+    assert!(idle.len() > 200, "{} connections opened", idle.len());
+    // The server runs out of descriptors, keeps its listener, closes idle connections
+    // after its header timeout, and answers again.
+    let (status, took) = get_eventually(&addr, "/api/job", Duration::from_secs(40));
+    assert_eq!(status, 200);
+    eprintln!(
+        "{} idle connections; a fresh GET answered after {took:?}",
+        idle.len()
+    );
+    drop(idle);
+    let (status, _) = get_eventually(&addr, "/metrics", Duration::from_secs(5));
+    assert_eq!(status, 200);
+    signal(&child, "TERM");
+    let _ = wait_with_timeout(child, Duration::from_secs(15));
+}
+
+#[test]
+fn a_huge_request_header_gets_431_and_a_pipelining_client_delays_nobody() {
+    use std::io::{Read, Write};
+    let (child, addr) = idle_job("");
+    // 1 MB of header: refused once 16 KB are read, with 431.
+    let mut huge = std::net::TcpStream::connect(&addr).unwrap();
+    huge.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = write!(huge, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    let chunk = vec![b'a'; 64 * 1024];
+    for _ in 0..16 {
+        if huge.write_all(&chunk).is_err() {
+            break; // the server closed the connection: fine.
+        }
+    }
+    let mut answer = String::new();
+    let _ = huge.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+
+    // A client pipelines 200 requests and reads nothing; another is served at once.
+    let mut greedy = std::net::TcpStream::connect(&addr).unwrap();
+    let requests = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+    let _ = greedy.write_all(requests.as_bytes());
+    let started = std::time::Instant::now();
+    assert_eq!(http("GET", &addr, "/api/job").0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a normal client waited {:?}",
+        started.elapsed()
+    );
+    drop(greedy);
+    signal(&child, "TERM");
+    let _ = wait_with_timeout(child, Duration::from_secs(15));
 }

@@ -38,9 +38,49 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
             "--output",
         ),
         (&["--no-such-flag"], "--no-such-flag"),
+        // Ranges: each of these once panicked, hung or was changed silently.
+        (&["--duration", "99999999999999999999999"], "--duration"),
+        (&["--duration", "18446744073709551615"], "longer than"),
+        (&["--delay-seconds", "1e300"], "up to one day"),
+        (&["--rate", "1e-300"], "0.1 to 1e9"),
+        (&["--rate", "1e-12"], "0.1 to 1e9"),
+        (
+            &["--rate", "1e300", "--num-events", "3", "-o", "-"],
+            "0.1 to 1e9",
+        ),
+        (
+            &["--max-lag-seconds", "18446744073709551615"],
+            "--max-lag-seconds",
+        ),
+        (&["--num-users", "4000000000"], "--num-users"),
+        (
+            &[
+                "--start-time",
+                "2024-01-01T00:00:00Z",
+                "--time-step-ms",
+                "1e300",
+            ],
+            "up to one day",
+        ),
+        (&["--start-time", "0000-01-01T00:00:00Z"], "years 1 to 9999"),
+        (
+            &["-X", "bogus.property=1", "-o", "/dev/null"],
+            "uses no Kafka client",
+        ),
+        (
+            &["-s", "streaming", "-X", "bogus.property=1"],
+            "bogus.property",
+        ),
+        (&["-s", "streaming", "-X", "linger.ms=soon"], "linger.ms"),
     ];
     for (args, expected) in cases {
-        let output = datagen().args(*args).output().unwrap();
+        let child = datagen()
+            .args(*args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = common::wait_with_timeout(child, Duration::from_secs(10));
         let err = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
         assert!(
@@ -50,6 +90,19 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         assert!(err.starts_with("error:"), "{args:?}: {err}");
         assert!(output.stdout.is_empty(), "{args:?}");
     }
+}
+
+#[test]
+fn the_highest_rate_finishes_a_bounded_run() {
+    let child = datagen()
+        .args(["--rate", "1e9", "--num-events", "3", "-o", "-", "-q"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = common::wait_with_timeout(child, Duration::from_secs(10));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().count(), 3);
 }
 
 #[test]

@@ -205,6 +205,32 @@ fn an_unreachable_broker_fails_fast_naming_the_address() {
         "{err}"
     );
     assert!(err.contains("setup/start-env.sh -k"), "hint missing: {err}");
+    assert!(err.contains("nothing listening"), "{err}");
+}
+
+#[test]
+fn a_host_that_does_not_resolve_is_named_as_such() {
+    let address = "no-such-host.invalid:9092";
+    let output = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "-e",
+            "10",
+            "--bootstrap-servers",
+            address,
+        ])
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach Kafka at {address}: the host name does not resolve: {address}"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("nothing listening"), "{err}");
 }
 
 #[test]
@@ -290,4 +316,64 @@ fn secret_properties_never_appear_in_output() {
         .unwrap();
     let all = format!("{}{}", stderr(&output), common::stdout(&output));
     assert!(!all.contains("hunter2-secret"), "{all}");
+}
+
+/// A bounded run whose brokers die and stay dead ends by itself within
+/// `message.timeout.ms` plus a few seconds, counting exactly: every event is delivered or
+/// counted failed, and the "waiting" lines count events, not librdkafka's requests.
+#[test]
+fn with_the_brokers_down_a_bounded_run_ends_within_the_message_timeout_with_exact_counts() {
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let child = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "--rate",
+            "1000",
+            "--num-events",
+            "3000",
+            "--bootstrap-servers",
+            &bootstrap,
+            "-X",
+            "message.timeout.ms=4000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    for broker in 1..=3 {
+        cluster.broker_down(broker).unwrap();
+    }
+    let started = Instant::now();
+    // 2 s of generation left, then 4 s of message timeout and 5 s of grace, plus margin.
+    let output = wait_with_timeout(child, Duration::from_secs(20));
+    let took = started.elapsed();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(took < Duration::from_secs(16), "{took:?}\n{err}");
+    let (events, failures) = summary_counts(&err);
+    assert_eq!(events, 3000, "{err}");
+    assert!(failures > 0 && failures <= events, "{err}");
+    for line in err.lines().filter(|l| l.contains("waiting for ")) {
+        let pending: u64 = line
+            .split("waiting for ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.replace(',', "").parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            pending <= failures,
+            "{line}: more pending than ever failed\n{err}"
+        );
+    }
+    for broker in 1..=3 {
+        cluster.broker_up(broker).unwrap();
+    }
+    let stored = read_topic(&bootstrap, TOPIC, 3).len() as u64;
+    assert!(
+        stored <= events && stored + failures >= events,
+        "stored {stored}, events {events}, failed {failures}"
+    );
 }

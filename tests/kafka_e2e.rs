@@ -253,3 +253,95 @@ fn a_static_member_restarted_within_its_session_gets_its_partitions_back() {
     );
     assert_eq!(loss_and_duplicates(&keys, &job.output_counts()), (0, 0));
 }
+
+/// A valid event padded to about `size` bytes, keyed by `key`.
+fn padded_event(size: usize, id: &str) -> Vec<u8> {
+    let line = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/website-visit.jsonl"),
+    )
+    .unwrap();
+    let mut event: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    event["user_agent"] = serde_json::Value::String("a".repeat(size));
+    event["id"] = serde_json::Value::String(id.into());
+    serde_json::to_vec(&event).unwrap()
+}
+
+/// Lets `topic` take records of up to `bytes`.
+fn allow_records_of(topic: &str, bytes: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", common::broker::BOOTSTRAP)
+        .create()
+        .unwrap();
+    let limit = bytes.to_string();
+    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", &limit);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for result in runtime
+        .block_on(admin.alter_configs(&[change], &AdminOptions::new()))
+        .unwrap()
+    {
+        result.unwrap_or_else(|(resource, code)| panic!("{resource:?}: {code}"));
+    }
+}
+
+/// Issue 17's poison pills on the broker users run: a 1.5 MB valid record and a 5 MB
+/// malformed one among 10,000 good ones. Every good record is written, both big ones are
+/// dead-lettered (by reference: the dead-letter topic takes 1 MB), and the job exits 0. A
+/// record of 1,020,306 bytes, under the topics' 1,048,588, is written: the producer's
+/// limit comes from the topics.
+#[test]
+fn big_records_are_dead_lettered_and_every_good_record_is_written() {
+    apache_kafka();
+    let job = job("poison", 3);
+    allow_records_of(&job.input, 10 << 20);
+    let fits = padded_event(1_019_800, "fits");
+    let too_large = padded_event(1_500_000, "too-large");
+    let malformed = vec![b'{'; 5 << 20];
+    let key = b"oversized".to_vec();
+    let positions = common::produce(
+        common::broker::BOOTSTRAP,
+        &job.input,
+        &[
+            (Some(key.clone()), Some(too_large.clone())),
+            (Some(key.clone()), Some(malformed.clone())),
+            (Some(key.clone()), Some(fits.clone())),
+        ],
+    );
+    let mut keys = job.feed(10_000, 17);
+    let output = job.process(&["--bounded"]).output().unwrap();
+    let err = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    let written = job.output_counts();
+    let fits_key = written
+        .keys()
+        .find(|k| k.contains("\"fits\""))
+        .cloned()
+        .unwrap_or_else(|| panic!("the 1,020,306-byte record was not written:\n{err}"));
+    keys.insert(fits_key);
+    assert_eq!(loss_and_duplicates(&keys, &written), (0, 0), "{err}");
+    let dead = common::read_topic(common::broker::BOOTSTRAP, &job.dead, 3);
+    assert_eq!(dead.len(), 2, "{err}");
+    for (record, (partition, offset), size, kind) in [
+        (
+            &dead[0],
+            positions[0],
+            too_large.len() + key.len(),
+            "too_large",
+        ),
+        (
+            &dead[1],
+            positions[1],
+            malformed.len() + key.len(),
+            "not_json",
+        ),
+    ] {
+        assert_eq!(record.headers["error.kind"], kind, "{:?}", record.headers);
+        let reference: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        assert_eq!(reference["omitted_payload"]["partition"], partition);
+        assert_eq!(reference["omitted_payload"]["offset"], offset);
+        assert_eq!(reference["omitted_payload"]["size"], size as u64);
+    }
+}

@@ -210,6 +210,117 @@ fn file_mode_gives_the_same_values_as_the_original_job() {
 }
 
 #[test]
+fn file_mode_refuses_to_write_over_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let link = dir.path().join("link.jsonl");
+    std::fs::write(&input, fixture("website-visit.jsonl")).unwrap();
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    for flag in ["--output", "--dead-letter-file"] {
+        for target in [&input, &link] {
+            let output = pipeline()
+                .args([
+                    "--input".as_ref(),
+                    input.as_os_str(),
+                    flag.as_ref(),
+                    target.as_os_str(),
+                ])
+                .output()
+                .unwrap();
+            let err = stderr(&output);
+            assert_eq!(output.status.code(), Some(2), "{flag} {target:?}: {err}");
+            assert!(err.contains("is the input file"), "{err}");
+            assert_eq!(
+                std::fs::read_to_string(&input).unwrap(),
+                fixture("website-visit.jsonl"),
+                "the input was touched"
+            );
+        }
+    }
+}
+
+#[test]
+fn file_mode_dead_letters_an_overlong_line_by_size_without_holding_it() {
+    use std::io::Write;
+    let good = fixture("website-visit.jsonl");
+    let first = good.lines().next().unwrap().to_string();
+    let long = streamkit::pipeline::MAX_LINE_BYTES + 1000;
+    let mut child = pipeline()
+        .args([
+            "--input",
+            "-",
+            "--output",
+            "-",
+            "--dead-letter-file",
+            "/dev/stderr",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        writeln!(stdin, "{first}").unwrap();
+        let block = vec![b'x'; 1 << 20];
+        for _ in 0..long / block.len() {
+            stdin.write_all(&block).unwrap();
+        }
+        stdin.write_all(&block[..long % block.len()]).unwrap();
+        writeln!(stdin).unwrap();
+        writeln!(stdin, "{first}").unwrap();
+    });
+    feeder.join().unwrap();
+    let output = common::wait_with_timeout(child, Duration::from_secs(30));
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}");
+    assert_eq!(common::stdout(&output).lines().count(), 2, "{err}");
+    let dead = err
+        .lines()
+        .find(|line| line.starts_with("{\"line\":"))
+        .unwrap_or_else(|| panic!("no dead letter:\n{err}"));
+    let dead: serde_json::Value = serde_json::from_str(dead).unwrap();
+    assert_eq!(dead["line"], 2);
+    assert_eq!(dead["kind"], "too_large");
+    assert_eq!(dead["size"], long);
+    assert!(dead.get("raw").is_none());
+    assert!(
+        summary_line(&err).contains("read 3 = written 2 + dead-lettered 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn file_mode_stops_on_sigterm_while_stdin_is_quiet_and_keeps_what_it_read() {
+    use std::io::Write;
+    let good = fixture("website-visit.jsonl");
+    let mut child = pipeline()
+        .args(["--input", "-", "--output", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in good.lines().take(5) {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    common::signal(&child, "TERM");
+    let started = Instant::now();
+    let output = common::wait_with_timeout(child, Duration::from_secs(10));
+    drop(stdin);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(common::stdout(&output).lines().count(), 5);
+}
+
+#[test]
 fn file_mode_dead_letters_bad_lines_with_line_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let (input, out, dlq) = (
@@ -277,7 +388,11 @@ fn file_mode_dead_letters_bad_lines_with_line_numbers() {
     );
 }
 
-/// Puts `n` seeded events in the input topic through datagen; returns their keys.
+/// The key of the oversized records some tests put in the input topic beside `feed`'s.
+const OVERSIZED_KEY: &[u8] = b"oversized";
+
+/// Puts `n` seeded events in the input topic through datagen; returns their keys (those
+/// of every event in the topic, but for records keyed [`OVERSIZED_KEY`]).
 fn feed(bootstrap: &str, n: u64) -> BTreeSet<String> {
     let output = datagen()
         .args([
@@ -302,6 +417,7 @@ fn feed(bootstrap: &str, n: u64) -> BTreeSet<String> {
     assert!(output.status.success(), "{}", stderr(&output));
     let keys: BTreeSet<String> = read_topic(bootstrap, INPUT, BIG)
         .iter()
+        .filter(|r| r.key != OVERSIZED_KEY)
         .map(|r| String::from_utf8(r.key.clone()).unwrap())
         .collect();
     assert_eq!(keys.len() as u64, n, "seeded keys are unique");
@@ -321,8 +437,25 @@ fn output_keys(bootstrap: &str) -> (usize, BTreeSet<String>) {
 
 /// Waits until the job has written something to the output topic.
 fn wait_for_output(bootstrap: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    // The output's end offsets, not its records: cheap enough to ask every 50 ms, so a
+    // caller that kills the job here catches it early in its run.
+    let client: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let written = || {
+        (0..BIG)
+            .filter_map(|p| {
+                client
+                    .fetch_watermarks(OUTPUT, p, Duration::from_secs(5))
+                    .ok()
+            })
+            .map(|(_, high)| high)
+            .sum::<i64>()
+    };
     let started = Instant::now();
-    while output_keys(bootstrap).0 == 0 {
+    while written() == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "no output after 30 s"
@@ -464,6 +597,138 @@ fn a_broker_outage_is_ridden_out_without_loss() {
     assert_eq!(output_keys(&bootstrap).1, keys);
 }
 
+/// A valid event whose output is `size` bytes or so: its user agent is padded.
+fn event_of_size(size: usize) -> Vec<u8> {
+    let line = fixture("website-visit.jsonl")
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let mut event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    event["user_agent"] = serde_json::Value::String("a".repeat(size));
+    event["id"] = serde_json::Value::String("oversized".into());
+    serde_json::to_vec(&event).unwrap()
+}
+
+/// Poison pills: records too large for the output (and the dead-letter topic) are
+/// dead-lettered, by reference when need be, and the records behind them on the same
+/// partition are all written. The job ends with exit 0.
+#[test]
+fn records_too_large_for_the_output_are_dead_lettered_and_their_partition_goes_on() {
+    let cluster = cluster_with(BIG);
+    let bootstrap = cluster.bootstrap_servers();
+    let big_valid = event_of_size(1_500_000);
+    let big_invalid = vec![b'x'; 3_000_000];
+    // Key them to land on one partition, ahead of good records.
+    let positions = produce(
+        &bootstrap,
+        INPUT,
+        &[
+            (Some(OVERSIZED_KEY.to_vec()), Some(big_valid.clone())),
+            (Some(OVERSIZED_KEY.to_vec()), Some(big_invalid.clone())),
+        ],
+    );
+    let keys = feed(&bootstrap, 10_000);
+    let output = pipeline()
+        .args(["--bootstrap-servers", &bootstrap, "--bounded"])
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert_eq!(
+        output_keys(&bootstrap).1,
+        keys,
+        "every good record is written"
+    );
+    let dead: Vec<Record> = read_topic(&bootstrap, DLQ, BIG);
+    assert_eq!(dead.len(), 2, "{err}");
+    for (record, (partition, offset), size, kind) in [
+        (
+            &dead[0],
+            positions[0],
+            big_valid.len() + OVERSIZED_KEY.len(),
+            "too_large",
+        ),
+        (
+            &dead[1],
+            positions[1],
+            big_invalid.len() + OVERSIZED_KEY.len(),
+            "not_json",
+        ),
+    ] {
+        assert_eq!(record.headers["error.kind"], kind, "{:?}", record.headers);
+        assert_eq!(record.headers["source.partition"], partition.to_string());
+        assert_eq!(record.headers["source.offset"], offset.to_string());
+        // Neither fits the dead-letter topic either: a reference stands in for the payload.
+        let reference: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        assert_eq!(reference["omitted_payload"]["topic"], INPUT);
+        assert_eq!(reference["omitted_payload"]["partition"], partition);
+        assert_eq!(reference["omitted_payload"]["offset"], offset);
+        assert_eq!(reference["omitted_payload"]["size"], size as u64);
+        assert!(
+            record.headers["error"].contains("too large")
+                || record.headers["error"].contains("Too large")
+                || record.headers["error"].contains("MessageSizeTooLarge"),
+            "{:?}",
+            record.headers
+        );
+    }
+    assert!(summary_line(&err).contains("dead-lettered 2"), "{err}");
+}
+
+/// SIGTERM while the cluster is down: the job exits within the drain timeout plus 2 s,
+/// says which records it could not commit, and a restart loses none of them.
+#[test]
+fn sigterm_with_the_broker_down_exits_within_the_drain_timeout_and_loses_nothing() {
+    let cluster = cluster_with(BIG);
+    let bootstrap = cluster.bootstrap_servers();
+    let n = 60_000;
+    let keys = feed(&bootstrap, n);
+    let child = pipeline()
+        .args([
+            "--bootstrap-servers",
+            &bootstrap,
+            // Commits happen only at the end: the final commit meets the dead coordinator.
+            "--checkpointing-interval",
+            "600000",
+            // The restart below waits for these members' sessions to expire.
+            "--session-timeout",
+            "6000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_output(&bootstrap);
+    cluster.broker_down(1).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, "TERM");
+    let signalled = Instant::now();
+    let output = wait_with_timeout(child, Duration::from_secs(30));
+    let took = signalled.elapsed();
+    let err = stderr(&output);
+    let limit = streamkit::pipeline::DRAIN_TIMEOUT + Duration::from_secs(2);
+    assert!(
+        took <= limit,
+        "exit took {took:?} (limit {limit:?}):\n{err}"
+    );
+    eprintln!("SIGTERM with the broker down: exit after {took:?}");
+    // Either the final commit was abandoned, or the session expired first and the
+    // partitions were lost: both lines name the partitions that are read again.
+    assert!(
+        err.contains("will be read (and written) again on restart")
+            || err.contains("were lost (session timeout or fenced): not committed"),
+        "no line names the records read again:\n{err}"
+    );
+    cluster.broker_up(1).unwrap();
+    let output = pipeline()
+        .args(["--bootstrap-servers", &bootstrap, "--bounded"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(output_keys(&bootstrap).1, keys);
+}
+
 #[test]
 fn the_embedded_demo_runs_without_setup_and_stops_on_ctrl_c() {
     let mut child = pipeline()
@@ -540,9 +805,38 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         (&["--use-own", "--input", "x.jsonl"], "--use-own"),
         (&["--demo-rate", "0"], "--demo-rate"),
         (&["--frobnicate"], "--frobnicate"),
+        // Ranges: each of these once panicked, hung or was changed silently.
+        (&["--demo-rate", "1e-300"], "0.1 to 1e9"),
+        (&["--demo-rate", "1e300"], "0.1 to 1e9"),
+        (&["--demo-users", "4000000000"], "--demo-users"),
+        (
+            &["--checkpointing-interval", "18446744073709551615"],
+            "--checkpointing-interval",
+        ),
+        // -X: checked against librdkafka, and refused where no Kafka client runs.
+        (&["-X", "bogus.property=1"], "bogus.property"),
+        (
+            &["--use-own", "-X", "enable.idempotence=maybe"],
+            "enable.idempotence",
+        ),
+        (
+            &[
+                "--input",
+                "fixtures/website-visit.jsonl",
+                "-X",
+                "linger.ms=5",
+            ],
+            "uses no Kafka client",
+        ),
     ];
     for (args, expected) in cases {
-        let output = pipeline().args(*args).output().unwrap();
+        let child = pipeline()
+            .args(*args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = common::wait_with_timeout(child, Duration::from_secs(10));
         let err = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
 use clap::{CommandFactory, Parser, ValueEnum};
-use streamkit::cli::{KafkaArgs, parse_duration, parse_non_negative, parse_positive, parse_ratio};
+use streamkit::cli::{
+    KafkaArgs, parse_duration, parse_millis_up_to_a_day, parse_rate, parse_ratio,
+    parse_seconds_up_to_a_day,
+};
 use streamkit::datagen::{self, DatagenConfig, Output};
 use streamkit::generator::{Clock, GeneratorConfig};
 use streamkit::kafka::{Compression, LOCAL_BOOTSTRAP_SERVERS};
@@ -47,33 +50,34 @@ struct Args {
     #[arg(short = 's', long, value_enum, default_value_t = Source::Batch)]
     source: Source,
 
-    /// Users in the pool; each event picks one at random
-    #[arg(short = 'u', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
+    /// Users in the pool (1 to 10,000,000); each event picks one at random
+    #[arg(short = 'u', long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=MAX_USERS), allow_negative_numbers = true)]
     num_users: u32,
 
     /// Stop after this many events [default: unlimited]
     #[arg(short = 'e', long, allow_negative_numbers = true)]
     num_events: Option<u64>,
 
-    /// Each event's time is now plus a uniform random lag in [0, N] seconds
+    /// Each event's time is now plus a uniform random lag in [0, N] seconds (N up to a year)
     #[arg(
         short = 'l',
         long,
         default_value_t = 0,
         value_name = "N",
+        value_parser = clap::value_parser!(u64).range(0..=31_536_000),
         allow_negative_numbers = true
     )]
     max_lag_seconds: u64,
 
-    /// Pause after each event, as the original does
-    #[arg(short = 'd', long, value_parser = parse_non_negative, conflicts_with = "rate", allow_negative_numbers = true)]
+    /// Pause after each event, as the original does (seconds, up to one day)
+    #[arg(short = 'd', long, value_parser = parse_seconds_up_to_a_day, conflicts_with = "rate", allow_negative_numbers = true)]
     delay_seconds: Option<f64>,
 
     /// Hold an exact average rate, events per second (0.1 up to the machine's limit) [default: as fast as possible]
-    #[arg(long, value_parser = parse_positive, value_name = "EVENTS_PER_SEC", allow_negative_numbers = true)]
+    #[arg(long, value_parser = parse_rate, value_name = "EVENTS_PER_SEC", allow_negative_numbers = true)]
     rate: Option<f64>,
 
-    /// Stop after this long: 90, 90s, 500ms, 5m, 2h [default: unlimited]
+    /// Stop after this long: 90, 90s, 500ms, 5m, 2h, up to ten years [default: unlimited]
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
 
@@ -89,8 +93,8 @@ struct Args {
     #[arg(long, value_parser = parse_start_time, value_name = "START")]
     start_time: Option<DateTime<FixedOffset>>,
 
-    /// Simulated time between events [default: 1000/--rate, or --delay-seconds, or 1 ms]
-    #[arg(long, value_parser = parse_non_negative, requires = "start_time", value_name = "MS", allow_negative_numbers = true)]
+    /// Simulated time between events, up to one day [default: 1000/--rate, or --delay-seconds, or 1 ms]
+    #[arg(long, value_parser = parse_millis_up_to_a_day, requires = "start_time", value_name = "MS", allow_negative_numbers = true)]
     time_step_ms: Option<f64>,
 
     /// batch: the JSON-lines file to write, `-` for stdout [default: inputs/<uuid>.out]
@@ -122,14 +126,28 @@ struct Args {
     kafka: KafkaArgs,
 }
 
+/// Most users `--num-users` takes: each holds an address and a user agent in memory.
+const MAX_USERS: i64 = 10_000_000;
+
+/// An RFC 3339 time in the years 1 to 9999, the range of the original's Python `datetime`.
 fn parse_start_time(raw: &str) -> Result<DateTime<FixedOffset>, String> {
-    DateTime::parse_from_rfc3339(raw)
-        .map_err(|e| format!("'{raw}' is not an RFC 3339 time like 2024-04-14T21:51:33Z ({e})"))
+    let time = DateTime::parse_from_rfc3339(raw)
+        .map_err(|e| format!("'{raw}' is not an RFC 3339 time like 2024-04-14T21:51:33Z ({e})"))?;
+    use chrono::Datelike;
+    if (1..=9999).contains(&time.year()) {
+        Ok(time)
+    } else {
+        Err(format!("'{raw}' is outside the years 1 to 9999"))
+    }
 }
 
 impl Args {
     fn into_config(self) -> Result<DatagenConfig, clap::Error> {
         let usage_error = |kind, message: &str| Args::command().error(kind, message);
+        let without_kafka = (self.source == Source::Batch).then_some("--source batch");
+        if let Err(message) = self.kafka.check(without_kafka) {
+            return Err(usage_error(clap::error::ErrorKind::InvalidValue, &message));
+        }
         let output = match (self.source, &self.output) {
             (Source::Streaming, Some(_)) => {
                 return Err(usage_error(
@@ -215,7 +233,11 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cancel = match streamkit::cli::start("datagen", std::env::var("RUST_LOG").ok().as_deref()) {
+    let cancel = match streamkit::cli::start(
+        "datagen",
+        std::env::var("RUST_LOG").ok().as_deref(),
+        datagen::DRAIN_TIMEOUT,
+    ) {
         Ok(cancel) => cancel,
         Err(e) => {
             eprintln!("datagen: error: {e}");

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use streamkit::cli::{KafkaArgs, parse_positive};
+use streamkit::cli::{KafkaArgs, parse_rate};
 use streamkit::kafka::{GroupConfig, GroupProtocol, LOCAL_BOOTSTRAP_SERVERS};
 use streamkit::pipeline::{self, Cluster, DemoConfig, FileConfig, PipelineConfig, Source, Topics};
 
@@ -51,8 +51,8 @@ struct Args {
     #[arg(long, value_name = "ID")]
     group_instance_id: Option<String>,
 
-    /// How often delivered positions are committed, in milliseconds
-    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true, value_name = "MS")]
+    /// How often delivered positions are committed, in milliseconds (up to one day)
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000), allow_negative_numbers = true, value_name = "MS")]
     checkpointing_interval: u64,
 
     /// Stop once every input partition has been read to its end, print the summary, exit 0
@@ -79,12 +79,12 @@ struct Args {
     #[arg(long)]
     print_keys: bool,
 
-    /// Embedded demo: users of the in-process generator
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
+    /// Embedded demo: users of the in-process generator (1 to 10,000,000)
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000_000), allow_negative_numbers = true)]
     demo_users: u32,
 
-    /// Embedded demo: events per second of the in-process generator
-    #[arg(long, default_value_t = 2.0, value_parser = parse_positive, allow_negative_numbers = true, value_name = "EVENTS_PER_SEC")]
+    /// Embedded demo: events per second of the in-process generator (0.1 to 1e9)
+    #[arg(long, default_value_t = 2.0, value_parser = parse_rate, allow_negative_numbers = true, value_name = "EVENTS_PER_SEC")]
     demo_rate: f64,
 
     /// File mode: read JSON lines from PATH (`-` for stdin) instead of Kafka
@@ -130,6 +130,10 @@ fn dash_is_std(path: &Path) -> Option<PathBuf> {
 
 impl Args {
     fn into_config(self) -> Result<PipelineConfig, clap::Error> {
+        let without_kafka = self.input.is_some().then_some("file mode (--input)");
+        if let Err(message) = self.kafka.check(without_kafka) {
+            return Err(Args::command().error(clap::error::ErrorKind::InvalidValue, message));
+        }
         // `-X group.protocol=...` is librdkafka's own name for --group-protocol; the last word wins.
         let protocol = match self
             .kafka
@@ -171,11 +175,17 @@ impl Args {
             dead_letter: self.dead_letter_topic,
         };
         let source = if let Some(input) = &self.input {
-            Source::Files(FileConfig {
+            let files = FileConfig {
                 input: dash_is_std(input),
                 output: dash_is_std(&self.output),
                 dead_letter: self.dead_letter_file,
-            })
+            };
+            if let Err(e) = pipeline::check_files(&files) {
+                return Err(
+                    Args::command().error(clap::error::ErrorKind::ArgumentConflict, e.to_string())
+                );
+            }
+            Source::Files(files)
         } else {
             // An explicit address wins, then --use-own, then the embedded cluster.
             let explicit = self.kafka.bootstrap_servers.is_some();
@@ -219,8 +229,11 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cancel = match streamkit::cli::start("pipeline", std::env::var("RUST_LOG").ok().as_deref())
-    {
+    let cancel = match streamkit::cli::start(
+        "pipeline",
+        std::env::var("RUST_LOG").ok().as_deref(),
+        pipeline::DRAIN_TIMEOUT,
+    ) {
         Ok(cancel) => cancel,
         Err(e) => {
             eprintln!("pipeline: error: {e}");

@@ -3,8 +3,14 @@
 //!
 //! Guarantees: the topic and cluster are checked before anything is generated; a full
 //! local queue is waited out (serving delivery reports), never dropped; at the end every
-//! event is counted delivered or failed. After a cancellation, outstanding deliveries get
-//! [`DRAIN_TIMEOUT`](super::DRAIN_TIMEOUT), then are purged and counted as failed.
+//! event is counted delivered or failed, from the delivery reports themselves.
+//!
+//! The end is bounded. Outstanding deliveries get [`DRAIN_TIMEOUT`](super::DRAIN_TIMEOUT)
+//! after a cancellation; otherwise librdkafka's own `message.timeout.ms` (default 300 s)
+//! plus [`REPORT_GRACE`] from the last event handed over. Then they are purged and counted
+//! as failed. (The count of unconfirmed events is `enqueued − delivered − failed`, never
+//! librdkafka's out-queue length: that one also counts requests, such as the metadata and
+//! connection attempts that pile up while a broker is down, and may never reach zero.)
 //!
 //! Limit: delivery is at-least-once per event from the producer's point of view; an event
 //! reported failed may still have reached the broker (its acknowledgement was lost).
@@ -22,6 +28,9 @@ use super::sink::{Delivery, Sent, Sink};
 use crate::error::Result;
 use crate::kafka::{self, Compression, CountingProducer, DeliveryCounter, KafkaConfig};
 
+/// After `message.timeout.ms`, how long the last delivery reports may take to arrive.
+pub const REPORT_GRACE: Duration = Duration::from_secs(5);
+
 pub(super) struct KafkaSink {
     producer: CountingProducer,
     topic: String,
@@ -30,6 +39,9 @@ pub(super) struct KafkaSink {
     rejected: u64,
     first_rejection: Option<String>,
     since_poll: u32,
+    /// librdkafka's `message.timeout.ms`; `None` when it is 0 (no limit).
+    message_timeout: Option<Duration>,
+    last_enqueued: Option<Instant>,
 }
 
 impl KafkaSink {
@@ -58,6 +70,8 @@ impl KafkaSink {
             rejected: 0,
             first_rejection: None,
             since_poll: 0,
+            message_timeout: kafka::message_timeout(&client_config),
+            last_enqueued: None,
         })
     }
 }
@@ -73,6 +87,7 @@ impl Sink for KafkaSink {
                 {
                     Ok(()) => {
                         self.enqueued += 1;
+                        self.last_enqueued = Some(Instant::now());
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -105,7 +120,11 @@ impl Sink for KafkaSink {
     }
 
     fn idle(&mut self, wait: Duration) -> Result<()> {
-        self.producer.poll(wait);
+        // Serve the delivery reports that are ready, then sleep. (`poll(wait)` would spin
+        // through the last sub-millisecond of every wait: rust-rdkafka polls with whole
+        // milliseconds and loops until its deadline, which cost a core at high rates.)
+        self.producer.poll(Duration::ZERO);
+        std::thread::sleep(wait);
         Ok(())
     }
 
@@ -119,33 +138,57 @@ impl Sink for KafkaSink {
     }
 
     fn finish(&mut self, cancel: &CancellationToken) -> Result<Delivery> {
+        // Every event handed over gets exactly one delivery report, within message.timeout.ms.
+        let unconfirmed = |producer: &CountingProducer, enqueued: u64| {
+            let counter = producer.context();
+            enqueued.saturating_sub(counter.delivered() + counter.failed())
+        };
+        let timeout_ends = self
+            .message_timeout
+            .zip(self.last_enqueued)
+            .and_then(|(timeout, last)| last.checked_add(timeout + REPORT_GRACE));
         let mut drain_started: Option<Instant> = None;
         let mut last_report = Instant::now();
         loop {
-            // Flushing in short steps keeps cancellation responsive; a timeout is expected.
-            let _ = self.producer.flush(Duration::from_millis(100));
-            let in_flight = self.producer.in_flight_count();
-            if in_flight == 0 {
+            let pending = unconfirmed(&self.producer, self.enqueued);
+            if pending == 0 {
                 break;
             }
-            if cancel.is_cancelled() {
-                let started = *drain_started.get_or_insert_with(Instant::now);
-                if started.elapsed() >= DRAIN_TIMEOUT {
-                    log::warn!(
-                        "{in_flight} events still undelivered to {} after {} s: purging them and counting them as failed",
-                        self.servers,
-                        DRAIN_TIMEOUT.as_secs()
-                    );
-                    self.producer
-                        .purge(PurgeConfig::default().queue().inflight());
-                    let _ = self.producer.flush(Duration::from_secs(1));
-                    break;
+            let now = Instant::now();
+            let give_up = if cancel.is_cancelled()
+                && now.duration_since(*drain_started.get_or_insert(now)) >= DRAIN_TIMEOUT
+            {
+                Some(format!("stopping, after {} s", DRAIN_TIMEOUT.as_secs()))
+            } else if timeout_ends.is_some_and(|end| now >= end) {
+                Some(format!(
+                    "message.timeout.ms ({} s) and {} s more have passed",
+                    self.message_timeout.unwrap_or_default().as_secs(),
+                    REPORT_GRACE.as_secs()
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = give_up {
+                log::warn!(
+                    "{pending} events still unconfirmed by {} ({why}): purging them and counting them as failed",
+                    self.servers
+                );
+                self.producer
+                    .purge(PurgeConfig::default().queue().inflight());
+                // Serve the purged messages' reports, briefly.
+                let purge_end = Instant::now() + Duration::from_secs(1);
+                while unconfirmed(&self.producer, self.enqueued) > 0 && Instant::now() < purge_end {
+                    self.producer.poll(Duration::from_millis(50));
                 }
+                break;
             }
             if last_report.elapsed() >= Duration::from_secs(5) {
-                log::info!("waiting for {in_flight} deliveries to {}...", self.servers);
+                log::info!("waiting for {pending} deliveries to {}...", self.servers);
                 last_report = Instant::now();
             }
+            // Serves delivery reports; sleeps up to 100 ms when none arrive (no busy loop:
+            // `flush` returns at once once no message is queued, requests or not).
+            self.producer.poll(Duration::from_millis(100));
         }
         let counter = self.producer.context();
         let (delivered, failed) = (counter.delivered(), counter.failed());

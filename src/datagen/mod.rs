@@ -7,7 +7,8 @@
 //! - **Accounted delivery.** In Kafka mode every event handed to the producer ends as
 //!   delivered or as counted in `Summary::delivery_failures`, also after a cancellation:
 //!   cancelling stops generation, waits up to [`DRAIN_TIMEOUT`] for outstanding deliveries,
-//!   then purges and counts whatever is left as failed.
+//!   then purges and counts whatever is left as failed. Without a cancellation, a dead
+//!   broker ends the run within librdkafka's `message.timeout.ms` plus a few seconds.
 //! - **Fail fast.** An unreachable broker or a missing topic is reported, naming the
 //!   address, before any event is generated.
 //!
@@ -105,7 +106,8 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
     };
     let mut progress = Progress::new(config.progress, bound, started);
     let live = LiveCounts::default();
-    // The metrics server lives as long as the run: dropping it stops it.
+    // The metrics server runs on a small runtime of its own, and lives as long as the run:
+    // dropping them stops it.
     let _metrics = match config.metrics_addr {
         Some(addr) => {
             // The topic or path only: never the cluster's address (a client property).
@@ -113,10 +115,21 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
                 Output::Kafka { topic, .. } => topic.clone(),
                 other => other.to_string(),
             };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .thread_name("metrics")
+                .build()
+                .map_err(|e| crate::error::Error::Listen {
+                    what: "metrics",
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
             let view = MetricsView::new(&live, &destination, started);
-            let server = crate::web::serve(addr, std::sync::Arc::new(view))?;
+            let server =
+                crate::web::serve("metrics", addr, std::sync::Arc::new(view), runtime.handle())?;
             log::info!("metrics at http://{}/metrics", server.addr());
-            Some(server)
+            Some((server, runtime))
         }
         None => None,
     };
@@ -125,7 +138,7 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
         source: &source,
         cancel,
         started,
-        deadline: config.duration.map(|d| started + d),
+        deadline: config.duration.and_then(|d| started.checked_add(d)),
         live: &live,
     };
     let generated = if config.threads > 1 && config.pace == Pace::Unlimited {

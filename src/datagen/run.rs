@@ -22,6 +22,11 @@ use crate::progress::Progress;
 /// Longest single sleep, so cancellation and deadlines are noticed promptly.
 const IDLE_SLICE: Duration = Duration::from_millis(50);
 
+/// Shortest wait between paced batches. At high rates the next event is due within
+/// microseconds; waking that often costs a core. Every event due by the end of the wait is
+/// emitted in the next batch, so the average rate stays exact.
+const PACING_TICK: Duration = Duration::from_millis(1);
+
 /// Most events generated and handed over in one step of the sequential loop.
 const BATCH_EVENTS: u64 = 1024;
 
@@ -62,7 +67,8 @@ impl Run<'_> {
             match pacer.allowance(sent.events, now) {
                 Allowance::WaitUntil(due) => {
                     let until = self.deadline.map_or(due, |d| due.min(d));
-                    sink.idle(until.saturating_duration_since(now).min(IDLE_SLICE))?;
+                    let wait = until.saturating_duration_since(now);
+                    sink.idle(wait.clamp(PACING_TICK, IDLE_SLICE))?;
                     self.record(sink, Sent::default());
                 }
                 Allowance::Emit(due) => {

@@ -9,6 +9,11 @@
 //! broker. A crash at any moment loses nothing; records in flight at that moment are read
 //! and written again on restart (duplicates are possible, loss is not). Every record read
 //! is either written, dead-lettered, or still in flight: the summary reconciles the three.
+//! No record stops its partition: one the output cannot take goes to the dead letters.
+//!
+//! **Bounded shutdown.** After cancellation the job drains for at most [`DRAIN_TIMEOUT`];
+//! a final commit that gets no answer by then is abandoned with a line naming what is read
+//! again, so the process exits within the drain timeout plus a second or two.
 //!
 //! **Scale-out** comes from Kafka's consumer-group protocol: every worker of every process
 //! with the same job name is a member of one group, and partitions move between them with
@@ -21,6 +26,7 @@ mod files;
 mod group;
 mod worker;
 
+pub use files::{MAX_LINE_BYTES, check_distinct as check_files};
 pub use worker::{IN_FLIGHT_BUDGET, PREFETCH_BUDGET_KBYTES, REVOKE_TIMEOUT};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -40,6 +46,9 @@ use crate::transform::{self, RejectKind, Rejection};
 /// After cancellation, how long in-flight deliveries may take before the job exits anyway
 /// (their records are then read again on restart).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long the job's runtime waits for its last tasks when the job ends.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// How often the status line is printed.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -565,12 +574,20 @@ pub fn run_with_stats(
     cancel: &CancellationToken,
 ) -> Result<Summary> {
     let started = Instant::now();
+    // One runtime for the job: its workers (in Kafka modes) and its dashboard (in every mode).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pipeline")
+        .build()
+        .map_err(|e| Error::Kafka(format!("cannot start the runtime: {e}")))?;
     // The dashboard lives as long as the job: dropping it stops the server.
-    let _dashboard = match config.ui {
+    let dashboard = match config.ui {
         Some(addr) => {
             let server = crate::web::serve(
+                "dashboard",
                 addr,
                 Arc::new(dashboard::JobView::new(config, Arc::clone(stats))),
+                runtime.handle(),
             )?;
             log::info!(
                 "dashboard at http://{}/ (JSON at /api/job, Prometheus at /metrics)",
@@ -587,18 +604,22 @@ pub fn run_with_stats(
             cluster: Cluster::External(kafka),
             topics,
             print_keys,
-        } => worker::run(config, kafka, topics, *print_keys, stats, cancel),
+        } => worker::run(&runtime, config, kafka, topics, *print_keys, stats, cancel),
         Source::Kafka {
             cluster: Cluster::Embedded(demo),
             topics,
             print_keys,
-        } => run_embedded(config, demo, topics, *print_keys, stats, cancel),
+        } => run_embedded(&runtime, config, demo, topics, *print_keys, stats, cancel),
     };
     stats.set_phase(if result.is_ok() {
         Phase::Finished
     } else {
         Phase::Failed
     });
+    drop(dashboard);
+    // Whatever is still stuck (a client waiting on a broker that is gone) does not hold the
+    // exit back.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     result?;
     Ok(Summary::from_stats(stats, started.elapsed()))
 }
@@ -625,6 +646,7 @@ fn run_stages(
 
 /// The article's demo without any setup: a mock cluster and a generator, in process.
 fn run_embedded(
+    runtime: &tokio::runtime::Runtime,
     config: &PipelineConfig,
     demo: &DemoConfig,
     topics: &Topics,
@@ -675,7 +697,7 @@ fn run_embedded(
     let feed_stop = cancel.child_token();
     std::thread::scope(|scope| {
         let feed = scope.spawn(|| crate::datagen::run(&feed_config, &feed_stop));
-        let job = worker::run(config, &kafka, topics, print_keys, stats, cancel);
+        let job = worker::run(runtime, config, &kafka, topics, print_keys, stats, cancel);
         feed_stop.cancel();
         let fed = feed
             .join()

@@ -24,6 +24,16 @@
 //! Acknowledgements are handled before new input, so commits keep up under load. Positions
 //! are committed from an [`OffsetTracker`], which only releases the contiguous delivered
 //! prefix of each partition.
+//!
+//! **No record stops a partition.** A record the output cannot take because of the record
+//! itself (larger than the topic's `max.message.bytes`, or refused as invalid) goes to the
+//! dead-letter topic with kind `too_large` (or `output_rejected`) and the reason. When the
+//! dead-letter topic cannot take it either, the dead letter carries the headers and a
+//! reference (`{"omitted_payload": {topic, partition, offset, size}}`) instead of the
+//! payload: the record itself stays in the input topic at that offset. The producer's
+//! `message.max.bytes` is the smaller `max.message.bytes` of the two topics, so that
+//! oversized records are caught one by one at `send`. Errors of the cluster (authorization,
+//! a missing topic) still stop the job.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -55,6 +65,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::kafka::{self, ErrorLog, KafkaConfig};
 use crate::offsets::OffsetTracker;
+use crate::transform::{RejectKind, Rejection};
 
 /// Most records the job reads ahead of their acknowledgements, shared among its workers.
 pub const IN_FLIGHT_BUDGET: usize = 15_000;
@@ -78,6 +89,38 @@ const JOIN_WARNING: Duration = Duration::from_secs(30);
 /// How soon a failed final commit is tried again.
 const COMMIT_RETRY: Duration = Duration::from_millis(200);
 
+/// Longest wait for a periodic commit. librdkafka's synchronous commit has no timeout of
+/// its own and waits for a group coordinator that may be down; past this the worker goes
+/// on, and the commit is tried again at the next checkpoint.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for librdkafka's consumer close when the worker leaves the group.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How a commit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Committed {
+    /// Done, or nothing to commit.
+    Yes,
+    /// The cluster refused it (say, during a rebalance): try again.
+    Failed,
+    /// No answer in time; it may still complete in the background.
+    TimedOut,
+}
+
+/// Longest key kept on a dead letter by reference.
+const REFERENCE_KEY_BYTES: usize = 1024;
+
+/// The dead-letter kind for an error that is about one record, not the cluster: the record
+/// goes to the dead-letter topic and the job goes on.
+fn record_refusal(code: RDKafkaErrorCode) -> Option<RejectKind> {
+    match code {
+        RDKafkaErrorCode::MessageSizeTooLarge => Some(RejectKind::TooLarge),
+        RDKafkaErrorCode::InvalidRecord => Some(RejectKind::OutputRejected),
+        _ => None,
+    }
+}
+
 /// `--bounded`: how often a worker that is done asks whether the whole job is.
 const DRAINED_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -91,6 +134,8 @@ type Outgoing<'a> = BaseRecord<'a, [u8], [u8], Box<Ticket>>;
 enum Destination {
     Output,
     DeadLetter,
+    /// A dead letter without its payload: a reference to the input record.
+    Reference,
 }
 
 /// Which worker sent a record, and the input position it stands for: the delivery opaque.
@@ -109,7 +154,9 @@ struct Ack {
     offset: i64,
     destination: Destination,
     /// Why the broker refused the record for good, if it did.
-    error: Option<String>,
+    error: Option<(Option<RDKafkaErrorCode>, String)>,
+    /// Key and value bytes of the record sent.
+    size: usize,
 }
 
 /// The output producer's context: each delivery report goes straight to the channel of
@@ -133,7 +180,13 @@ impl ProducerContext for AckRouter {
     type DeliveryOpaque = Box<Ticket>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
-        let error = result.as_ref().err().map(|(error, _)| error.to_string());
+        let (error, size) = match result {
+            Ok(_) => (None, 0),
+            Err((error, message)) => (
+                Some((error.rdkafka_error_code(), error.to_string())),
+                message.payload_len() + message.key_len(),
+            ),
+        };
         if let Some(worker) = self.workers.get(ticket.worker) {
             // A worker that has stopped no longer listens: its uncommitted records are read
             // again on restart.
@@ -142,12 +195,15 @@ impl ProducerContext for AckRouter {
                 offset: ticket.offset,
                 destination: ticket.destination,
                 error,
+                size,
             });
         }
     }
 }
 
+/// Runs the job's workers on `runtime` until the input ends (`bounded`) or `cancel` fires.
 pub(super) fn run(
+    runtime: &tokio::runtime::Runtime,
     config: &PipelineConfig,
     kafka: &KafkaConfig,
     topics: &Topics,
@@ -155,11 +211,6 @@ pub(super) fn run(
     stats: &Arc<Stats>,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("pipeline")
-        .build()
-        .map_err(|e| Error::Kafka(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(run_workers(
         config, kafka, topics, print_keys, stats, cancel,
     ))
@@ -180,17 +231,22 @@ async fn run_workers(
         errors: ErrorLog::new(&kafka.bootstrap_servers),
         workers: ack_senders,
     };
+    // Fail fast, naming the address, before reading anything.
+    let facts =
+        kafka::inspect_topics(kafka, &topics.input, &[&topics.output, &topics.dead_letter]).await?;
+    let partitions = facts.input_partitions;
+    if let Some(limit) = facts.max_record_bytes {
+        log::debug!(
+            "records of up to {limit} bytes go to {} and {}",
+            topics.output,
+            topics.dead_letter
+        );
+    }
     let producer: Arc<OutputProducer> = Arc::new(kafka::create(
-        &kafka::pipeline_producer_config(kafka, &config.job_name),
+        &kafka::pipeline_producer_config(kafka, &config.job_name, facts.max_record_bytes),
         router,
         kafka,
     )?);
-    // Fail fast, naming the address, before reading anything.
-    let partitions =
-        block_in_place(|| kafka::check_topic_reachable(producer.client(), kafka, &topics.input))?;
-    for topic in [&topics.output, &topics.dead_letter] {
-        block_in_place(|| kafka::check_topic_reachable(producer.client(), kafka, topic))?;
-    }
     if partitions == 0 {
         return Err(Error::Kafka(format!(
             "topic {} has no partitions",
@@ -231,7 +287,7 @@ async fn run_workers(
     let siblings = Arc::new(Siblings::new(parallelism, ends));
     let mut handles = Vec::new();
     for (id, acks) in ack_receivers.into_iter().enumerate() {
-        let consumer: StreamConsumer<Member> = kafka::create(
+        let consumer: Arc<StreamConsumer<Member>> = Arc::new(kafka::create(
             &kafka::pipeline_consumer_config(
                 kafka,
                 &config.job_name,
@@ -241,7 +297,7 @@ async fn run_workers(
             ),
             Member::new(&kafka.bootstrap_servers),
             kafka,
-        )?;
+        )?);
         consumer
             .subscribe(&[topics.input.as_str()])
             .map_err(|e| Error::Kafka(kafka::redact(&e.to_string(), kafka)))?;
@@ -340,6 +396,9 @@ fn watch_end_offsets(
         .spawn(move || {
             while !stop.is_cancelled() {
                 for partition in stats.partitions().into_keys() {
+                    if stop.is_cancelled() {
+                        break;
+                    }
                     if let Ok((_, high)) =
                         client.fetch_watermarks(&topic, partition, Duration::from_secs(1))
                     {
@@ -413,7 +472,8 @@ struct Worker {
     id: usize,
     /// Its client id: the member's name in the group.
     name: String,
-    consumer: StreamConsumer<Member>,
+    /// Shared only with a commit or close running on a blocking thread.
+    consumer: Arc<StreamConsumer<Member>>,
     producer: Arc<OutputProducer>,
     /// Delivery reports of the records this worker sent.
     acks: UnboundedReceiver<Ack>,
@@ -467,6 +527,7 @@ impl Worker {
         let mut retry_commit_at: Option<Instant> = None;
         let mut next_drained_check: Option<Instant> = None;
         let mut warned_undrained = false;
+        let mut commit_abandoned = false;
         let mut warned_unjoined = false;
         let started = Instant::now();
         let siblings = Arc::clone(&self.siblings);
@@ -476,7 +537,7 @@ impl Worker {
             tokio::pin!(siblings_changed);
             siblings_changed.as_mut().enable();
             self.handle_rebalances(&mut progress);
-            self.finish_revocation_if_done(&mut progress);
+            self.finish_revocation_if_done(&mut progress).await;
             let reading = drain_deadline.is_none();
             // Ready to leave the group: drained after a stop (or out of time), or, with
             // --bounded, every assigned partition read to its end.
@@ -496,17 +557,33 @@ impl Worker {
                 );
             }
             // Commit before saying so; a failed commit (say, during a rebalance) is tried
-            // again shortly, until the drain deadline.
+            // again shortly, until the drain deadline. A commit that gets no answer by then
+            // (the coordinator is down) is abandoned, with one line naming what is re-read.
             if ready && !drain_over {
                 if retry_commit_at.is_some() {
                     ready = false;
-                } else if !self.commit(&mut progress.tracker) {
-                    ready = false;
-                    retry_commit_at = Some(Instant::now() + COMMIT_RETRY);
+                } else {
+                    match self.commit(&mut progress.tracker, drain_deadline).await {
+                        Committed::Yes => {}
+                        Committed::Failed => {
+                            ready = false;
+                            retry_commit_at = Some(Instant::now() + COMMIT_RETRY);
+                        }
+                        Committed::TimedOut if drain_deadline.is_some() => {
+                            self.abandon_commit(&progress.tracker);
+                            commit_abandoned = true;
+                            drain_deadline = Some(Instant::now());
+                        }
+                        Committed::TimedOut => ready = false,
+                    }
                 }
-            } else if ready {
+            } else if ready && !commit_abandoned {
                 // Out of time: one last try, then leave whatever happens.
-                self.commit(&mut progress.tracker);
+                commit_abandoned = true;
+                let last_try = Instant::now() + COMMIT_RETRY;
+                if self.commit(&mut progress.tracker, Some(last_try)).await != Committed::Yes {
+                    self.abandon_commit(&progress.tracker);
+                }
             }
             // --bounded: done here, and committed; the process still serves the group (and
             // takes over partitions) until the whole job's backlog is written and committed,
@@ -539,7 +616,11 @@ impl Worker {
                 received = self.acks.recv_many(&mut acks, BATCH), if progress.in_flight > 0 => {
                     progress.in_flight = progress.in_flight.saturating_sub(received);
                     for ack in acks.drain(..) {
-                        if let Err(e) = self.acknowledge(&mut progress.tracker, ack) {
+                        let resent = self.acknowledge(&mut progress.tracker, ack);
+                        if let Ok(true) = resent {
+                            progress.in_flight += 1;
+                        }
+                        if let Err(e) = resent {
                             failure.get_or_insert(e);
                             // The whole job stops: its other workers drain and commit too.
                             cancel.cancel();
@@ -569,7 +650,8 @@ impl Worker {
                     // A rebalance: handled at the top of the loop.
                 }
                 _ = checkpoint.tick() => {
-                    self.commit(&mut progress.tracker);
+                    let limit = drain_deadline.unwrap_or_else(|| Instant::now() + COMMIT_TIMEOUT);
+                    self.commit(&mut progress.tracker, Some(limit)).await;
                 }
                 _ = lag_tick.tick() => {
                     self.measure_lag(&progress);
@@ -651,7 +733,7 @@ impl Worker {
             self.release(revocation, &mut progress);
         }
         self.consumer.context().set_closing();
-        self.leave_group();
+        self.leave_group().await;
         failure.map_or(Ok(()), Err)
     }
 
@@ -734,7 +816,7 @@ impl Worker {
 
     /// Releases the partitions being handed over once none of their records is in flight,
     /// or at the deadline.
-    fn finish_revocation_if_done(&self, progress: &mut Progress) {
+    async fn finish_revocation_if_done(&self, progress: &mut Progress) {
         let Some(revocation) = &progress.revoking else {
             return;
         };
@@ -755,14 +837,15 @@ impl Worker {
             );
         }
         if let Some(revocation) = progress.revoking.take() {
-            self.commit(&mut progress.tracker);
+            let limit = Instant::now() + COMMIT_TIMEOUT;
+            self.commit(&mut progress.tracker, Some(limit)).await;
             self.release(revocation, progress);
         }
     }
 
     /// Releases revoked partitions to the group and forgets them.
     fn release(&self, revocation: Revocation, progress: &mut Progress) {
-        if let Err(e) = group::release(&self.consumer, &revocation.list, revocation.incremental) {
+        if let Err(e) = group::release(&*self.consumer, &revocation.list, revocation.incremental) {
             log::warn!(
                 "worker {}: releasing partitions {:?}: {e}",
                 self.id,
@@ -841,26 +924,78 @@ impl Worker {
     }
 
     /// Leaves the group: the remaining partitions are released at once (all delivered
-    /// records were committed), and librdkafka's close is served here.
-    fn leave_group(self) {
-        let Worker { consumer, .. } = self;
-        block_in_place(move || drop(consumer));
+    /// records were committed), and librdkafka's close is served on a blocking thread, for
+    /// at most [`LEAVE_TIMEOUT`]: with the coordinator down, the close is left to finish
+    /// (or not) in the background; the group notices the member's absence by itself.
+    async fn leave_group(self) {
+        let Worker { id, consumer, .. } = self;
+        let close = tokio::task::spawn_blocking(move || drop(consumer));
+        if tokio::time::timeout(LEAVE_TIMEOUT, close).await.is_err() {
+            log::warn!(
+                "worker {id}: the consumer did not close within {} s (is the cluster down?); leaving anyway",
+                LEAVE_TIMEOUT.as_secs()
+            );
+        }
     }
-    /// Records one delivery report: the record's position may now be committed.
-    fn acknowledge(&self, tracker: &mut OffsetTracker, ack: Ack) -> Result<()> {
-        if let Some(error) = ack.error {
+
+    /// Says, in one line, which records will be read again because their positions could
+    /// not be committed.
+    fn abandon_commit(&self, tracker: &OffsetTracker) {
+        let uncommitted: Vec<String> = tracker
+            .to_commit()
+            .iter()
+            .map(
+                |&(partition, next)| match tracker.last_committed(partition) {
+                    Some(from) => format!("partition {partition} offsets {from}..{next}"),
+                    None => format!("partition {partition} up to offset {next}"),
+                },
+            )
+            .collect();
+        if !uncommitted.is_empty() {
+            log::warn!(
+                "worker {}: the final commit got no answer from the group coordinator in time; abandoned. These records of {} were written and will be read (and written) again on restart: {}",
+                self.id,
+                self.topics.input,
+                uncommitted.join(", ")
+            );
+        }
+    }
+    /// Records one delivery report: the record's position may now be committed. A record
+    /// the broker refused because of the record itself is dead-lettered by reference
+    /// instead: then `Ok(true)`, one more record in flight for the same position.
+    fn acknowledge(&self, tracker: &mut OffsetTracker, ack: Ack) -> Result<bool> {
+        if let Some((code, error)) = ack.error {
             let topic = match ack.destination {
                 Destination::Output => &self.topics.output,
-                Destination::DeadLetter => &self.topics.dead_letter,
+                Destination::DeadLetter | Destination::Reference => &self.topics.dead_letter,
             };
-            return Err(Error::Kafka(format!("cannot deliver to {topic}: {error}")));
+            let kind = code.and_then(record_refusal);
+            return match kind {
+                Some(kind) if ack.destination != Destination::Reference => {
+                    let reason = format!("{topic} refused the record: {error}");
+                    log::warn!(
+                        "worker {}: {} partition {} offset {}: {reason}; dead-lettered by reference",
+                        self.id,
+                        self.topics.input,
+                        ack.partition,
+                        ack.offset
+                    );
+                    if ack.destination == Destination::Output {
+                        self.stats.reject(kind, &reason);
+                    }
+                    let rejection = Rejection { kind, reason };
+                    self.send_reference(ack.partition, ack.offset, ack.size, None, &rejection)?;
+                    Ok(true)
+                }
+                _ => Err(Error::Kafka(format!("cannot deliver to {topic}: {error}"))),
+            };
         }
         tracker.ack(ack.partition, ack.offset);
         Stats::add(match ack.destination {
             Destination::Output => &self.stats.written,
-            Destination::DeadLetter => &self.stats.dead_lettered,
+            Destination::DeadLetter | Destination::Reference => &self.stats.dead_lettered,
         });
-        Ok(())
+        Ok(false)
     }
 
     /// Transforms one record and sends its output, or its dead letter.
@@ -873,55 +1008,138 @@ impl Worker {
         let (partition, offset) = (message.partition(), message.offset());
         key.clear();
         value.clear();
-        match run_stages(message.payload(), &self.stats, key, value) {
+        let rejection = match run_stages(message.payload(), &self.stats, key, value) {
             Ok(()) => {
-                if self.print_keys {
-                    let mut stdout = std::io::stdout().lock();
-                    let _ = stdout.write_all(key).and_then(|()| stdout.write_all(b"\n"));
-                }
                 let ticket = self.ticket(partition, offset, Destination::Output);
-                self.send(
-                    BaseRecord::with_opaque_to(&self.topics.output, ticket)
-                        .key(key.as_slice())
-                        .payload(value.as_slice()),
+                let record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
+                    .key(key.as_slice())
+                    .payload(value.as_slice());
+                match self.send(record)? {
+                    None => {
+                        if self.print_keys {
+                            let mut stdout = std::io::stdout().lock();
+                            let _ = stdout.write_all(key).and_then(|()| stdout.write_all(b"\n"));
+                        }
+                        return Ok(());
+                    }
+                    Some((kind, error)) => {
+                        let reason = format!(
+                            "the output record ({} bytes) cannot go to {}: {error}",
+                            key.len() + value.len(),
+                            self.topics.output
+                        );
+                        self.stats.reject(kind, &reason);
+                        Rejection { kind, reason }
+                    }
+                }
+            }
+            Err(rejection) => rejection,
+        };
+        // The original key and bytes, untouched (a null key or value stays null).
+        let ticket = self.ticket(partition, offset, Destination::DeadLetter);
+        let headers = self.dead_letter_headers(partition, offset, &rejection, None);
+        let mut record: Outgoing<'_> =
+            BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket).headers(headers);
+        if let Some(original_key) = message.key() {
+            record = record.key(original_key);
+        }
+        if let Some(original_value) = message.payload() {
+            record = record.payload(original_value);
+        }
+        match self.send(record)? {
+            None => Ok(()),
+            Some((_, error)) => {
+                let size = message.payload_len() + message.key().map_or(0, <[u8]>::len);
+                let why = format!("{}; the dead letter too: {error}", rejection.reason);
+                self.send_reference(
+                    partition,
+                    offset,
+                    size,
+                    message.key(),
+                    &Rejection {
+                        kind: rejection.kind,
+                        reason: why,
+                    },
                 )
             }
-            Err(rejection) => {
-                let partition_text = partition.to_string();
-                let offset_text = offset.to_string();
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "error",
-                        value: Some(rejection.reason.as_str()),
-                    })
-                    .insert(Header {
-                        key: "error.kind",
-                        value: Some(rejection.kind.as_str()),
-                    })
-                    .insert(Header {
-                        key: "source.topic",
-                        value: Some(self.topics.input.as_str()),
-                    })
-                    .insert(Header {
-                        key: "source.partition",
-                        value: Some(partition_text.as_str()),
-                    })
-                    .insert(Header {
-                        key: "source.offset",
-                        value: Some(offset_text.as_str()),
-                    });
-                // The original key and bytes, untouched (a null key or value stays null).
-                let ticket = self.ticket(partition, offset, Destination::DeadLetter);
-                let mut record: Outgoing<'_> =
-                    BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket).headers(headers);
-                if let Some(original_key) = message.key() {
-                    record = record.key(original_key);
-                }
-                if let Some(original_value) = message.payload() {
-                    record = record.payload(original_value);
-                }
-                self.send(record)
+        }
+    }
+
+    /// The dead letter's headers: the error, its kind and the source position (and, for a
+    /// reference, the size of the record left out).
+    fn dead_letter_headers(
+        &self,
+        partition: i32,
+        offset: i64,
+        rejection: &Rejection,
+        omitted_size: Option<usize>,
+    ) -> OwnedHeaders {
+        let partition_text = partition.to_string();
+        let offset_text = offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "error",
+                value: Some(rejection.reason.as_str()),
+            })
+            .insert(Header {
+                key: "error.kind",
+                value: Some(rejection.kind.as_str()),
+            })
+            .insert(Header {
+                key: "source.topic",
+                value: Some(self.topics.input.as_str()),
+            })
+            .insert(Header {
+                key: "source.partition",
+                value: Some(partition_text.as_str()),
+            })
+            .insert(Header {
+                key: "source.offset",
+                value: Some(offset_text.as_str()),
+            });
+        match omitted_size {
+            None => headers,
+            Some(size) => headers.insert(Header {
+                key: "payload.omitted.size",
+                value: Some(size.to_string().as_str()),
+            }),
+        }
+    }
+
+    /// Dead-letters a record by reference: its headers, and a small JSON value naming where
+    /// the record is and how big it was, in place of the payload.
+    fn send_reference(
+        &self,
+        partition: i32,
+        offset: i64,
+        size: usize,
+        key: Option<&[u8]>,
+        rejection: &Rejection,
+    ) -> Result<()> {
+        let reference = serde_json::json!({
+            "omitted_payload": {
+                "topic": self.topics.input,
+                "partition": partition,
+                "offset": offset,
+                "size": size,
             }
+        })
+        .to_string();
+        let ticket = self.ticket(partition, offset, Destination::Reference);
+        let headers = self.dead_letter_headers(partition, offset, rejection, Some(size));
+        let mut record: Outgoing<'_> = BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket)
+            .headers(headers)
+            .payload(reference.as_bytes());
+        // The key stays, unless it is what made the record too large.
+        if let Some(key) = key.filter(|k| k.len() <= REFERENCE_KEY_BYTES) {
+            record = record.key(key);
+        }
+        match self.send(record)? {
+            None => Ok(()),
+            Some((_, error)) => Err(Error::Kafka(format!(
+                "cannot dead-letter {} partition {partition} offset {offset} even by reference: {error}",
+                self.topics.input
+            ))),
         }
     }
 
@@ -934,10 +1152,12 @@ impl Worker {
         })
     }
 
-    fn send(&self, mut record: Outgoing<'_>) -> Result<()> {
+    /// Sends a record: `Ok(None)` once queued, `Ok(Some(..))` when the record itself was
+    /// refused (too large, say), an error when the producer cannot send at all.
+    fn send(&self, mut record: Outgoing<'_>) -> Result<Option<(RejectKind, String)>> {
         loop {
             match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(None),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     // Cannot happen while the in-flight budget stays under the queue size;
                     // wait if it does.
@@ -945,6 +1165,9 @@ impl Worker {
                     block_in_place(|| std::thread::sleep(Duration::from_millis(1)));
                 }
                 Err((error, returned)) => {
+                    if let Some(kind) = error.rdkafka_error_code().and_then(record_refusal) {
+                        return Ok(Some((kind, error.to_string())));
+                    }
                     return Err(Error::Kafka(format!(
                         "cannot send to {}: {error}",
                         returned.topic
@@ -954,20 +1177,33 @@ impl Worker {
         }
     }
 
-    /// Commits every position whose records have all been delivered; false if the commit
-    /// failed (it is tried again later).
-    fn commit(&self, tracker: &mut OffsetTracker) -> bool {
+    /// Commits every position whose records have all been delivered, waiting for the
+    /// answer until `deadline` (`None`: as long as librdkafka takes). The commit runs on a
+    /// blocking thread, so a coordinator that never answers delays the worker no longer.
+    async fn commit(&self, tracker: &mut OffsetTracker, deadline: Option<Instant>) -> Committed {
         let positions = tracker.to_commit();
         if positions.is_empty() {
-            return true;
+            return Committed::Yes;
         }
         let mut list = TopicPartitionList::new();
         for &(partition, next) in &positions {
             let _ = list.add_partition_offset(&self.topics.input, partition, Offset::Offset(next));
         }
         let started = std::time::Instant::now();
-        match block_in_place(|| self.consumer.commit(&list, CommitMode::Sync)) {
-            Ok(()) => {
+        let consumer = Arc::clone(&self.consumer);
+        let commit = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync));
+        let result = match deadline {
+            None => commit.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, commit).await {
+                Ok(result) => result,
+                Err(_) => {
+                    log::debug!("worker {}: commit of {positions:?} timed out", self.id);
+                    return Committed::TimedOut;
+                }
+            },
+        };
+        match result {
+            Ok(Ok(())) => {
                 tracker.committed(&positions);
                 self.stats.record_checkpoint(started.elapsed(), &positions);
                 log::debug!(
@@ -975,11 +1211,15 @@ impl Worker {
                     self.id,
                     started.elapsed()
                 );
-                true
+                Committed::Yes
+            }
+            Ok(Err(e)) => {
+                log::warn!("worker {}: commit failed ({e}); trying again", self.id);
+                Committed::Failed
             }
             Err(e) => {
-                log::warn!("worker {}: commit failed ({e}); trying again", self.id);
-                false
+                log::warn!("worker {}: commit task failed ({e}); trying again", self.id);
+                Committed::Failed
             }
         }
     }

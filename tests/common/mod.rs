@@ -140,6 +140,8 @@ pub fn produce(bootstrap: &str, topic: &str, records: &[RawRecord]) -> Vec<(i32,
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
+        // Room for the tests' oversized records (default 1,000,000).
+        .set("message.max.bytes", "20000000")
         .create()
         .expect("producer");
     let runtime = tokio::runtime::Builder::new_current_thread()
