@@ -10,6 +10,12 @@
 //!
 //! Strings are `Cow<'a, str>`, so parsing borrows from the input and generation borrows
 //! from the user pool: neither allocates per field.
+//!
+//! Both directions have a hand-written path for the fixed layout, justified by
+//! `examples/transform_bench.rs` (about twice the transform's speed):
+//! [`EventLog::from_original_layout`] reads records laid out as the original writes them
+//! (serde_json reads everything else), and the writers append bytes directly. Property
+//! tests check both against serde_json.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -71,6 +77,151 @@ impl<'a> EventLog<'a> {
     /// Parses one JSON record strictly (see the module docs).
     pub fn from_json(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// Parses `text` if it is laid out exactly as the original generator writes events:
+    /// the twelve fields in order, Python's separators, strings without escapes or control
+    /// characters, plain decimal numbers. `None` for anything else, which the caller then
+    /// parses with serde_json (the reference, and the source of precise errors).
+    ///
+    /// Hand-written because `examples/transform_bench.rs` shows serde_json's derive at
+    /// about half the transform's time. For every text it accepts, the result equals
+    /// serde_json's (a property test checks this on valid and mutated records).
+    pub fn from_original_layout(text: &'a str) -> Option<Self> {
+        let mut cursor = LayoutCursor { text, at: 0 };
+        cursor.expect("{\"ip\": ")?;
+        let ip = cursor.string()?;
+        cursor.expect(", \"id\": ")?;
+        let id = cursor.string()?;
+        cursor.expect(", \"lat\": ")?;
+        let lat = cursor.coordinate()?;
+        cursor.expect(", \"lng\": ")?;
+        let lng = cursor.coordinate()?;
+        cursor.expect(", \"user_agent\": ")?;
+        let user_agent = cursor.string()?;
+        cursor.expect(", \"age_bracket\": ")?;
+        let age_bracket = cursor.string()?;
+        cursor.expect(", \"opted_into_marketing\": ")?;
+        let opted_into_marketing = if cursor.expect("true").is_some() {
+            true
+        } else {
+            cursor.expect("false")?;
+            false
+        };
+        cursor.expect(", \"http_request\": ")?;
+        let http_request = cursor.string()?;
+        cursor.expect(", \"http_response\": ")?;
+        let http_response = cursor.integer()?;
+        cursor.expect(", \"file_size_bytes\": ")?;
+        let file_size_bytes = cursor.integer()?;
+        cursor.expect(", \"event_datetime\": ")?;
+        let event_datetime = cursor.string()?;
+        cursor.expect(", \"event_ts\": ")?;
+        let event_ts = cursor.integer()?;
+        cursor.expect("}")?;
+        (cursor.at == text.len()).then_some(EventLog {
+            ip: Cow::Borrowed(ip),
+            id: Cow::Borrowed(id),
+            lat,
+            lng,
+            user_agent: Cow::Borrowed(user_agent),
+            age_bracket: Cow::Borrowed(age_bracket),
+            opted_into_marketing,
+            http_request: Cow::Borrowed(http_request),
+            http_response,
+            file_size_bytes,
+            event_datetime: Cow::Borrowed(event_datetime),
+            event_ts,
+        })
+    }
+}
+
+/// A position in a record being read by [`EventLog::from_original_layout`].
+struct LayoutCursor<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> LayoutCursor<'a> {
+    fn rest(&self) -> &'a [u8] {
+        &self.text.as_bytes()[self.at..]
+    }
+
+    fn expect(&mut self, literal: &str) -> Option<()> {
+        self.rest()
+            .starts_with(literal.as_bytes())
+            .then(|| self.at += literal.len())
+    }
+
+    /// A string without escapes or control characters (serde_json refuses raw control
+    /// characters; escapes are left to it).
+    fn string(&mut self) -> Option<&'a str> {
+        self.expect("\"")?;
+        let length = memchr::memchr(b'"', self.rest())?;
+        let bytes = &self.rest()[..length];
+        // No `"` inside (memchr stopped at the first one), so only controls and `\\` count.
+        if has_special_byte(bytes, false) {
+            return None;
+        }
+        let start = self.at;
+        self.at += length + 1;
+        // Both ends are ASCII quotes, so these are character boundaries.
+        self.text.get(start..start + length)
+    }
+
+    /// The digits of a number: `-?(0|[1-9][0-9]*)` and, with `fraction`, an optional
+    /// `.[0-9]+`; no exponent. Returns the text and its count of digits.
+    fn number_text(&mut self, fraction: bool) -> Option<(&'a str, usize)> {
+        let bytes = self.rest();
+        let mut end = usize::from(bytes.first() == Some(&b'-'));
+        let first_digit = end;
+        while bytes.get(end).is_some_and(u8::is_ascii_digit) {
+            end += 1;
+        }
+        let integral = end - first_digit;
+        if integral == 0 || (integral > 1 && bytes[first_digit] == b'0') {
+            return None;
+        }
+        let mut digits = integral;
+        if fraction && bytes.get(end) == Some(&b'.') {
+            let fraction_start = end + 1;
+            end = fraction_start;
+            while bytes.get(end).is_some_and(u8::is_ascii_digit) {
+                end += 1;
+            }
+            if end == fraction_start {
+                return None;
+            }
+            digits += end - fraction_start;
+        }
+        if matches!(bytes.get(end), Some(b'e' | b'E' | b'.')) {
+            return None;
+        }
+        let text = self.text.get(self.at..self.at + end)?;
+        self.at += end;
+        Some((text, digits))
+    }
+
+    /// An integer of at most 18 digits (no overflow; longer ones are left to serde_json).
+    fn integer(&mut self) -> Option<i64> {
+        let (text, digits) = self.number_text(false)?;
+        if digits > 18 || text == "-0" {
+            return None;
+        }
+        text.parse().ok()
+    }
+
+    /// `""`, or a decimal of at most 15 significant digits: in that range both Rust's
+    /// parser and serde_json's are exact (correctly rounded), so they agree.
+    fn coordinate(&mut self) -> Option<Coordinate> {
+        if self.expect("\"\"").is_some() {
+            return Some(Coordinate::Missing);
+        }
+        let (text, digits) = self.number_text(true)?;
+        if digits > 15 || text.starts_with("-0") {
+            return None;
+        }
+        text.parse().ok().map(Coordinate::Degrees)
     }
 }
 
@@ -187,6 +338,9 @@ impl serde_json::ser::Formatter for PythonFormatter {
     }
 }
 
+/// The serde path with [`PythonFormatter`]: the reference the hand-written writers are
+/// tested against.
+#[cfg(test)]
 fn write_python_json<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
@@ -195,14 +349,138 @@ fn write_python_json<T: Serialize + ?Sized>(
     value.serialize(&mut serializer)
 }
 
+/// Appends `text` as a JSON string the way Python's `json.dumps` writes it: the short
+/// escapes for `"`, `\`, `\n`, `\r`, `\t`, `\b` and `\f`, `\u00XX` for other control
+/// characters, and `\uXXXX` (UTF-16 units, lowercase hex) for everything non-ASCII.
+///
+/// Hand-written for the fixed `EventLog` layout: `examples/transform_bench.rs` shows the
+/// serde serializer with [`PythonFormatter`] at about half the speed of this, and the
+/// strings of real events are plain ASCII, copied in one piece.
+fn write_python_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+    } else {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut units = [0u16; 2];
+        for c in text.chars() {
+            match c {
+                '"' => out.extend_from_slice(b"\\\""),
+                '\\' => out.extend_from_slice(b"\\\\"),
+                '\n' => out.extend_from_slice(b"\\n"),
+                '\r' => out.extend_from_slice(b"\\r"),
+                '\t' => out.extend_from_slice(b"\\t"),
+                '\u{8}' => out.extend_from_slice(b"\\b"),
+                '\u{c}' => out.extend_from_slice(b"\\f"),
+                c if (c as u32) >= 0x20 && (c as u32) < 0x80 => out.push(c as u8),
+                c => {
+                    for unit in c.encode_utf16(&mut units) {
+                        let unit = *unit;
+                        out.extend_from_slice(b"\\u");
+                        for shift in [12, 8, 4, 0] {
+                            out.push(HEX[usize::from((unit >> shift) & 0xf)]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Whether any byte of `bytes` is a control character, `"`, `\\` or non-ASCII.
+fn needs_escape(bytes: &[u8]) -> bool {
+    has_special_byte(bytes, true)
+}
+
+/// Whether any byte of `bytes` is a control character, `"` or `\\` (and, with
+/// `non_ascii`, 0x80 or above): eight bytes at a time (the classic "has a zero byte" and
+/// "has a byte less than n" bit tricks), the rest one by one.
+fn has_special_byte(bytes: &[u8], non_ascii: bool) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let high_mask = if non_ascii { HIGH } else { 0 };
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let v = u64::from_le_bytes(eight);
+        let special = (v & high_mask)
+            | (v.wrapping_sub(ONES * 0x20) & !v & HIGH)
+            | has_zero(v ^ (ONES * 0x22))
+            | has_zero(v ^ (ONES * 0x5c));
+        if special != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || (non_ascii && b >= 0x80))
+}
+
+fn write_i64(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+fn write_coordinate(out: &mut Vec<u8>, coordinate: Coordinate) {
+    match coordinate {
+        Coordinate::Missing => out.extend_from_slice(b"\"\""),
+        // Integral values come from Python ints (the job's -1): write them as ints.
+        Coordinate::Degrees(d) if d.fract() == 0.0 && d.abs() < EXACT_INTEGER_LIMIT => {
+            write_i64(out, d as i64)
+        }
+        // serde_json's shortest round-trip form, which matches Python's repr for the
+        // values events carry; like serde_json, a non-finite value is `null`.
+        Coordinate::Degrees(d) if d.is_finite() => {
+            let _ = serde_json::ser::Formatter::write_f64(&mut PythonFormatter, out, d);
+        }
+        Coordinate::Degrees(_) => out.extend_from_slice(b"null"),
+    }
+}
+
 /// Appends the event's JSON, exactly as the original writes it, to `out`.
 pub fn write_value(event: &EventLog<'_>, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    write_python_json(event, out)
+    out.extend_from_slice(b"{\"ip\": ");
+    write_python_str(out, &event.ip);
+    out.extend_from_slice(b", \"id\": ");
+    write_python_str(out, &event.id);
+    out.extend_from_slice(b", \"lat\": ");
+    write_coordinate(out, event.lat);
+    out.extend_from_slice(b", \"lng\": ");
+    write_coordinate(out, event.lng);
+    out.extend_from_slice(b", \"user_agent\": ");
+    write_python_str(out, &event.user_agent);
+    out.extend_from_slice(b", \"age_bracket\": ");
+    write_python_str(out, &event.age_bracket);
+    out.extend_from_slice(if event.opted_into_marketing {
+        b", \"opted_into_marketing\": true, \"http_request\": ".as_slice()
+    } else {
+        b", \"opted_into_marketing\": false, \"http_request\": ".as_slice()
+    });
+    write_python_str(out, &event.http_request);
+    out.extend_from_slice(b", \"http_response\": ");
+    write_i64(out, event.http_response);
+    out.extend_from_slice(b", \"file_size_bytes\": ");
+    write_i64(out, event.file_size_bytes);
+    out.extend_from_slice(b", \"event_datetime\": ");
+    write_python_str(out, &event.event_datetime);
+    out.extend_from_slice(b", \"event_ts\": ");
+    write_i64(out, event.event_ts);
+    out.push(b'}');
+    Ok(())
 }
 
 /// Appends the event's key JSON, exactly as the original writes it, to `out`.
 pub fn write_key(event: &EventLog<'_>, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    write_python_json(&event.key(), out)
+    out.extend_from_slice(b"{\"event_id\": ");
+    write_python_str(out, &event.id);
+    out.extend_from_slice(b", \"event_ts\": ");
+    write_i64(out, event.event_ts);
+    out.push(b'}');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -287,6 +565,134 @@ mod tests {
         assert!(EventLog::from_json(wrong_status.as_bytes()).is_err());
         let missing = good.replace("\"ip\": \"9.46.247.103\", ", "");
         assert!(EventLog::from_json(missing.as_bytes()).is_err());
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The hand-written writers give exactly what serde_json with [`PythonFormatter`]
+        /// gives, for any strings, numbers and coordinates.
+        #[test]
+        fn hand_written_json_matches_the_serde_formatter(
+            text in "\\PC{0,12}|[\\x00-\\x7f]{0,12}",
+            number in proptest::num::i64::ANY,
+            degrees in proptest::num::f64::ANY,
+            flag in proptest::bool::ANY,
+        ) {
+            let event = EventLog {
+                ip: Cow::Borrowed(&text),
+                id: Cow::Owned(format!("{number}")),
+                lat: Coordinate::Degrees(degrees),
+                lng: if flag { Coordinate::Missing } else { Coordinate::Degrees(degrees.trunc()) },
+                user_agent: Cow::Borrowed(&text),
+                age_bracket: Cow::Borrowed("26-40"),
+                opted_into_marketing: flag,
+                http_request: Cow::Borrowed(&text),
+                http_response: number,
+                file_size_bytes: -number.wrapping_abs(),
+                event_datetime: Cow::Borrowed(&text),
+                event_ts: number,
+            };
+            let (mut fast, mut reference) = (Vec::new(), Vec::new());
+            write_value(&event, &mut fast).unwrap();
+            write_python_json(&event, &mut reference).unwrap();
+            prop_assert_eq!(&fast, &reference);
+            let (mut fast, mut reference) = (Vec::new(), Vec::new());
+            write_key(&event, &mut fast).unwrap();
+            write_python_json(&event.key(), &mut reference).unwrap();
+            prop_assert_eq!(fast, reference);
+        }
+    }
+
+    #[test]
+    fn every_original_sample_line_takes_the_fast_path_with_the_same_result() {
+        for line in SAMPLE.lines() {
+            let fast = EventLog::from_original_layout(line).expect(line);
+            assert_eq!(fast, EventLog::from_json(line.as_bytes()).unwrap());
+        }
+    }
+
+    proptest! {
+        /// Whatever the fast path accepts, serde_json reads the same; mutations of a real
+        /// record (a byte replaced, inserted or removed) explore the edges.
+        #[test]
+        fn the_fast_path_agrees_with_serde_json(
+            line in proptest::sample::select(SAMPLE.lines().collect::<Vec<_>>()),
+            at in 0usize..400,
+            byte in proptest::sample::select(b"0123456789-.e\"\\ ,:{}tfnul\x01\x7fa".to_vec()),
+            how in 0u8..3,
+        ) {
+            let mut bytes = line.as_bytes().to_vec();
+            let at = at % (bytes.len() + 1);
+            match how {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ if at < bytes.len() => { bytes.remove(at); }
+                _ => {}
+            }
+            if let Ok(text) = std::str::from_utf8(&bytes)
+                && let Some(fast) = EventLog::from_original_layout(text)
+            {
+                let reference = EventLog::from_json(&bytes);
+                prop_assert!(reference.is_ok(), "{text}: {reference:?}");
+                prop_assert_eq!(fast, reference.unwrap());
+            }
+        }
+
+        /// Any event written by `write_value` is read back by the fast path as serde_json
+        /// reads it, when the fast path takes it.
+        #[test]
+        fn written_events_read_back_alike(
+            text in "[ -~]{0,12}",
+            number in proptest::num::i64::ANY,
+            degrees in -180.0f64..180.0,
+        ) {
+            let event = EventLog {
+                ip: Cow::Borrowed(&text),
+                id: Cow::Owned(format!("{number}")),
+                lat: Coordinate::Degrees(degrees),
+                lng: Coordinate::Missing,
+                user_agent: Cow::Borrowed(&text),
+                age_bracket: Cow::Borrowed("26-40"),
+                opted_into_marketing: number % 2 == 0,
+                http_request: Cow::Borrowed(&text),
+                http_response: number,
+                file_size_bytes: number / 3,
+                event_datetime: Cow::Borrowed(&text),
+                event_ts: number,
+            };
+            let mut out = Vec::new();
+            write_value(&event, &mut out).unwrap();
+            let written = std::str::from_utf8(&out).unwrap();
+            if let Some(fast) = EventLog::from_original_layout(written) {
+                prop_assert_eq!(fast, EventLog::from_json(&out).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn needs_escape_finds_every_special_byte_at_every_position() {
+        for len in 0..20 {
+            let plain = vec![b'a'; len];
+            assert!(!needs_escape(&plain));
+            for at in 0..len {
+                for special in [0u8, 0x1f, b'"', b'\\', 0x80, 0xff] {
+                    let mut bytes = plain.clone();
+                    bytes[at] = special;
+                    assert!(needs_escape(&bytes), "{special:#x} at {at} of {len}");
+                }
+                for fine in [0x20u8, 0x21, 0x23, 0x5b, 0x5d, 0x7f] {
+                    let mut bytes = plain.clone();
+                    bytes[at] = fine;
+                    assert!(!needs_escape(&bytes), "{fine:#x} at {at} of {len}");
+                }
+                for non_ascii in [0x80u8, 0xc3, 0xff] {
+                    let mut bytes = plain.clone();
+                    bytes[at] = non_ascii;
+                    assert!(!has_special_byte(&bytes, false), "{non_ascii:#x} at {at}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -82,7 +82,10 @@ pub fn decode(value: Option<&[u8]>) -> Result<&str, Rejection> {
 
 /// Parse: the text as an `EventLog`, with the original's falsy lat/lng rule applied.
 pub fn parse(text: &str) -> Result<EventLog<'_>, Rejection> {
-    let mut event: EventLog = serde_json::from_str(text).map_err(|e| classify(text, &e))?;
+    let mut event = match EventLog::from_original_layout(text) {
+        Some(event) => event,
+        None => serde_json::from_str(text).map_err(|e| classify(text, &e))?,
+    };
     if !event.lat.is_truthy() || !event.lng.is_truthy() {
         event.lat = Coordinate::Degrees(-1.0);
         event.lng = Coordinate::Degrees(-1.0);
