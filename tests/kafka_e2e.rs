@@ -147,8 +147,10 @@ fn two_pipeline_processes_share_the_partitions_with_the_kip_848_protocol() {
     ];
     let first = job.spawn(&flags);
     let second = job.spawn(&flags);
-    // Both members get partitions from the broker; then a backlog goes through them.
-    std::thread::sleep(Duration::from_secs(3));
+    // Both members get partitions from the broker (under KIP-848 the second one waits for
+    // the first's heartbeat that gives them up, 5 s apart by default); then a backlog goes
+    // through them.
+    wait_for_members_with_partitions(&job.name, 2);
     let keys = job.feed(50_000, 51);
     job.wait_for_all(&keys, Duration::from_secs(90));
     signal(&first, "TERM");
@@ -168,6 +170,46 @@ fn two_pipeline_processes_share_the_partitions_with_the_kip_848_protocol() {
         "{}",
         common::stderr(&first)
     );
+}
+
+/// Waits (up to 60 s) until `members` distinct members of `group` own partitions, as
+/// Kafka's own `kafka-consumer-groups --describe` reports them.
+fn wait_for_members_with_partitions(group: &str, members: usize) {
+    let kafka_sh = Path::new(env!("CARGO_MANIFEST_DIR")).join("setup/kafka.sh");
+    let started = Instant::now();
+    loop {
+        let described = Command::new("bash")
+            .arg(&kafka_sh)
+            .args([
+                "consumer-groups",
+                "--describe",
+                "--members",
+                "--group",
+                group,
+            ])
+            .output()
+            .unwrap();
+        let text = common::stdout(&described);
+        // Columns: GROUP CONSUMER-ID HOST CLIENT-ID #PARTITIONS ...
+        let owning = text
+            .lines()
+            .filter(|line| line.starts_with(group))
+            .filter(|line| {
+                line.split_whitespace()
+                    .nth(4)
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+            .count();
+        if owning >= members {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{members} members of {group} with partitions: not after 60 s\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]
