@@ -15,6 +15,20 @@ use common::broker::{
 };
 use common::{datagen, pipeline, produce, read_topic, signal, stderr, wait_with_timeout};
 
+/// `kill -9` of the broker that `setup/start-env.sh` started (Apache Kafka and tansu both
+/// record their pid).
+fn kill_broker() {
+    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join(".state/kafka/broker.pid");
+    let pid = std::fs::read_to_string(&state).expect("a native backend records its pid");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 #[test]
 fn datagen_then_pipeline_writes_exactly_what_file_mode_writes() {
     let (input, output, dead) = cluster_and_topics("loop");
@@ -184,16 +198,8 @@ fn the_pipeline_rides_out_a_broker_killed_and_restarted_by_the_scripts() {
         .spawn()
         .unwrap();
     wait_for_output(&output);
-    // Apache Kafka and tansu both record their pid; Kafka restarts on its own data on disk.
-    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join(".state/kafka/broker.pid");
-    let pid = std::fs::read_to_string(&state).expect("a native backend records its pid");
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", pid.trim()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    // Apache Kafka restarts on its own data on disk.
+    kill_broker();
     std::thread::sleep(Duration::from_secs(3));
     script("start-env.sh", &["-k"]);
     let started = Instant::now();
@@ -316,15 +322,7 @@ fn datagen_ends_on_time_and_counts_exactly_after_its_broker_is_killed() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let state = Path::new(env!("CARGO_MANIFEST_DIR")).join(".state/kafka/broker.pid");
-    let pid = std::fs::read_to_string(&state).expect("a native backend records its pid");
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", pid.trim()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    kill_broker();
     let killed = Instant::now();
     // 2 s of generation left, 6 s of message timeout, 5 s of grace, and margin.
     let output = wait_with_timeout(child, Duration::from_secs(40));

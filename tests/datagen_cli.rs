@@ -74,13 +74,7 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         (&["-s", "streaming", "-X", "linger.ms=soon"], "linger.ms"),
     ];
     for (args, expected) in cases {
-        let child = datagen()
-            .args(*args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = common::wait_with_timeout(child, Duration::from_secs(10));
+        let output = common::output_within(datagen().args(*args), Duration::from_secs(10));
         let err = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
         assert!(
@@ -94,13 +88,10 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
 
 #[test]
 fn the_highest_rate_finishes_a_bounded_run() {
-    let child = datagen()
-        .args(["--rate", "1e9", "--num-events", "3", "-o", "-", "-q"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = common::wait_with_timeout(child, Duration::from_secs(10));
+    let output = common::output_within(
+        datagen().args(["--rate", "1e9", "--num-events", "3", "-o", "-", "-q"]),
+        Duration::from_secs(10),
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output).lines().count(), 3);
 }

@@ -830,13 +830,7 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         ),
     ];
     for (args, expected) in cases {
-        let child = pipeline()
-            .args(*args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = common::wait_with_timeout(child, Duration::from_secs(10));
+        let output = common::output_within(pipeline().args(*args), Duration::from_secs(10));
         let err = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: {err}");

@@ -255,6 +255,17 @@ pub fn signal(child: &std::process::Child, signal: &str) {
     assert!(status.success(), "kill -{signal} failed");
 }
 
+/// Runs `command` with its output captured, killing it and failing after `limit`: for
+/// runs that must end by themselves (a usage error must not hang).
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_with_timeout(child, limit)
+}
+
 /// Waits for `child` to exit, killing it and failing after `limit`.
 pub fn wait_with_timeout(child: std::process::Child, limit: Duration) -> Output {
     let started = Instant::now();
