@@ -332,8 +332,8 @@ fn allow_records_of(topic: &str, bytes: usize) {
 /// Issue 17's poison pills on the broker users run: a 1.5 MB valid record and a 5 MB
 /// malformed one among 10,000 good ones. Every good record is written, both big ones are
 /// dead-lettered (by reference: the dead-letter topic takes 1 MB), and the job exits 0. A
-/// record of 1,020,306 bytes, under the topics' 1,048,588, is written: the producer's
-/// limit comes from the topics.
+/// record of 1,020,083 bytes (the issue's was 1,020,306), under the topics' 1,048,588, is
+/// written: the producer's limit comes from the topics.
 #[test]
 fn big_records_are_dead_lettered_and_every_good_record_is_written() {
     apache_kafka();
@@ -361,7 +361,7 @@ fn big_records_are_dead_lettered_and_every_good_record_is_written() {
         .keys()
         .find(|k| k.contains("\"fits\""))
         .cloned()
-        .unwrap_or_else(|| panic!("the 1,020,306-byte record was not written:\n{err}"));
+        .unwrap_or_else(|| panic!("the 1,020,083-byte record was not written:\n{err}"));
     keys.insert(fits_key);
     assert_eq!(loss_and_duplicates(&keys, &written), (0, 0), "{err}");
     let dead = common::read_topic(common::broker::BOOTSTRAP, &job.dead, 3);
