@@ -296,18 +296,6 @@ fn a_static_member_restarted_within_its_session_gets_its_partitions_back() {
     assert_eq!(loss_and_duplicates(&keys, &job.output_counts()), (0, 0));
 }
 
-/// A valid event padded to about `size` bytes, keyed by `key`.
-fn padded_event(size: usize, id: &str) -> Vec<u8> {
-    let line = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/website-visit.jsonl"),
-    )
-    .unwrap();
-    let mut event: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
-    event["user_agent"] = serde_json::Value::String("a".repeat(size));
-    event["id"] = serde_json::Value::String(id.into());
-    serde_json::to_vec(&event).unwrap()
-}
-
 /// Lets `topic` take records of up to `bytes`.
 fn allow_records_of(topic: &str, bytes: usize) {
     use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
@@ -339,8 +327,8 @@ fn big_records_are_dead_lettered_and_every_good_record_is_written() {
     apache_kafka();
     let job = job("poison", 3);
     allow_records_of(&job.input, 10 << 20);
-    let fits = padded_event(1_019_800, "fits");
-    let too_large = padded_event(1_500_000, "too-large");
+    let fits = common::padded_event(1_019_800, "fits");
+    let too_large = common::padded_event(1_500_000, "too-large");
     let malformed = vec![b'{'; 5 << 20];
     let key = b"oversized".to_vec();
     let positions = common::produce(
@@ -366,7 +354,7 @@ fn big_records_are_dead_lettered_and_every_good_record_is_written() {
     assert_eq!(loss_and_duplicates(&keys, &written), (0, 0), "{err}");
     let dead = common::read_topic(common::broker::BOOTSTRAP, &job.dead, 3);
     assert_eq!(dead.len(), 2, "{err}");
-    for (record, (partition, offset), size, kind) in [
+    for (record, position, size, kind) in [
         (
             &dead[0],
             positions[0],
@@ -380,10 +368,6 @@ fn big_records_are_dead_lettered_and_every_good_record_is_written() {
             "not_json",
         ),
     ] {
-        assert_eq!(record.headers["error.kind"], kind, "{:?}", record.headers);
-        let reference: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
-        assert_eq!(reference["omitted_payload"]["partition"], partition);
-        assert_eq!(reference["omitted_payload"]["offset"], offset);
-        assert_eq!(reference["omitted_payload"]["size"], size as u64);
+        common::assert_dead_letter_reference(record, &job.input, kind, position, size);
     }
 }

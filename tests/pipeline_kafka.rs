@@ -597,19 +597,6 @@ fn a_broker_outage_is_ridden_out_without_loss() {
     assert_eq!(output_keys(&bootstrap).1, keys);
 }
 
-/// A valid event whose output is `size` bytes or so: its user agent is padded.
-fn event_of_size(size: usize) -> Vec<u8> {
-    let line = fixture("website-visit.jsonl")
-        .lines()
-        .next()
-        .unwrap()
-        .to_string();
-    let mut event: serde_json::Value = serde_json::from_str(&line).unwrap();
-    event["user_agent"] = serde_json::Value::String("a".repeat(size));
-    event["id"] = serde_json::Value::String("oversized".into());
-    serde_json::to_vec(&event).unwrap()
-}
-
 /// Poison pills: records too large for the output (and the dead-letter topic) are
 /// dead-lettered, by reference when need be, and the records behind them on the same
 /// partition are all written. The job ends with exit 0.
@@ -617,7 +604,7 @@ fn event_of_size(size: usize) -> Vec<u8> {
 fn records_too_large_for_the_output_are_dead_lettered_and_their_partition_goes_on() {
     let cluster = cluster_with(BIG);
     let bootstrap = cluster.bootstrap_servers();
-    let big_valid = event_of_size(1_500_000);
+    let big_valid = common::padded_event(1_500_000, "oversized");
     let big_invalid = vec![b'x'; 3_000_000];
     // Key them to land on one partition, ahead of good records.
     let positions = produce(
@@ -642,7 +629,7 @@ fn records_too_large_for_the_output_are_dead_lettered_and_their_partition_goes_o
     );
     let dead: Vec<Record> = read_topic(&bootstrap, DLQ, BIG);
     assert_eq!(dead.len(), 2, "{err}");
-    for (record, (partition, offset), size, kind) in [
+    for (record, position, size, kind) in [
         (
             &dead[0],
             positions[0],
@@ -656,15 +643,8 @@ fn records_too_large_for_the_output_are_dead_lettered_and_their_partition_goes_o
             "not_json",
         ),
     ] {
-        assert_eq!(record.headers["error.kind"], kind, "{:?}", record.headers);
-        assert_eq!(record.headers["source.partition"], partition.to_string());
-        assert_eq!(record.headers["source.offset"], offset.to_string());
         // Neither fits the dead-letter topic either: a reference stands in for the payload.
-        let reference: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
-        assert_eq!(reference["omitted_payload"]["topic"], INPUT);
-        assert_eq!(reference["omitted_payload"]["partition"], partition);
-        assert_eq!(reference["omitted_payload"]["offset"], offset);
-        assert_eq!(reference["omitted_payload"]["size"], size as u64);
+        common::assert_dead_letter_reference(record, INPUT, kind, position, size);
         assert!(
             record.headers["error"].contains("too large")
                 || record.headers["error"].contains("Too large")

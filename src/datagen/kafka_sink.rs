@@ -190,10 +190,10 @@ impl Sink for KafkaSink {
             // `flush` returns at once once no message is queued, requests or not).
             self.producer.poll(Duration::from_millis(100));
         }
-        let counter = self.producer.context();
-        let (delivered, failed) = (counter.delivered(), counter.failed());
         // Anything neither reported delivered nor failed (no report after a purge) failed too.
-        let unreported = self.enqueued.saturating_sub(delivered + failed);
+        let unreported = unconfirmed(&self.producer, self.enqueued);
+        let counter = self.producer.context();
+        let failed = counter.failed();
         Ok(Delivery {
             failures: failed + unreported + self.rejected,
             first_failure: counter

@@ -282,3 +282,38 @@ pub fn wait_with_timeout(child: std::process::Child, limit: Duration) -> Output 
     }
     waiter.join().unwrap()
 }
+
+/// The first fixture event with its user agent padded to `size` bytes and its id set to
+/// `id`: a valid record of about `size` bytes, for the size limits.
+pub fn padded_event(size: usize, id: &str) -> Vec<u8> {
+    let fixture = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/website-visit.jsonl"),
+    )
+    .unwrap();
+    let mut event: serde_json::Value =
+        serde_json::from_str(fixture.lines().next().unwrap()).unwrap();
+    event["user_agent"] = serde_json::Value::String("a".repeat(size));
+    event["id"] = serde_json::Value::String(id.into());
+    serde_json::to_vec(&event).unwrap()
+}
+
+/// Asserts that `record` is a dead letter of `kind` that stands, by reference, for the
+/// record of `size` bytes at `position` of `input` (its payload was too large to carry).
+pub fn assert_dead_letter_reference(
+    record: &Record,
+    input: &str,
+    kind: &str,
+    (partition, offset): (i32, i64),
+    size: usize,
+) {
+    assert_eq!(record.headers["error.kind"], kind, "{:?}", record.headers);
+    assert_eq!(record.headers["source.topic"], input);
+    assert_eq!(record.headers["source.partition"], partition.to_string());
+    assert_eq!(record.headers["source.offset"], offset.to_string());
+    assert_eq!(record.headers["payload.omitted.size"], size.to_string());
+    let reference: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+    assert_eq!(reference["omitted_payload"]["topic"], input);
+    assert_eq!(reference["omitted_payload"]["partition"], partition);
+    assert_eq!(reference["omitted_payload"]["offset"], offset);
+    assert_eq!(reference["omitted_payload"]["size"], size as u64);
+}
