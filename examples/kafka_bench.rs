@@ -6,7 +6,10 @@
 //!    (`enable.idempotence=true`, `linger.ms=5`, `batch.size=1000000`, no poll per
 //!    message; `fetch.queue.backoff.ms=10` on the consumer, as the pipeline has it), doing
 //!    no parsing: the I/O limit. It runs first and last; the better run is the baseline;
-//! 2. the pipeline at --parallelism 1, 2 and 3, each into its own output topic.
+//! 2. the pipeline at --parallelism 1, 2 and 3, each into its own output topic. Its rate
+//!    is given for the whole run and, since joining the consumer group is a fixed cost of
+//!    each start that the copy (which assigns its partitions itself) does not pay, also
+//!    from the moment the group had assigned every partition.
 //!
 //! For each: records/s, and CPU seconds (user + sys, all threads, from /proc/self/stat)
 //! per million records. Figures go to stderr; stdout gets the names of the input topic and
@@ -15,7 +18,7 @@
 //! (for tansu 0.6, pass `-X fetch.wait.max.ms=5`).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -28,6 +31,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use streamkit::kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;
+
+#[path = "common/measure.rs"]
+mod measure;
+use measure::Measure;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -117,10 +124,17 @@ fn main() {
             },
             ui: None,
         };
+        let stats = std::sync::Arc::new(streamkit::pipeline::Stats::default());
+        let started = std::time::SystemTime::now();
         let measured = Measure::start();
         let summary =
-            streamkit::pipeline::run(&config, &CancellationToken::new()).expect("pipeline run");
-        runs.push((parallelism, measured.finish(summary.written)));
+            streamkit::pipeline::run_with_stats(&config, &stats, &CancellationToken::new())
+                .expect("pipeline run");
+        let run = measured.finish(summary.written);
+        let joined = every_partition_assigned(&stats.rebalances(), 3)
+            .and_then(|at| at.duration_since(started).ok())
+            .map(|d| d.as_secs_f64());
+        runs.push((parallelism, run, joined));
     }
     let second_copy = copy_once("copy2");
     let copy = if first_copy.rate() >= second_copy.rate() {
@@ -128,9 +142,21 @@ fn main() {
     } else {
         second_copy
     };
-    for (parallelism, run) in runs {
+    for (parallelism, run, joined) in runs {
+        // The group join is a fixed cost of each start, which the copy (no group) does not
+        // pay: the rate after it is printed too, next to the whole run's.
+        let after_join = joined
+            .filter(|&j| j < run.seconds)
+            .map(|j| {
+                let rate = run.records as f64 / (run.seconds - j);
+                format!(
+                    " (the group assigned every partition after {j:.2} s; from then on {rate:.0} records/s = {:.2} of the copy)",
+                    rate / copy.rate()
+                )
+            })
+            .unwrap_or_default();
         eprintln!(
-            "pipeline --parallelism {parallelism}: {} written in {:.2} s = {:.0} records/s = {:.2} of the better copy; {:.2} CPU-s per million records = {:.2}x the copy's",
+            "pipeline --parallelism {parallelism}: {} written in {:.2} s = {:.0} records/s = {:.2} of the better copy{after_join}; {:.2} CPU-s per million records = {:.2}x the copy's",
             run.records,
             run.seconds,
             run.rate(),
@@ -141,6 +167,21 @@ fn main() {
     }
     // For a follow-up run (bench/pipeline.sh measures memory with them): input, output, dead letters.
     println!("{} {} {}", topic("in"), topic("rss"), topic("dlq"));
+}
+
+/// When the job's workers first owned all `partitions` partitions between them.
+fn every_partition_assigned(
+    rebalances: &[streamkit::pipeline::RebalanceRecord],
+    partitions: usize,
+) -> Option<std::time::SystemTime> {
+    let mut owned = HashSet::new();
+    rebalances.iter().find_map(|record| {
+        owned.extend(record.assigned.iter().copied());
+        for partition in &record.revoked {
+            owned.remove(partition);
+        }
+        (owned.len() == partitions).then_some(record.at)
+    })
 }
 
 fn create_topics(kafka: &KafkaConfig, names: &[String]) {
@@ -161,61 +202,6 @@ fn create_topics(kafka: &KafkaConfig, names: &[String]) {
     {
         result.unwrap_or_else(|(name, code)| panic!("cannot create {name}: {code}"));
     }
-}
-
-/// Wall time and CPU time (user + sys of every thread of this process) of one phase.
-struct Measure {
-    started: Instant,
-    cpu: f64,
-}
-
-struct Measured {
-    records: u64,
-    seconds: f64,
-    cpu: f64,
-}
-
-impl Measure {
-    fn start() -> Self {
-        Measure {
-            started: Instant::now(),
-            cpu: process_cpu_seconds(),
-        }
-    }
-
-    fn finish(self, records: u64) -> Measured {
-        Measured {
-            records,
-            seconds: self.started.elapsed().as_secs_f64(),
-            cpu: process_cpu_seconds() - self.cpu,
-        }
-    }
-}
-
-impl Measured {
-    fn rate(&self) -> f64 {
-        self.records as f64 / self.seconds
-    }
-
-    fn cpu_per_million(&self) -> f64 {
-        self.cpu * 1e6 / self.records.max(1) as f64
-    }
-}
-
-/// utime + stime of this process, in seconds, from /proc/self/stat (in clock ticks of 10 ms).
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .expect("a stat line")
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
-    let ticks: f64 =
-        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
-    ticks / 100.0
 }
 
 /// Copies every record of `from` to `to`, unparsed, and returns how many: the baseline,

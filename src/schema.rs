@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::io;
+use std::ops::Range;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::ser::Serializer;
@@ -88,90 +89,142 @@ impl<'a> EventLog<'a> {
     /// about half the transform's time. For every text it accepts, the result equals
     /// serde_json's (a property test checks this on valid and mutated records).
     pub fn from_original_layout(text: &'a str) -> Option<Self> {
-        let mut cursor = LayoutCursor { text, at: 0 };
-        cursor.expect("{\"ip\": ")?;
+        let layout = OriginalLayout::scan(text.as_bytes())?;
+        // Every range is bounded by ASCII bytes (quotes, separators), so `get` finds
+        // character boundaries; it returns `None` rather than panic in any case.
+        let string = |range: &Range<usize>| text.get(range.clone()).map(Cow::Borrowed);
+        let integer = |range: &Range<usize>| text.get(range.clone())?.parse().ok();
+        let coordinate = |range: &Range<usize>| match text.get(range.clone())? {
+            "\"\"" => Some(Coordinate::Missing),
+            number => number.parse().ok().map(Coordinate::Degrees),
+        };
+        Some(EventLog {
+            ip: string(&layout.ip)?,
+            id: string(&layout.id)?,
+            lat: coordinate(&layout.lat)?,
+            lng: coordinate(&layout.lng)?,
+            user_agent: string(&layout.user_agent)?,
+            age_bracket: string(&layout.age_bracket)?,
+            opted_into_marketing: layout.opted_into_marketing,
+            http_request: string(&layout.http_request)?,
+            http_response: integer(&layout.http_response)?,
+            file_size_bytes: integer(&layout.file_size_bytes)?,
+            event_datetime: string(&layout.event_datetime)?,
+            event_ts: integer(&layout.event_ts)?,
+        })
+    }
+}
+
+/// Where each field of a record laid out as the original generator writes it sits: byte
+/// ranges of the field's JSON text (inside the quotes for strings; `""` itself for a
+/// missing coordinate). Found by [`OriginalLayout::scan`] in one pass, with no allocation.
+///
+/// What the scan accepts, serde_json reads alike (the property tests of
+/// [`EventLog::from_original_layout`] check it), and every number's text is in the form
+/// the writers here write back: integers of at most 18 digits without leading zeros or
+/// `-0`, coordinates of at most 15 significant digits without an exponent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OriginalLayout {
+    pub ip: Range<usize>,
+    pub id: Range<usize>,
+    pub lat: Range<usize>,
+    pub lng: Range<usize>,
+    pub user_agent: Range<usize>,
+    pub age_bracket: Range<usize>,
+    pub opted_into_marketing: bool,
+    pub http_request: Range<usize>,
+    pub http_response: Range<usize>,
+    pub file_size_bytes: Range<usize>,
+    pub event_datetime: Range<usize>,
+    pub event_ts: Range<usize>,
+}
+
+impl OriginalLayout {
+    /// The layout of `bytes`, or `None` when they are not laid out as the original writes
+    /// events (see [`EventLog::from_original_layout`]).
+    pub(crate) fn scan(bytes: &[u8]) -> Option<Self> {
+        let mut cursor = LayoutCursor { bytes, at: 0 };
+        cursor.expect(b"{\"ip\": ")?;
         let ip = cursor.string()?;
-        cursor.expect(", \"id\": ")?;
+        cursor.expect(b", \"id\": ")?;
         let id = cursor.string()?;
-        cursor.expect(", \"lat\": ")?;
+        cursor.expect(b", \"lat\": ")?;
         let lat = cursor.coordinate()?;
-        cursor.expect(", \"lng\": ")?;
+        cursor.expect(b", \"lng\": ")?;
         let lng = cursor.coordinate()?;
-        cursor.expect(", \"user_agent\": ")?;
+        cursor.expect(b", \"user_agent\": ")?;
         let user_agent = cursor.string()?;
-        cursor.expect(", \"age_bracket\": ")?;
+        cursor.expect(b", \"age_bracket\": ")?;
         let age_bracket = cursor.string()?;
-        cursor.expect(", \"opted_into_marketing\": ")?;
-        let opted_into_marketing = if cursor.expect("true").is_some() {
+        cursor.expect(b", \"opted_into_marketing\": ")?;
+        let opted_into_marketing = if cursor.expect(b"true").is_some() {
             true
         } else {
-            cursor.expect("false")?;
+            cursor.expect(b"false")?;
             false
         };
-        cursor.expect(", \"http_request\": ")?;
+        cursor.expect(b", \"http_request\": ")?;
         let http_request = cursor.string()?;
-        cursor.expect(", \"http_response\": ")?;
+        cursor.expect(b", \"http_response\": ")?;
         let http_response = cursor.integer()?;
-        cursor.expect(", \"file_size_bytes\": ")?;
+        cursor.expect(b", \"file_size_bytes\": ")?;
         let file_size_bytes = cursor.integer()?;
-        cursor.expect(", \"event_datetime\": ")?;
+        cursor.expect(b", \"event_datetime\": ")?;
         let event_datetime = cursor.string()?;
-        cursor.expect(", \"event_ts\": ")?;
+        cursor.expect(b", \"event_ts\": ")?;
         let event_ts = cursor.integer()?;
-        cursor.expect("}")?;
-        (cursor.at == text.len()).then_some(EventLog {
-            ip: Cow::Borrowed(ip),
-            id: Cow::Borrowed(id),
+        cursor.expect(b"}")?;
+        (cursor.at == bytes.len()).then_some(OriginalLayout {
+            ip,
+            id,
             lat,
             lng,
-            user_agent: Cow::Borrowed(user_agent),
-            age_bracket: Cow::Borrowed(age_bracket),
+            user_agent,
+            age_bracket,
             opted_into_marketing,
-            http_request: Cow::Borrowed(http_request),
+            http_request,
             http_response,
             file_size_bytes,
-            event_datetime: Cow::Borrowed(event_datetime),
+            event_datetime,
             event_ts,
         })
     }
 }
 
-/// A position in a record being read by [`EventLog::from_original_layout`].
+/// A position in a record being read by [`OriginalLayout::scan`].
 struct LayoutCursor<'a> {
-    text: &'a str,
+    bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> LayoutCursor<'a> {
     fn rest(&self) -> &'a [u8] {
-        &self.text.as_bytes()[self.at..]
+        self.bytes.get(self.at..).unwrap_or_default()
     }
 
-    fn expect(&mut self, literal: &str) -> Option<()> {
+    fn expect(&mut self, literal: &[u8]) -> Option<()> {
         self.rest()
-            .starts_with(literal.as_bytes())
+            .starts_with(literal)
             .then(|| self.at += literal.len())
     }
 
     /// A string without escapes or control characters (serde_json refuses raw control
-    /// characters; escapes are left to it).
-    fn string(&mut self) -> Option<&'a str> {
-        self.expect("\"")?;
+    /// characters; escapes are left to it). The range excludes the quotes.
+    fn string(&mut self) -> Option<Range<usize>> {
+        self.expect(b"\"")?;
         let length = memchr::memchr(b'"', self.rest())?;
-        let bytes = &self.rest()[..length];
         // No `"` inside (memchr stopped at the first one), so only controls and `\\` count.
-        if has_special_byte(bytes, false) {
+        if has_special_byte(&self.rest()[..length], false) {
             return None;
         }
         let start = self.at;
         self.at += length + 1;
-        // Both ends are ASCII quotes, so these are character boundaries.
-        self.text.get(start..start + length)
+        Some(start..start + length)
     }
 
     /// The digits of a number: `-?(0|[1-9][0-9]*)` and, with `fraction`, an optional
-    /// `.[0-9]+`; no exponent. Returns the text and its count of digits.
-    fn number_text(&mut self, fraction: bool) -> Option<(&'a str, usize)> {
+    /// `.[0-9]+`; no exponent. Returns the range and its count of digits.
+    fn number_text(&mut self, fraction: bool) -> Option<(Range<usize>, usize)> {
         let bytes = self.rest();
         let mut end = usize::from(bytes.first() == Some(&b'-'));
         let first_digit = end;
@@ -197,31 +250,26 @@ impl<'a> LayoutCursor<'a> {
         if matches!(bytes.get(end), Some(b'e' | b'E' | b'.')) {
             return None;
         }
-        let text = self.text.get(self.at..self.at + end)?;
+        let start = self.at;
         self.at += end;
-        Some((text, digits))
+        Some((start..start + end, digits))
     }
 
     /// An integer of at most 18 digits (no overflow; longer ones are left to serde_json).
-    fn integer(&mut self) -> Option<i64> {
-        let (text, digits) = self.number_text(false)?;
-        if digits > 18 || text == "-0" {
-            return None;
-        }
-        text.parse().ok()
+    fn integer(&mut self) -> Option<Range<usize>> {
+        let (range, digits) = self.number_text(false)?;
+        (digits <= 18 && &self.bytes[range.clone()] != b"-0").then_some(range)
     }
 
     /// `""`, or a decimal of at most 15 significant digits: in that range both Rust's
     /// parser and serde_json's are exact (correctly rounded), so they agree.
-    fn coordinate(&mut self) -> Option<Coordinate> {
-        if self.expect("\"\"").is_some() {
-            return Some(Coordinate::Missing);
+    fn coordinate(&mut self) -> Option<Range<usize>> {
+        let start = self.at;
+        if self.expect(b"\"\"").is_some() {
+            return Some(start..self.at);
         }
-        let (text, digits) = self.number_text(true)?;
-        if digits > 15 || text.starts_with("-0") {
-            return None;
-        }
-        text.parse().ok().map(Coordinate::Degrees)
+        let (range, digits) = self.number_text(true)?;
+        (digits <= 15).then_some(range)
     }
 }
 

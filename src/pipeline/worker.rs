@@ -68,7 +68,7 @@ use crate::offsets::OffsetTracker;
 use crate::transform::{RejectKind, Rejection};
 
 /// Most records the job reads ahead of their acknowledgements, shared among its workers.
-pub const IN_FLIGHT_BUDGET: usize = 15_000;
+pub const IN_FLIGHT_BUDGET: usize = 60_000;
 
 /// Kilobytes of fetched but unprocessed records the job may hold, shared among its workers.
 pub const PREFETCH_BUDGET_KBYTES: usize = 16 * 1024;
