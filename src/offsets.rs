@@ -15,6 +15,8 @@ struct PartitionTrack {
     committable: Option<i64>,
     /// What the last commit stored.
     committed: Option<i64>,
+    /// The highest offset read.
+    last_read: Option<i64>,
 }
 
 /// Tracks reads and deliveries per partition.
@@ -24,18 +26,24 @@ pub struct OffsetTracker {
 }
 
 impl OffsetTracker {
-    /// Registers a record read from `partition` at `offset` (offsets ascend per partition).
-    pub fn read(&mut self, partition: i32, offset: i64) {
+    /// Registers a record read from `partition` at `offset`, and says whether to process
+    /// it: `false` when the consumer delivers again a record already read, at or after
+    /// the last committed position (a fetch restarted from a stale position; processing
+    /// it again would write it twice). An offset below the committed position is a reset
+    /// of the partition (the topic was recreated, say): the partition starts afresh.
+    pub fn read(&mut self, partition: i32, offset: i64) -> bool {
         let track = self.partitions.entry(partition).or_default();
-        if track
-            .pending
-            .back()
-            .is_some_and(|&(last, _)| offset <= last)
-        {
-            // Re-read from an earlier position (a seek): start this partition afresh.
+        if track.last_read.is_some_and(|last| offset <= last) {
+            if track.committed.is_none_or(|committed| offset >= committed) {
+                return false;
+            }
             track.pending.clear();
+            track.committable = None;
+            track.committed = None;
         }
+        track.last_read = Some(offset);
         track.pending.push_back((offset, false));
+        true
     }
 
     /// Marks the record delivered. Unknown records are ignored.
@@ -105,7 +113,7 @@ mod tests {
     fn only_the_contiguous_delivered_prefix_is_committable() {
         let mut t = OffsetTracker::default();
         for o in 10..15 {
-            t.read(0, o);
+            assert!(t.read(0, o));
         }
         t.ack(0, 12);
         t.ack(0, 11);
@@ -153,15 +161,37 @@ mod tests {
     }
 
     #[test]
-    fn unknown_acks_are_ignored_and_rereads_restart_a_partition() {
+    fn a_record_delivered_again_is_not_processed_again() {
+        let mut t = OffsetTracker::default();
+        assert!(t.read(0, 50));
+        assert!(t.read(0, 51));
+        assert!(!t.read(0, 51), "in flight, delivered again");
+        t.ack(0, 50);
+        t.ack(0, 51);
+        assert!(
+            !t.read(0, 50),
+            "delivered and not yet committed, delivered again"
+        );
+        assert_eq!(t.to_commit(), vec![(0, 52)]);
+        t.committed(&[(0, 52)]);
+        assert!(t.read(0, 52));
+        assert_eq!(t.in_flight_of(0), 1);
+        t.forget(0);
+        assert!(t.read(0, 40), "a partition assigned anew starts afresh");
+    }
+
+    #[test]
+    fn unknown_acks_are_ignored_and_a_reset_below_the_commit_restarts_a_partition() {
         let mut t = OffsetTracker::default();
         t.ack(3, 1);
-        t.read(0, 50);
-        t.read(0, 51);
-        t.read(0, 40); // seek back
+        assert!(t.read(0, 50));
         t.ack(0, 50);
-        assert!(t.to_commit().is_empty());
-        t.ack(0, 40);
-        assert_eq!(t.to_commit(), vec![(0, 41)]);
+        t.committed(&[(0, 51)]);
+        assert!(t.read(0, 51));
+        assert!(t.read(0, 3), "the topic was recreated: offsets start over");
+        t.ack(0, 51);
+        assert!(t.to_commit().is_empty(), "{:?}", t.to_commit());
+        t.ack(0, 3);
+        assert_eq!(t.to_commit(), vec![(0, 4)]);
     }
 }

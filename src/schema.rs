@@ -14,8 +14,9 @@
 //! Both directions have a hand-written path for the fixed layout, justified by
 //! `examples/transform_bench.rs` (about twice the transform's speed):
 //! [`EventLog::from_original_layout`] reads records laid out as the original writes them
-//! (serde_json reads everything else), and the writers append bytes directly. Property
-//! tests check both against serde_json.
+//! (serde_json reads everything else), through `OriginalLayout::scan`, which finds each
+//! field's bytes in one pass and which the transform's pass-through path shares; the
+//! writers append bytes directly. Property tests check both against serde_json.
 
 use std::borrow::Cow;
 use std::fmt;

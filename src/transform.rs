@@ -9,6 +9,11 @@
 //! - Every other record is rejected with a [`Rejection`] saying what is wrong, never a
 //!   panic: not UTF-8, not JSON, not a JSON object, a missing or mistyped field, empty.
 //!   The caller dead-letters it. (The original crashed on any of these.)
+//!
+//! Speed: a record laid out as the original generator writes it (every record of the
+//! generators, ours and the original) takes [`pass_through`]: one validating pass, and the
+//! output value is the input itself. Everything else takes the three stages, with
+//! serde_json as the reference reader. Both give the same bytes (property tests).
 
 use std::fmt;
 

@@ -106,8 +106,10 @@ fn a_process_joins_and_another_leaves_on_sigterm_losing_and_duplicating_nothing(
     assert_eq!(
         loss_and_duplicates(&keys, &job.output_counts()),
         (0, 0),
-        "a clean scale-up and scale-down loses and duplicates nothing ({} records)",
-        counts.len()
+        "a clean scale-up and scale-down loses and duplicates nothing ({} records); the first process: {}; the second: {}",
+        counts.len(),
+        stderr(&first),
+        stderr(&second)
     );
     assert!(!ever_assigned(&first).is_empty(), "{}", stderr(&first));
     assert!(

@@ -68,7 +68,7 @@ use crate::offsets::OffsetTracker;
 use crate::transform::{RejectKind, Rejection};
 
 /// Most records the job reads ahead of their acknowledgements, shared among its workers.
-pub const IN_FLIGHT_BUDGET: usize = 60_000;
+pub const IN_FLIGHT_BUDGET: usize = 15_000;
 
 /// Kilobytes of fetched but unprocessed records the job may hold, shared among its workers.
 pub const PREFETCH_BUDGET_KBYTES: usize = 16 * 1024;
@@ -157,6 +157,22 @@ struct Ack {
     error: Option<(Option<RDKafkaErrorCode>, String)>,
     /// Key and value bytes of the record sent.
     size: usize,
+}
+
+/// The records of the partitions `wanted` accepts that were written but whose positions
+/// are not committed, as `partition P offsets FROM..NEXT`.
+fn uncommitted_ranges(tracker: &OffsetTracker, wanted: impl Fn(i32) -> bool) -> Vec<String> {
+    tracker
+        .to_commit()
+        .iter()
+        .filter(|&&(partition, _)| wanted(partition))
+        .map(
+            |&(partition, next)| match tracker.last_committed(partition) {
+                Some(from) => format!("partition {partition} offsets {from}..{next}"),
+                None => format!("partition {partition} up to offset {next}"),
+            },
+        )
+        .collect()
 }
 
 /// The output producer's context: each delivery report goes straight to the channel of
@@ -466,6 +482,8 @@ struct Revocation {
     incremental: bool,
     started: std::time::Instant,
     deadline: Instant,
+    /// After a failed commit of the hand-over: when to try it again.
+    retry_at: Option<Instant>,
 }
 
 struct Worker {
@@ -529,6 +547,7 @@ impl Worker {
         let mut warned_undrained = false;
         let mut commit_abandoned = false;
         let mut warned_unjoined = false;
+        let mut redelivered: u64 = 0;
         let started = Instant::now();
         let siblings = Arc::clone(&self.siblings);
         loop {
@@ -609,7 +628,10 @@ impl Worker {
             if siblings.all_ready() {
                 break;
             }
-            let revoke_deadline = progress.revoking.as_ref().map(|r| r.deadline);
+            let revoke_deadline = progress
+                .revoking
+                .as_ref()
+                .map(|r| r.retry_at.unwrap_or(r.deadline));
             tokio::select! {
                 biased;
                 // Every acknowledgement that is ready, up to a batch, before any new input.
@@ -687,10 +709,21 @@ impl Worker {
                                 {
                                     // Being handed over (or no longer ours): its new owner reads
                                     // it from the committed position.
+                                } else if !progress.tracker.read(partition, message.offset()) {
+                                    // Delivered again (a fetch restarted from a stale
+                                    // position): already processed, not written twice.
+                                    redelivered += 1;
+                                    if redelivered == 1 || redelivered.is_power_of_two() {
+                                        log::info!(
+                                            "worker {}: {} partition {partition} offset {} was delivered again by the consumer; skipped ({redelivered} so far)",
+                                            self.id,
+                                            self.topics.input,
+                                            message.offset()
+                                        );
+                                    }
                                 } else {
                                     Stats::add(&self.stats.read);
                                     progress.at_end.remove(&partition);
-                                    progress.tracker.read(partition, message.offset());
                                     if let Err(e) = self.process(&message, &mut key, &mut value) {
                                         failure.get_or_insert(e);
                                         cancel.cancel();
@@ -795,6 +828,7 @@ impl Worker {
                         incremental,
                         started: std::time::Instant::now(),
                         deadline: Instant::now() + REVOKE_TIMEOUT,
+                        retry_at: None,
                     });
                 }
                 RebalanceEvent::Released { partitions, lost } => {
@@ -825,7 +859,10 @@ impl Worker {
             .iter()
             .map(|&p| progress.tracker.in_flight_of(p))
             .sum();
-        if pending > 0 && Instant::now() < revocation.deadline {
+        let now = Instant::now();
+        if (pending > 0 || revocation.retry_at.is_some_and(|at| now < at))
+            && now < revocation.deadline
+        {
             return;
         }
         if pending > 0 {
@@ -836,10 +873,42 @@ impl Worker {
                 REVOKE_TIMEOUT.as_secs()
             );
         }
-        if let Some(revocation) = progress.revoking.take() {
-            let limit = Instant::now() + COMMIT_TIMEOUT;
-            self.commit(&mut progress.tracker, Some(limit)).await;
+        let deadline = revocation.deadline.max(now + COMMIT_RETRY);
+        let committed = self
+            .commit(
+                &mut progress.tracker,
+                Some(deadline.min(now + COMMIT_TIMEOUT)),
+            )
+            .await;
+        if let Some(mut revocation) = progress.revoking.take() {
+            // A commit refused during a rebalance (say, by a generation that has just
+            // moved on) is tried again until the hand-over's deadline: releasing the
+            // partitions uncommitted would make their new owner write again what this
+            // worker wrote.
+            if committed == Committed::Failed && Instant::now() + COMMIT_RETRY < revocation.deadline
+            {
+                revocation.retry_at = Some(Instant::now() + COMMIT_RETRY);
+                progress.revoking = Some(revocation);
+                return;
+            }
+            if committed != Committed::Yes {
+                self.warn_uncommitted(&progress.tracker, &revocation.partitions);
+            }
             self.release(revocation, progress);
+        }
+    }
+
+    /// Says which records of the `partitions` being released will be written again by
+    /// their next owner, because their positions could not be committed.
+    fn warn_uncommitted(&self, tracker: &OffsetTracker, partitions: &BTreeSet<i32>) {
+        let uncommitted = uncommitted_ranges(tracker, |p| partitions.contains(&p));
+        if !uncommitted.is_empty() {
+            log::warn!(
+                "worker {}: handing over without a commit (the group coordinator refused it until the hand-over's deadline); their next owner reads (and writes) these records of {} again: {}",
+                self.id,
+                self.topics.input,
+                uncommitted.join(", ")
+            );
         }
     }
 
@@ -941,16 +1010,7 @@ impl Worker {
     /// Says, in one line, which records will be read again because their positions could
     /// not be committed.
     fn abandon_commit(&self, tracker: &OffsetTracker) {
-        let uncommitted: Vec<String> = tracker
-            .to_commit()
-            .iter()
-            .map(
-                |&(partition, next)| match tracker.last_committed(partition) {
-                    Some(from) => format!("partition {partition} offsets {from}..{next}"),
-                    None => format!("partition {partition} up to offset {next}"),
-                },
-            )
-            .collect();
+        let uncommitted = uncommitted_ranges(tracker, |_| true);
         if !uncommitted.is_empty() {
             log::warn!(
                 "worker {}: the final commit got no answer from the group coordinator in time; abandoned. These records of {} were written and will be read (and written) again on restart: {}",
