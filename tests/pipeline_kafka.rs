@@ -85,10 +85,11 @@ fn key_value(record: &Record) -> (String, String) {
     )
 }
 
+/// The end-of-run summary (`read N = written W + dead-lettered D`), not a status line.
 fn summary_line(stderr: &str) -> String {
     stderr
         .lines()
-        .find(|l| l.starts_with("pipeline: read "))
+        .find(|l| l.starts_with("pipeline: read ") && l.contains(" = written "))
         .unwrap_or_else(|| panic!("no summary:\n{stderr}"))
         .to_string()
 }
