@@ -25,6 +25,7 @@ fn main() {
         missing_geo_ratio: 0.2,
         max_lag_ms: 0,
         seed: 1,
+        user_skew: None,
     })
     .expect("a valid generator configuration");
 

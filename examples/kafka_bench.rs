@@ -69,6 +69,7 @@ fn main() {
             missing_geo_ratio: 0.2,
             max_lag_ms: 0,
             seed: 1,
+            user_skew: None,
         },
         clock: streamkit::generator::Clock::Simulated {
             start_ms: 1_713_430_800_000,

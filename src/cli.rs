@@ -92,6 +92,23 @@ pub fn parse_ratio(raw: &str) -> Result<f64, String> {
     }
 }
 
+/// The highest `--user-skew` accepted: at 10, the first user takes 99.9% of the events.
+pub const MAX_USER_SKEW: f64 = 10.0;
+
+/// `--user-skew`: a Zipf exponent, above 0 and at most [`MAX_USER_SKEW`].
+pub fn parse_user_skew(raw: &str) -> Result<f64, String> {
+    let value: f64 = raw
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a number"))?;
+    if value > 0.0 && value <= MAX_USER_SKEW {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{value} is outside (0, {MAX_USER_SKEW}]: use 1 for a classic Zipf law, leave the flag out for uniform users"
+        ))
+    }
+}
+
 /// The highest `--rate` accepted, events per second: well above what one machine
 /// generates (about 16M/s on two cores), and low enough that pacing arithmetic stays exact.
 pub const MAX_RATE: f64 = 1e9;
@@ -115,6 +132,57 @@ pub fn parse_number_in(raw: &str, min: f64, max: f64) -> Result<f64, String> {
 pub fn parse_rate(raw: &str) -> Result<f64, String> {
     parse_number_in(raw, MIN_RATE, MAX_RATE)
         .map_err(|e| format!("{e} (events per second, {MIN_RATE} to {MAX_RATE:e})"))
+}
+
+/// `--rate`: a fixed rate, a range for `--ramp`, or steps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateSpec {
+    /// `5000`: events per second.
+    Fixed(f64),
+    /// `1000..50000`: from one rate to the other over `--ramp`.
+    Range(f64, f64),
+    /// `5000@30s,20000@30s`: each rate for its time, in order.
+    Steps(Vec<(f64, Duration)>),
+}
+
+impl RateSpec {
+    /// The first rate: the one a simulated clock steps by.
+    pub fn initial(&self) -> f64 {
+        match self {
+            RateSpec::Fixed(rate) | RateSpec::Range(rate, _) => *rate,
+            RateSpec::Steps(steps) => steps.first().map_or(MIN_RATE, |&(rate, _)| rate),
+        }
+    }
+}
+
+/// Parses `--rate`: `RATE`, `FROM..TO` (with `--ramp`), or `RATE@DURATION,...` (steps);
+/// every rate within [`MIN_RATE`]..=[`MAX_RATE`], every duration as [`parse_duration`]
+/// takes it (and more than zero).
+pub fn parse_rate_spec(raw: &str) -> Result<RateSpec, String> {
+    let raw = raw.trim();
+    if raw.contains('@') {
+        let steps = raw
+            .split(',')
+            .map(|step| {
+                let (rate, duration) = step.split_once('@').ok_or_else(|| {
+                    format!("step '{step}' is not RATE@DURATION (as in 5000@30s)")
+                })?;
+                let duration = parse_duration(duration)?;
+                if duration.is_zero() {
+                    return Err(format!("step '{step}' lasts no time"));
+                }
+                Ok((parse_rate(rate.trim())?, duration))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        return Ok(RateSpec::Steps(steps));
+    }
+    if let Some((from, to)) = raw.split_once("..") {
+        return Ok(RateSpec::Range(
+            parse_rate(from.trim())?,
+            parse_rate(to.trim())?,
+        ));
+    }
+    parse_rate(raw).map(RateSpec::Fixed)
 }
 
 /// Parses seconds, from 0 to one day (`--delay-seconds`).

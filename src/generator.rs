@@ -143,6 +143,10 @@ pub struct GeneratorConfig {
     /// Each event's time is its base time plus a uniform lag in `0..=max_lag_ms`.
     pub max_lag_ms: u64,
     pub seed: u64,
+    /// `None`: each event's user is drawn uniformly, as the original does. `Some(s)`: by a
+    /// Zipf law of exponent `s > 0` over the users in pool order, so that the first few
+    /// users dominate (hot keys for load tests).
+    pub user_skew: Option<f64>,
 }
 
 /// Random stream numbers: users use one, chunk `c` uses `CHUNK_STREAM_BASE + c`.
@@ -228,11 +232,30 @@ impl Clock {
 /// The distributions of the per-event fields, built once.
 #[derive(Debug, Clone)]
 struct EventDistributions {
-    user: Uniform<u32>,
+    user: UserDraw,
     http_request: Uniform<u32>,
     file_size_bytes: Uniform<i64>,
     /// `None` when there is no lag.
     lag_ms: Option<Uniform<u64>>,
+}
+
+/// How each event's user is drawn: an index into the pool.
+#[derive(Debug, Clone)]
+enum UserDraw {
+    Uniform(Uniform<u32>),
+    /// `rand_distr`'s Zipf law: rank `k` (1-based) with probability proportional to
+    /// `k^-s`; rank `k` is the pool's user `k - 1`.
+    Zipf(rand_distr::Zipf<f64>),
+}
+
+impl UserDraw {
+    fn sample(&self, rng: &mut Rng) -> usize {
+        match self {
+            UserDraw::Uniform(uniform) => uniform.sample(rng) as usize,
+            // A rank is a whole number from 1 to the pool size, so the cast is exact.
+            UserDraw::Zipf(zipf) => (zipf.sample(rng) as usize).saturating_sub(1),
+        }
+    }
 }
 
 /// The users plus the rules to draw events from them.
@@ -248,7 +271,13 @@ impl EventSource {
         let pool = UserPool::generate(config.num_users, config.missing_geo_ratio, config.seed)?;
         let invalid = |e: rand::distr::uniform::Error| Error::InvalidConfig(e.to_string());
         let distributions = EventDistributions {
-            user: Uniform::new(0, config.num_users).map_err(invalid)?,
+            user: match config.user_skew {
+                None => UserDraw::Uniform(Uniform::new(0, config.num_users).map_err(invalid)?),
+                Some(skew) => UserDraw::Zipf(
+                    rand_distr::Zipf::new(f64::from(config.num_users), skew)
+                        .map_err(|e| Error::InvalidConfig(format!("user skew {skew}: {e}")))?,
+                ),
+            },
             http_request: Uniform::new(0, HTTP_REQUESTS.len() as u32).map_err(invalid)?,
             file_size_bytes: Uniform::new(FILE_SIZE_MIN, FILE_SIZE_END).map_err(invalid)?,
             lag_ms: match config.max_lag_ms {
@@ -308,7 +337,8 @@ impl<'s> EventStream<'s> {
         self.next_index += 1;
         let rng = &mut self.rng;
         let d = &self.source.distributions;
-        let user = &self.source.pool.users()[d.user.sample(rng) as usize];
+        let users = self.source.pool.users();
+        let user = &users[d.user.sample(rng).min(users.len() - 1)];
         let http_request = HTTP_REQUESTS[d.http_request.sample(rng) as usize];
         let file_size_bytes = d.file_size_bytes.sample(rng);
         let lag_ms = d.lag_ms.as_ref().map_or(0, |lag| lag.sample(rng));
@@ -501,6 +531,7 @@ mod tests {
             missing_geo_ratio: ratio,
             max_lag_ms: 5_000,
             seed,
+            user_skew: None,
         })
         .unwrap()
     }
@@ -755,5 +786,72 @@ mod tests {
             tokyo > 20 * reykjavik.max(1),
             "tokyo {tokyo}, reykjavik {reykjavik}"
         );
+    }
+
+    /// How many of `draws` events each user of the pool got, by pool position.
+    fn user_counts(config: &GeneratorConfig, draws: u64) -> Vec<u64> {
+        let source = EventSource::new(config).unwrap();
+        let users = source.pool().users();
+        let mut counts = vec![0u64; users.len()];
+        let mut stream = source.stream(0);
+        for _ in 0..draws {
+            let event = stream.next_event(0);
+            let at = users
+                .iter()
+                .position(|u| std::ptr::eq(u, event.user))
+                .unwrap();
+            counts[at] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn user_skew_follows_the_zipf_law() {
+        let (users, skew, draws) = (100u32, 1.2f64, 200_000u64);
+        let config = GeneratorConfig {
+            num_users: users,
+            missing_geo_ratio: 0.0,
+            max_lag_ms: 0,
+            seed: 7,
+            user_skew: Some(skew),
+        };
+        let counts = user_counts(&config, draws);
+        let weights: Vec<f64> = (1..=users).map(|k| f64::from(k).powf(-skew)).collect();
+        let total: f64 = weights.iter().sum();
+        // Pearson's chi-square over the 20 most likely users and the rest together:
+        // 20 degrees of freedom, whose 0.1% critical value is 45.3.
+        let expected = |range: std::ops::Range<usize>| {
+            weights[range].iter().sum::<f64>() / total * draws as f64
+        };
+        let mut chi_square = 0.0;
+        for (k, &observed) in counts.iter().enumerate().take(20) {
+            let e = expected(k..k + 1);
+            chi_square += (observed as f64 - e).powi(2) / e;
+        }
+        let rest: u64 = counts[20..].iter().sum();
+        let e = expected(20..users as usize);
+        chi_square += (rest as f64 - e).powi(2) / e;
+        assert!(chi_square < 45.3, "chi-square {chi_square:.1}: {counts:?}");
+        // And it is skewed: the first user gets about 28% of the events, not 1%.
+        assert!(counts[0] > draws / 5, "{counts:?}");
+        assert!(counts[0] > 2 * counts[1] && counts[1] > counts[9]);
+    }
+
+    #[test]
+    fn without_skew_users_are_drawn_uniformly_and_skew_keeps_the_seed_deterministic() {
+        let mut config = GeneratorConfig {
+            num_users: 10,
+            missing_geo_ratio: 0.0,
+            max_lag_ms: 0,
+            seed: 3,
+            user_skew: None,
+        };
+        let uniform = user_counts(&config, 100_000);
+        assert!(
+            uniform.iter().all(|&n| (9_400..10_600).contains(&n)),
+            "{uniform:?}"
+        );
+        config.user_skew = Some(1.0);
+        assert_eq!(user_counts(&config, 10_000), user_counts(&config, 10_000));
     }
 }

@@ -556,13 +556,16 @@ impl ClientContext for ErrorLog {
 
 impl ConsumerContext for ErrorLog {}
 
-/// A producer context that counts delivery reports (and logs like [`ErrorLog`]).
+/// A producer context that counts delivery reports and measures the latency of each
+/// acknowledged one (and logs like [`ErrorLog`]). Send each record with
+/// `BaseRecord::with_opaque_to(topic, counter.latency().stamp())`.
 #[derive(Debug)]
 pub struct DeliveryCounter {
     errors: ErrorLog,
     delivered: AtomicU64,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
+    latency: crate::latency::DeliveryLatency,
 }
 
 impl DeliveryCounter {
@@ -572,7 +575,13 @@ impl DeliveryCounter {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             first_failure: Mutex::new(None),
+            latency: crate::latency::DeliveryLatency::new(),
         }
+    }
+
+    /// Send stamps and delivery latencies.
+    pub fn latency(&self) -> &crate::latency::DeliveryLatency {
+        &self.latency
     }
 
     pub fn delivered(&self) -> u64 {
@@ -600,11 +609,13 @@ impl ClientContext for DeliveryCounter {
 }
 
 impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
+    /// The send stamp of `DeliveryLatency::stamp`.
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: usize) {
         match result {
             Ok(_) => {
+                self.latency.record(sent);
                 self.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Err((error, _)) => {

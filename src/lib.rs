@@ -11,6 +11,7 @@ pub mod error;
 pub mod generator;
 pub mod geo;
 pub mod kafka;
+pub mod latency;
 pub mod logging;
 pub mod offsets;
 pub mod pacing;

@@ -95,6 +95,18 @@ impl Progress {
         }
     }
 
+    /// Prints `text` as a line of its own on stderr, above the bar if there is one;
+    /// nothing when quiet.
+    pub fn line(&self, text: &str) {
+        match (&self.mode, &self.bar) {
+            (ProgressMode::Quiet, _) => {}
+            (_, Some(bar)) => bar.println(text),
+            (_, None) => {
+                let _ = writeln!(std::io::stderr().lock(), "{text}");
+            }
+        }
+    }
+
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{datagen, http, pipeline, signal, spawn_with_address, wait_with_timeout};
+use common::{datagen, http, metric, pipeline, signal, spawn_with_address, wait_with_timeout};
 
 fn api(addr: &str) -> serde_json::Value {
     let (status, body) = http("GET", addr, "/api/job");
@@ -14,13 +14,6 @@ fn api(addr: &str) -> serde_json::Value {
 }
 
 /// The value of the first sample of `metric` whose line contains every label in `labels`.
-fn metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {metric} {labels:?} in:\n{text}"))
-}
 
 #[test]
 fn the_dashboard_reports_the_records_actually_processed_and_they_grow() {

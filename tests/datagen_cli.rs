@@ -26,6 +26,14 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         (&["--num-users", "0"], "--num-users"),
         (&["--missing-geo-ratio", "1.5"], "outside 0..1"),
         (&["--missing-geo-ratio", "-0.1"], "--missing-geo-ratio"),
+        (&["--rate", "1000..2000"], "needs --ramp"),
+        (&["--rate", "100", "--ramp", "3s"], "--ramp goes with"),
+        (&["--rate", "1000@1s,x"], "RATE@DURATION"),
+        (&["--rate", "1000@0s"], "longer than zero"),
+        (&["--rate", "0..100", "--ramp", "1s"], "--rate"),
+        (&["--user-skew", "0"], "--user-skew"),
+        (&["--user-skew", "11"], "outside (0, 10]"),
+        (&["--user-skew", "hot"], "not a number"),
         (&["--source", "kafka"], "--source"),
         (&["--rate", "0"], "--rate"),
         (&["--rate", "10", "--delay-seconds", "1"], "--delay-seconds"),
@@ -249,6 +257,39 @@ fn rate_is_never_exceeded() {
     assert!(output.status.success());
     let count = stdout(&output).lines().count();
     assert!((1..=101).contains(&count), "{count} events in 1 s at 100/s");
+}
+
+#[test]
+fn rate_shapes_release_the_integral_of_their_rate_and_steps_end_the_run() {
+    // Steps: 200/s for 1 s, then 600/s for 1 s, and the run ends: at most 801 events.
+    let started = Instant::now();
+    let output = datagen()
+        .args(["--rate", "200@1s,600@1s", "-o", "-", "-q"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let count = stdout(&output).lines().count();
+    assert!(
+        (600..=801).contains(&count),
+        "{count} events from 200@1s,600@1s"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1_900));
+
+    // A ramp from 100/s to 900/s over 2 s: 1,000 events are due at 2 s, not before.
+    let started = Instant::now();
+    let output = datagen()
+        .args([
+            "--rate", "100..900", "--ramp", "2s", "-e", "1001", "-o", "-", "-q",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().count(), 1001);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_950),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

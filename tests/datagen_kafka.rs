@@ -6,7 +6,10 @@ use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{datagen, read_topic, signal, stderr, summary_counts, wait_with_timeout};
+use common::{
+    datagen, http, metric, read_topic, signal, spawn_with_address_and_stderr, stderr,
+    summary_counts, wait_with_timeout,
+};
 use rdkafka::mocking::MockCluster;
 use streamkit::EventLog;
 use streamkit::schema::EventKey;
@@ -71,6 +74,85 @@ fn streaming_events_arrive_keyed_valid_and_spread_over_partitions() {
         let share = records.iter().filter(|r| r.partition == p).count();
         assert!(share > 300, "partition {p} got only {share} of 3000");
     }
+}
+
+/// The milliseconds after `label` in `text` (`label 12.3 ms`).
+fn millis_after(text: &str, label: &str) -> f64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label} in {text}"))
+        + label.len();
+    text[at..]
+        .trim_start()
+        .split(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {label} in {text}"))
+}
+
+#[test]
+fn delivery_latency_is_reported_every_5_s_at_the_end_and_on_metrics() {
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let mut command = datagen();
+    command
+        .args([
+            "--source",
+            "streaming",
+            "--rate",
+            "2000",
+            "--duration",
+            "7s",
+        ])
+        .args(["--bootstrap-servers", &bootstrap, "--topic", TOPIC])
+        .args(["--metrics-addr", "127.0.0.1:0"]);
+    let (child, addr, rest) = spawn_with_address_and_stderr(command, "metrics at");
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, page) = http("GET", &addr, "/metrics");
+    assert_eq!(status, 200);
+    let count = metric(
+        &page,
+        "streamkit_datagen_delivery_latency_seconds_count",
+        &[],
+    );
+    let sum = metric(&page, "streamkit_datagen_delivery_latency_seconds_sum", &[]);
+    let delivered = metric(&page, "streamkit_datagen_events_delivered_total", &[]);
+    assert!(count > 1000.0 && sum > 0.0, "{page}");
+    assert!(count <= delivered + 2000.0, "{page}");
+    let output = wait_with_timeout(child, Duration::from_secs(30));
+    let err = rest.join().unwrap();
+    assert!(output.status.success(), "{err}");
+    // kafka-producer-perf-test's periodic line, once after 5 s.
+    let window = err
+        .lines()
+        .find(|l| l.contains("events acknowledged in"))
+        .unwrap_or_else(|| panic!("no 5-s line: {err}"));
+    assert!(millis_after(window, "latency avg") > 0.0, "{window}");
+    // The summary's percentiles: positive and ordered.
+    let summary = err
+        .lines()
+        .find(|l| l.contains("delivery latency of"))
+        .unwrap_or_else(|| panic!("no latency in the summary: {err}"));
+    let figures: Vec<f64> = ["p50", "p95", "p99", "p99.9", "max"]
+        .iter()
+        .map(|label| millis_after(summary, &format!("{label} ")))
+        .collect();
+    assert!(figures[0] > 0.0, "{summary}");
+    assert!(figures.windows(2).all(|w| w[0] <= w[1]), "{summary}");
+    let (events, failures) = summary_counts(&err);
+    assert_eq!(failures, 0);
+    assert!(
+        summary.contains(&format!(
+            "delivery latency of {} acknowledged",
+            group(events)
+        )),
+        "{summary}"
+    );
+}
+
+/// `1234567` as `1,234,567`.
+fn group(n: u64) -> String {
+    streamkit::datagen::group_thousands(n)
 }
 
 #[test]

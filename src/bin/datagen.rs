@@ -9,13 +9,13 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset};
 use clap::{CommandFactory, Parser, ValueEnum};
 use streamkit::cli::{
-    KafkaArgs, parse_duration, parse_millis_up_to_a_day, parse_rate, parse_ratio,
-    parse_seconds_up_to_a_day,
+    KafkaArgs, RateSpec, parse_duration, parse_millis_up_to_a_day, parse_rate_spec, parse_ratio,
+    parse_seconds_up_to_a_day, parse_user_skew,
 };
 use streamkit::datagen::{self, DatagenConfig, Output};
 use streamkit::generator::{Clock, GeneratorConfig};
 use streamkit::kafka::{Compression, LOCAL_BOOTSTRAP_SERVERS};
-use streamkit::pacing::Pace;
+use streamkit::pacing::{Pace, RateSchedule};
 use streamkit::progress::ProgressMode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,9 +73,16 @@ struct Args {
     #[arg(short = 'd', long, value_parser = parse_seconds_up_to_a_day, conflicts_with = "rate", allow_negative_numbers = true)]
     delay_seconds: Option<f64>,
 
-    /// Hold an exact average rate, events per second (0.1 up to the machine's limit) [default: as fast as possible]
-    #[arg(long, value_parser = parse_rate, value_name = "EVENTS_PER_SEC", allow_negative_numbers = true)]
-    rate: Option<f64>,
+    /// Hold an exact average rate, events per second (0.1 up to the machine's limit); or
+    /// a shape: FROM..TO with --ramp, or steps RATE@DURATION,RATE@DURATION,... (the run
+    /// ends after the last step unless --duration or --num-events say otherwise)
+    /// [default: as fast as possible]
+    #[arg(long, value_parser = parse_rate_spec, value_name = "EVENTS_PER_SEC", allow_negative_numbers = true)]
+    rate: Option<RateSpec>,
+
+    /// With --rate FROM..TO: how long the rate takes to go from FROM to TO (then TO holds)
+    #[arg(long, value_parser = parse_duration, requires = "rate", value_name = "DURATION")]
+    ramp: Option<Duration>,
 
     /// Stop after this long: 90, 90s, 500ms, 5m, 2h, up to ten years [default: unlimited]
     #[arg(long, value_parser = parse_duration)]
@@ -84,6 +91,11 @@ struct Args {
     /// Share of users, 0 to 1, with empty-string lat/lng (the original's failed geo lookups)
     #[arg(long, default_value_t = 0.0, value_parser = parse_ratio, value_name = "RATIO", allow_negative_numbers = true)]
     missing_geo_ratio: f64,
+
+    /// Hot users: pick each event's user by a Zipf law of exponent S (0 < S <= 10; 1 is the
+    /// classic law), so that the first users of the pool dominate [default: uniform, as the original]
+    #[arg(long, value_parser = parse_user_skew, value_name = "S", allow_negative_numbers = true)]
+    user_skew: Option<f64>,
 
     /// Seed of all random choices; with --start-time the output is byte-identical on every run [default: random]
     #[arg(long, allow_negative_numbers = true)]
@@ -173,17 +185,38 @@ impl Args {
                 uuid::Uuid::new_v4()
             ))),
         };
-        let pace = match (self.rate, self.delay_seconds) {
-            (Some(rate), _) => Pace::Rate(rate),
-            (None, Some(delay)) => Pace::Delay(Duration::from_secs_f64(delay)),
-            (None, None) => Pace::Unlimited,
+        let pace = match (&self.rate, self.ramp, self.delay_seconds) {
+            (Some(RateSpec::Fixed(rate)), None, _) => Pace::Rate(*rate),
+            (Some(RateSpec::Range(from, to)), Some(ramp), _) if !ramp.is_zero() => {
+                Pace::Schedule(RateSchedule::ramp(*from, *to, ramp))
+            }
+            (Some(RateSpec::Range(..)), _, _) => {
+                return Err(usage_error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--rate FROM..TO needs --ramp DURATION (longer than zero): how long the rate takes from FROM to TO",
+                ));
+            }
+            (Some(RateSpec::Steps(steps)), None, _) => Pace::Schedule(RateSchedule::steps(steps)),
+            (Some(_), Some(_), _) => {
+                return Err(usage_error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--ramp goes with --rate FROM..TO only",
+                ));
+            }
+            (None, _, Some(delay)) => Pace::Delay(Duration::from_secs_f64(delay)),
+            (None, _, None) => Pace::Unlimited,
+        };
+        // Steps end the run after the last one, unless a count or duration says otherwise.
+        let duration = match (&self.rate, self.duration, self.num_events) {
+            (Some(RateSpec::Steps(steps)), None, None) => Some(steps.iter().map(|&(_, d)| d).sum()),
+            _ => self.duration,
         };
         let clock = match self.start_time {
             None => Clock::Wall,
             Some(start) => {
                 let step_ms = self
                     .time_step_ms
-                    .or(self.rate.map(|rate| 1000.0 / rate))
+                    .or(self.rate.as_ref().map(|rate| 1000.0 / rate.initial()))
                     .or(self.delay_seconds.map(|delay| delay * 1000.0))
                     .unwrap_or(1.0);
                 Clock::Simulated {
@@ -198,7 +231,7 @@ impl Args {
         if self.seed.is_none() {
             log::debug!("seed {seed}");
         }
-        let bounded = self.num_events.is_some() || self.duration.is_some();
+        let bounded = self.num_events.is_some() || duration.is_some();
         let progress = if self.quiet {
             ProgressMode::Quiet
         } else if bounded && std::io::stderr().is_terminal() {
@@ -218,10 +251,11 @@ impl Args {
                 missing_geo_ratio: self.missing_geo_ratio,
                 max_lag_ms: self.max_lag_seconds.saturating_mul(1000),
                 seed,
+                user_skew: self.user_skew,
             },
             clock,
             num_events: self.num_events,
-            duration: self.duration,
+            duration,
             pace,
             threads: usize::from(self.threads),
             output,

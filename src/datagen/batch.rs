@@ -94,6 +94,7 @@ mod tests {
             missing_geo_ratio: 0.5,
             max_lag_ms: 0,
             seed: 1,
+            user_skew: None,
         })
         .unwrap();
         let mut batch = EncodedBatch::default();

@@ -81,10 +81,12 @@ impl Sink for KafkaSink {
         let mut sent = Sent::default();
         for (key, value) in batch.records() {
             loop {
-                match self
-                    .producer
-                    .send(BaseRecord::to(&self.topic).key(key).payload(value))
-                {
+                let stamp = self.producer.context().latency().stamp();
+                match self.producer.send(
+                    BaseRecord::with_opaque_to(&self.topic, stamp)
+                        .key(key)
+                        .payload(value),
+                ) {
                     Ok(()) => {
                         self.enqueued += 1;
                         self.last_enqueued = Some(Instant::now());
@@ -135,6 +137,10 @@ impl Sink for KafkaSink {
     fn delivery_counts(&self) -> (u64, u64) {
         let counter = self.producer.context();
         (counter.delivered(), counter.failed() + self.rejected)
+    }
+
+    fn latency(&self) -> Option<&crate::latency::DeliveryLatency> {
+        Some(self.producer.context().latency())
     }
 
     fn finish(&mut self, cancel: &CancellationToken) -> Result<Delivery> {

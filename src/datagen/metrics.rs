@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Live counters of a run, updated by the run loop and read by scrapes.
@@ -46,7 +47,12 @@ pub(super) struct MetricsView {
 }
 
 impl MetricsView {
-    pub(super) fn new(live: &LiveCounts, destination: &str, started: Instant) -> Self {
+    pub(super) fn new(
+        live: &LiveCounts,
+        destination: &str,
+        latency: Option<Histogram>,
+        started: Instant,
+    ) -> Self {
         let rate = Gauge::<f64, AtomicU64>::default();
         let mut registry = crate::web::metrics_registry();
         let labelled = registry
@@ -74,6 +80,13 @@ impl MetricsView {
             ),
         ] {
             labelled.register(name, help, counter.clone());
+        }
+        if let Some(latency) = latency {
+            labelled.register(
+                "streamkit_datagen_delivery_latency_seconds",
+                "From handing an event to the producer to its acknowledgement",
+                latency,
+            );
         }
         labelled.register(
             "streamkit_datagen_events_per_second",

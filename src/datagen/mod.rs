@@ -125,7 +125,8 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
                     addr: addr.to_string(),
                     reason: e.to_string(),
                 })?;
-            let view = MetricsView::new(&live, &destination, started);
+            let latency = sink.latency().map(|l| l.prometheus());
+            let view = MetricsView::new(&live, &destination, latency, started);
             let server =
                 crate::web::serve("metrics", addr, std::sync::Arc::new(view), runtime.handle())?;
             log::info!("metrics at http://{}/metrics", server.addr());
@@ -140,6 +141,7 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
         started,
         deadline: config.duration.and_then(|d| started.checked_add(d)),
         live: &live,
+        last_report: std::sync::Mutex::new((started, 0)),
     };
     let generated = if config.threads > 1 && config.pace == Pace::Unlimited {
         run.parallel(sink.as_mut(), &mut progress)
@@ -150,8 +152,10 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
     let delivery = sink.finish(cancel);
     run.record(sink.as_ref(), Sent::default());
     progress.finish();
+    let latency = sink.latency().map(|l| l.run_summary());
     let (sent, delivery) = (generated?, delivery?);
     Ok(Summary {
+        latency,
         events: sent.events,
         bytes: sent.bytes,
         elapsed: started.elapsed(),

@@ -13,6 +13,7 @@ use super::batch::EncodedBatch;
 use super::file_sink::FileSink;
 use super::kafka_sink::KafkaSink;
 use crate::error::Result;
+use crate::latency::DeliveryLatency;
 
 /// What a sink accepted from one batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,10 @@ pub(super) trait Sink {
     fn finish(&mut self, cancel: &CancellationToken) -> Result<Delivery>;
     /// Events delivered and failed so far, as far as the sink knows yet.
     fn delivery_counts(&self) -> (u64, u64);
+    /// Delivery latencies, for a sink whose deliveries are acknowledged (Kafka).
+    fn latency(&self) -> Option<&DeliveryLatency> {
+        None
+    }
 }
 
 /// The sink for `output`: a file (or stdout) or a Kafka topic, checked and ready.

@@ -1,10 +1,13 @@
-//! The end-of-run summary on stderr: events, bytes, time, rate and delivery failures.
+//! The end-of-run summary on stderr: events, bytes, time, rate, delivery failures and, in
+//! Kafka, the delivery latency percentiles.
 //!
 //! Guarantee: the figures are those of the run, from the sink's own accounting; a failure
 //! counted here is an event that was not confirmed delivered.
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::latency::{LatencySummary, millis};
 
 /// What a run did; printed on stderr at the end.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +22,8 @@ pub struct Summary {
     /// The reason of the first failure.
     pub first_failure: Option<String>,
     pub destination: String,
+    /// Delivery latencies of the acknowledged events (Kafka only).
+    pub latency: Option<LatencySummary>,
 }
 
 impl Summary {
@@ -43,6 +48,19 @@ impl fmt::Display for Summary {
         )?;
         if let Some(reason) = &self.first_failure {
             write!(f, " (first: {reason})")?;
+        }
+        if let Some(latency) = self.latency.filter(|l| l.count > 0) {
+            write!(
+                f,
+                "; delivery latency of {} acknowledged: avg {}, p50 {}, p95 {}, p99 {}, p99.9 {}, max {}",
+                group_thousands(latency.count),
+                millis(latency.mean),
+                millis(latency.p50),
+                millis(latency.p95),
+                millis(latency.p99),
+                millis(latency.p999),
+                millis(latency.max),
+            )?;
         }
         Ok(())
     }

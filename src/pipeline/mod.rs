@@ -686,6 +686,7 @@ fn run_embedded(
             missing_geo_ratio: 0.2,
             max_lag_ms: 0,
             seed: uuid::Uuid::new_v4().as_u64_pair().0,
+            user_skew: None,
         },
         clock: crate::generator::Clock::Wall,
         num_events: None,

@@ -113,7 +113,15 @@ pub fn summary_counts(stderr: &str) -> (u64, u64) {
         .lines()
         .find(|l| l.contains(" events, ") && l.contains("delivery failures"))
         .unwrap_or_else(|| panic!("no summary in stderr:\n{stderr}"));
-    let number = |text: &str| text.replace(',', "").parse::<u64>().unwrap();
+    // The digits (and thousands commas) at the start of `text`.
+    let number = |text: &str| {
+        let digits: String = text
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == ',')
+            .filter(char::is_ascii_digit)
+            .collect();
+        digits.parse::<u64>().unwrap()
+    };
     let events = number(
         line.trim_start_matches("datagen: ")
             .split(' ')
@@ -211,8 +219,18 @@ pub fn http(method: &str, addr: &str, path: &str) -> (u16, String) {
 
 /// Spawns `command` with piped stderr and waits for a line containing `marker` followed by
 /// `http://ADDR`; returns the child and ADDR. The rest of stderr is drained in the background.
-pub fn spawn_with_address(mut command: Command, marker: &str) -> (std::process::Child, String) {
-    use std::io::BufRead;
+pub fn spawn_with_address(command: Command, marker: &str) -> (std::process::Child, String) {
+    let (child, addr, _rest) = spawn_with_address_and_stderr(command, marker);
+    (child, addr)
+}
+
+/// As [`spawn_with_address`], and the rest of the child's stderr (from the marker line
+/// on, that line included), to be joined once the child has exited.
+pub fn spawn_with_address_and_stderr(
+    mut command: Command,
+    marker: &str,
+) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, Read};
     let mut child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -236,8 +254,12 @@ pub fn spawn_with_address(mut command: Command, marker: &str) -> (std::process::
                 .trim()
                 .to_string();
             // Keep draining stderr so the child never blocks on a full pipe.
-            std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-            return (child, addr);
+            let rest = std::thread::spawn(move || {
+                let mut rest = line;
+                let _ = stderr.read_to_string(&mut rest);
+                rest
+            });
+            return (child, addr, rest);
         }
         seen.push_str(&line);
     }
@@ -316,4 +338,14 @@ pub fn assert_dead_letter_reference(
     assert_eq!(reference["omitted_payload"]["partition"], partition);
     assert_eq!(reference["omitted_payload"]["offset"], offset);
     assert_eq!(reference["omitted_payload"]["size"], size as u64);
+}
+
+/// The value of the first sample of `metric` whose line holds every label of `labels`, in
+/// a Prometheus text page.
+pub fn metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {metric} {labels:?} in:\n{text}"))
 }
