@@ -86,6 +86,7 @@ fn main() {
         },
         progress: streamkit::progress::ProgressMode::Quiet,
         metrics_addr: None,
+        dirt: None,
     };
     let loaded =
         streamkit::datagen::run(&load, &CancellationToken::new()).expect("load the input topic");

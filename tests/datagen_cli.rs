@@ -2,9 +2,10 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{datagen, stderr, stdout};
+use common::{datagen, pipeline, stderr, stdout};
 use streamkit::EventLog;
 use streamkit::schema::Coordinate;
 
@@ -289,6 +290,95 @@ fn rate_shapes_release_the_integral_of_their_rate_and_steps_end_the_run() {
         started.elapsed() >= Duration::from_millis(1_950),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// Injected bad records, counted by datagen kind by kind, are exactly what the pipeline
+/// dead-letters, kind by kind; duplicates come on top of the count and pass through.
+#[test]
+fn injected_bad_records_are_dead_lettered_kind_by_kind_and_duplicates_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("dirty.jsonl");
+    let dead_letters = dir.path().join("dlq.jsonl");
+    let generate = |path: &std::path::Path| {
+        datagen()
+            .args(["-e", "20000", "--seed", "5", "-q"])
+            .args(["--start-time", "2024-04-18T09:00:00Z"])
+            .args(["--bad-record-ratio", "0.01", "--duplicate-ratio", "0.02"])
+            .arg("-o")
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let output = generate(&input);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let summary = stderr(&output);
+    // "...; bad records N: not_utf8 A (dead-lettered as not_utf8), ...; duplicates D"
+    let mut injected: BTreeMap<String, u64> = BTreeMap::new();
+    let bad_part = summary
+        .split("bad records ")
+        .nth(1)
+        .and_then(|rest| rest.split("; duplicates").next())
+        .unwrap_or_else(|| panic!("{summary}"));
+    for entry in bad_part.split(": ").nth(1).unwrap().split("), ") {
+        let count: u64 = entry
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .replace(',', "")
+            .parse()
+            .unwrap();
+        let kind = entry
+            .split("dead-lettered as ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(')');
+        *injected.entry(kind.to_string()).or_default() += count;
+    }
+    assert_eq!(
+        injected.len(),
+        5,
+        "every pipeline kind is injected: {summary}"
+    );
+    let duplicates: u64 = summary
+        .split("; duplicates ")
+        .nth(1)
+        .and_then(|d| d.split(|c: char| !c.is_ascii_digit() && c != ',').next())
+        .map(|d| d.replace(',', "").parse().unwrap())
+        .unwrap();
+    assert!(duplicates > 200, "{summary}");
+    let bytes = std::fs::read(&input).unwrap();
+    let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+    assert_eq!(
+        lines,
+        20_000 + duplicates,
+        "every event once, the duplicates twice"
+    );
+
+    let run = pipeline()
+        .arg("--input")
+        .arg(&input)
+        .args(["--output", "/dev/null"])
+        .arg("--dead-letter-file")
+        .arg(&dead_letters)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let mut dead_lettered: BTreeMap<String, u64> = BTreeMap::new();
+    for line in std::fs::read_to_string(&dead_letters).unwrap().lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+        *dead_lettered
+            .entry(entry["kind"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(dead_lettered, injected);
+
+    // The same seed injects the same records.
+    let again = dir.path().join("again.jsonl");
+    assert!(generate(&again).status.success());
+    assert!(
+        std::fs::read(&input).unwrap() == std::fs::read(&again).unwrap(),
+        "the same seed and start time give the same bytes"
     );
 }
 

@@ -12,7 +12,7 @@ use streamkit::cli::{
     KafkaArgs, RateSpec, parse_duration, parse_millis_up_to_a_day, parse_rate_spec, parse_ratio,
     parse_seconds_up_to_a_day, parse_user_skew,
 };
-use streamkit::datagen::{self, DatagenConfig, Output};
+use streamkit::datagen::{self, DatagenConfig, Dirt, Output};
 use streamkit::generator::{Clock, GeneratorConfig};
 use streamkit::kafka::{Compression, LOCAL_BOOTSTRAP_SERVERS};
 use streamkit::pacing::{Pace, RateSchedule};
@@ -96,6 +96,16 @@ struct Args {
     /// classic law), so that the first users of the pool dominate [default: uniform, as the original]
     #[arg(long, value_parser = parse_user_skew, value_name = "S", allow_negative_numbers = true)]
     user_skew: Option<f64>,
+
+    /// Dirty data: this share of events (0 to 1) is malformed, evenly in every kind the
+    /// pipeline dead-letters (not UTF-8, not JSON, truncated JSON, not an object, a missing
+    /// field, a mistyped field, an empty value); the summary counts each kind
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio, value_name = "RATIO", allow_negative_numbers = true)]
+    bad_record_ratio: f64,
+
+    /// This share of the good events (0 to 1) is sent twice, as a retrying producer would
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio, value_name = "RATIO", allow_negative_numbers = true)]
+    duplicate_ratio: f64,
 
     /// Seed of all random choices; with --start-time the output is byte-identical on every run [default: random]
     #[arg(long, allow_negative_numbers = true)]
@@ -261,6 +271,11 @@ impl Args {
             output,
             progress,
             metrics_addr: self.metrics_addr,
+            dirt: (self.bad_record_ratio > 0.0 || self.duplicate_ratio > 0.0).then_some(Dirt {
+                bad_record_ratio: self.bad_record_ratio,
+                duplicate_ratio: self.duplicate_ratio,
+                seed,
+            }),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! Guarantee: the bytes are exactly what `schema::write_value` and `schema::write_key`
 //! write for the same events (tested in `crate::generator` and below).
 
+use super::dirt::{Dirt, DirtCounts};
 use crate::generator::{Clock, DatetimeFormatter, EventStream, GeneratedEvent};
 
 /// Encoded events: values as newline-terminated JSON lines, keys alongside.
@@ -14,13 +15,36 @@ pub struct EncodedBatch {
     ends: Vec<(usize, usize)>,
     /// Formats `event_datetime`, reusing chrono's text within a second.
     datetimes: DatetimeFormatter,
+    /// Spoils or doubles some events (`--bad-record-ratio`, `--duplicate-ratio`).
+    dirt: Option<Dirt>,
+    /// What `dirt` did to the events of this batch.
+    dirt_counts: DirtCounts,
 }
 
 impl EncodedBatch {
+    /// A batch whose events `dirt` spoils or doubles.
+    pub fn with_dirt(dirt: Option<Dirt>) -> Self {
+        EncodedBatch {
+            dirt,
+            ..EncodedBatch::default()
+        }
+    }
+
     pub fn clear(&mut self) {
         self.lines.clear();
         self.keys.clear();
         self.ends.clear();
+        self.dirt_counts = DirtCounts::default();
+    }
+
+    /// Events generated into the batch: its records less the duplicates.
+    pub fn generated_events(&self) -> u64 {
+        (self.ends.len() as u64).saturating_sub(self.dirt_counts.duplicates)
+    }
+
+    /// What the dirt did to this batch's events since it was cleared.
+    pub fn dirt_counts(&self) -> &DirtCounts {
+        &self.dirt_counts
     }
 
     pub fn len(&self) -> usize {
@@ -59,11 +83,25 @@ impl EncodedBatch {
         &self.lines[start..end]
     }
 
-    fn push(&mut self, event: &GeneratedEvent<'_>) {
+    /// Appends event number `index`.
+    fn push(&mut self, event: &GeneratedEvent<'_>, index: u64) {
+        let (key_start, value_start) = (self.keys.len(), self.lines.len());
         event.write_key(&mut self.keys);
         event.write_value(&mut self.lines, &mut self.datetimes);
+        let fate = self.dirt.map(|dirt| dirt.fate(index)).unwrap_or_default();
+        if fate.bad.is_some() {
+            let good = self.lines.split_off(value_start);
+            Dirt::write_value(fate, &good, &mut self.lines);
+        }
+        self.dirt_counts.record(fate);
         self.ends.push((self.keys.len(), self.lines.len()));
         self.lines.push(b'\n');
+        if fate.duplicate {
+            self.keys.extend_from_within(key_start..);
+            self.lines.extend_from_within(value_start..);
+            // The copy ends with the original's newline.
+            self.ends.push((self.keys.len(), self.lines.len() - 1));
+        }
     }
 }
 
@@ -76,8 +114,9 @@ fn now_ms() -> i64 {
 pub fn encode(stream: &mut EventStream<'_>, clock: Clock, count: u64, batch: &mut EncodedBatch) {
     let mut now = None;
     for _ in 0..count {
-        let base = clock.base_ms(stream.next_index(), || *now.get_or_insert_with(now_ms));
-        batch.push(&stream.next_event(base));
+        let index = stream.next_index();
+        let base = clock.base_ms(index, || *now.get_or_insert_with(now_ms));
+        batch.push(&stream.next_event(base), index);
     }
 }
 

@@ -20,6 +20,7 @@
 //! `kafka_sink`, the encoding in `batch`, `/metrics` in `metrics`, the summary in `summary`.
 
 mod batch;
+mod dirt;
 mod file_sink;
 mod kafka_sink;
 mod metrics;
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{EncodedBatch, encode};
+pub use dirt::{BadKind, Dirt, DirtCounts};
 pub use metrics::LiveCounts;
 pub use summary::{Summary, group_thousands};
 
@@ -92,6 +94,8 @@ pub struct DatagenConfig {
     pub progress: ProgressMode,
     /// Serve Prometheus metrics at `/metrics` here while running.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Spoil or double a share of the events (`--bad-record-ratio`, `--duplicate-ratio`).
+    pub dirt: Option<Dirt>,
 }
 
 /// Generates events as configured until the count, the duration or `cancel` ends the run.
@@ -142,6 +146,7 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
         deadline: config.duration.and_then(|d| started.checked_add(d)),
         live: &live,
         last_report: std::sync::Mutex::new((started, 0)),
+        dirt: std::sync::Mutex::new(DirtCounts::default()),
     };
     let generated = if config.threads > 1 && config.pace == Pace::Unlimited {
         run.parallel(sink.as_mut(), &mut progress)
@@ -154,8 +159,10 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
     progress.finish();
     let latency = sink.latency().map(|l| l.run_summary());
     let (sent, delivery) = (generated?, delivery?);
+    let dirt = run.dirt.lock().map(|d| d.clone()).unwrap_or_default();
     Ok(Summary {
         latency,
+        dirt,
         events: sent.events,
         bytes: sent.bytes,
         elapsed: started.elapsed(),

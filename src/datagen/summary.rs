@@ -7,6 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::dirt::DirtCounts;
 use crate::latency::{LatencySummary, millis};
 
 /// What a run did; printed on stderr at the end.
@@ -24,6 +25,8 @@ pub struct Summary {
     pub destination: String,
     /// Delivery latencies of the acknowledged events (Kafka only).
     pub latency: Option<LatencySummary>,
+    /// What `--bad-record-ratio` and `--duplicate-ratio` injected.
+    pub dirt: DirtCounts,
 }
 
 impl Summary {
@@ -48,6 +51,29 @@ impl fmt::Display for Summary {
         )?;
         if let Some(reason) = &self.first_failure {
             write!(f, " (first: {reason})")?;
+        }
+        if !self.dirt.is_empty() {
+            let kinds: Vec<String> = self
+                .dirt
+                .bad
+                .iter()
+                .map(|(kind, n)| {
+                    format!(
+                        "{} {} (dead-lettered as {})",
+                        kind.as_str(),
+                        group_thousands(*n),
+                        kind.rejected_as().as_str()
+                    )
+                })
+                .collect();
+            write!(
+                f,
+                "; bad records {}{}{}; duplicates {}",
+                group_thousands(self.dirt.bad_total()),
+                if kinds.is_empty() { "" } else { ": " },
+                kinds.join(", "),
+                group_thousands(self.dirt.duplicates),
+            )?;
         }
         if let Some(latency) = self.latency.filter(|l| l.count > 0) {
             write!(

@@ -703,6 +703,7 @@ fn run_embedded(
         },
         progress: crate::progress::ProgressMode::Quiet,
         metrics_addr: None,
+        dirt: None,
     };
     let feed_stop = cancel.child_token();
     std::thread::scope(|scope| {
