@@ -557,6 +557,55 @@ fn sigterm_drains_commits_and_a_restart_continues_without_duplicates() {
     );
 }
 
+/// Input headers reach the output and the dead letters, as Kafka Streams forwards them;
+/// the dead letters add their error headers after them.
+#[test]
+fn input_headers_reach_the_output_and_the_dead_letters() {
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let event = fixture("website-visit.jsonl")
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let records = vec![
+        (Some(b"good".to_vec()), Some(event.into_bytes())),
+        (
+            Some(b"bad".to_vec()),
+            Some(b"GET /index.html HTTP/1.1".to_vec()),
+        ),
+    ];
+    let headers = [("trace.id", "abc-123"), ("datagen.seq", "7")];
+    common::produce_with_headers(&bootstrap, INPUT, &records, &headers);
+    let output = pipeline()
+        .args(["--bootstrap-servers", &bootstrap, "--bounded"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let written = read_topic(&bootstrap, OUTPUT, 3);
+    assert_eq!(written.len(), 1);
+    for (key, value) in headers {
+        assert_eq!(
+            written[0].headers.get(key).map(String::as_str),
+            Some(value),
+            "{written:?}"
+        );
+    }
+    let dead = read_topic(&bootstrap, DLQ, 3);
+    assert_eq!(dead.len(), 1);
+    for (key, value) in headers {
+        assert_eq!(
+            dead[0].headers.get(key).map(String::as_str),
+            Some(value),
+            "{dead:?}"
+        );
+    }
+    assert_eq!(
+        dead[0].headers.get("error.kind").map(String::as_str),
+        Some("not_json")
+    );
+}
+
 #[test]
 fn a_broker_outage_is_ridden_out_without_loss() {
     let cluster = cluster_with(BIG);

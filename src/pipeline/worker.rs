@@ -1044,7 +1044,15 @@ impl Worker {
                         self.stats.reject(kind, &reason);
                     }
                     let rejection = Rejection { kind, reason };
-                    self.send_reference(ack.partition, ack.offset, ack.size, None, &rejection)?;
+                    // The input record is no longer in memory: its headers stay with it.
+                    self.send_reference(
+                        None,
+                        ack.partition,
+                        ack.offset,
+                        ack.size,
+                        None,
+                        &rejection,
+                    )?;
                     Ok(true)
                 }
                 _ => Err(Error::Kafka(format!("cannot deliver to {topic}: {error}"))),
@@ -1071,9 +1079,13 @@ impl Worker {
         let rejection = match run_stages(message.payload(), &self.stats, key, value) {
             Ok(()) => {
                 let ticket = self.ticket(partition, offset, Destination::Output);
-                let record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
+                let mut record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
                     .key(key.as_slice())
                     .payload(value.as_slice());
+                // The input's headers go along, as Kafka Streams forwards them.
+                if let Some(headers) = message.headers() {
+                    record = record.headers(headers.detach());
+                }
                 match self.send(record)? {
                     None => {
                         if self.print_keys {
@@ -1097,7 +1109,8 @@ impl Worker {
         };
         // The original key and bytes, untouched (a null key or value stays null).
         let ticket = self.ticket(partition, offset, Destination::DeadLetter);
-        let headers = self.dead_letter_headers(partition, offset, &rejection, None);
+        let inherited = message.headers().map(|h| h.detach());
+        let headers = self.dead_letter_headers(inherited, partition, offset, &rejection, None);
         let mut record: Outgoing<'_> =
             BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket).headers(headers);
         if let Some(original_key) = message.key() {
@@ -1112,6 +1125,7 @@ impl Worker {
                 let size = message.payload_len() + message.key().map_or(0, <[u8]>::len);
                 let why = format!("{}; the dead letter too: {error}", rejection.reason);
                 self.send_reference(
+                    message.headers().map(|h| h.detach()),
                     partition,
                     offset,
                     size,
@@ -1127,8 +1141,10 @@ impl Worker {
 
     /// The dead letter's headers: the error, its kind and the source position (and, for a
     /// reference, the size of the record left out).
+    /// The input record's own headers (`inherited`) come first, then these.
     fn dead_letter_headers(
         &self,
+        inherited: Option<OwnedHeaders>,
         partition: i32,
         offset: i64,
         rejection: &Rejection,
@@ -1136,7 +1152,8 @@ impl Worker {
     ) -> OwnedHeaders {
         let partition_text = partition.to_string();
         let offset_text = offset.to_string();
-        let headers = OwnedHeaders::new()
+        let headers = inherited
+            .unwrap_or_default()
             .insert(Header {
                 key: "error",
                 value: Some(rejection.reason.as_str()),
@@ -1170,6 +1187,7 @@ impl Worker {
     /// the record is and how big it was, in place of the payload.
     fn send_reference(
         &self,
+        inherited: Option<OwnedHeaders>,
         partition: i32,
         offset: i64,
         size: usize,
@@ -1186,7 +1204,7 @@ impl Worker {
         })
         .to_string();
         let ticket = self.ticket(partition, offset, Destination::Reference);
-        let headers = self.dead_letter_headers(partition, offset, rejection, Some(size));
+        let headers = self.dead_letter_headers(inherited, partition, offset, rejection, Some(size));
         let mut record: Outgoing<'_> = BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket)
             .headers(headers)
             .payload(reference.as_bytes());

@@ -144,6 +144,17 @@ pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Produces `records` to `topic` and returns where each landed.
 pub fn produce(bootstrap: &str, topic: &str, records: &[RawRecord]) -> Vec<(i32, i64)> {
+    produce_with_headers(bootstrap, topic, records, &[])
+}
+
+/// As [`produce`], every record carrying `headers`.
+pub fn produce_with_headers(
+    bootstrap: &str,
+    topic: &str,
+    records: &[RawRecord],
+    headers: &[(&str, &str)],
+) -> Vec<(i32, i64)> {
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -166,6 +177,17 @@ pub fn produce(bootstrap: &str, topic: &str, records: &[RawRecord]) -> Vec<(i32,
                 }
                 if let Some(value) = value {
                     record = record.payload(value.as_slice());
+                }
+                if !headers.is_empty() {
+                    let owned = headers
+                        .iter()
+                        .fold(OwnedHeaders::new(), |all, (key, value)| {
+                            all.insert(Header {
+                                key,
+                                value: Some(*value),
+                            })
+                        });
+                    record = record.headers(owned);
                 }
                 producer
                     .send_result(record)
