@@ -87,6 +87,7 @@ fn main() {
         progress: streamkit::progress::ProgressMode::Quiet,
         metrics_addr: None,
         dirt: None,
+        verify: None,
     };
     let loaded =
         streamkit::datagen::run(&load, &CancellationToken::new()).expect("load the input topic");

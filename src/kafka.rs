@@ -247,6 +247,28 @@ pub fn pipeline_consumer_config(
     config
 }
 
+/// Consumer configuration of `datagen --verify-topic`'s reader: it assigns itself the
+/// topics' partitions (no group, nothing committed) and reads from their ends.
+pub fn verify_consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", "streamkit-datagen-verifier")
+        // librdkafka wants a group id for a consumer, even one that only assigns itself
+        // partitions and never commits.
+        .set("group.id", "streamkit-datagen-verifier")
+        // Nothing is committed: every run reads from the ends it found at its start.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Answer within 100 ms (default 500) when the output is quiet, so that the last
+        // arrivals are seen soon after they land.
+        .set("fetch.wait.max.ms", "100")
+        // Fail a connection attempt after 5 s (default 30 s) so an unreachable broker is reported fast.
+        .set("socket.connection.setup.timeout.ms", "5000");
+    apply_properties(&mut config, kafka);
+    config
+}
+
 /// Configuration of the client that watches the input's end offsets for the dashboard: no
 /// group, it only asks for metadata and watermarks.
 pub fn watermark_client_config(kafka: &KafkaConfig, job_name: &str) -> ClientConfig {

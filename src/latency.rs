@@ -69,6 +69,11 @@ impl DeliveryLatency {
         self.record_micros(micros);
     }
 
+    /// Records the latency from `from` to `to`, both in microseconds on one clock.
+    pub fn record_between(&self, from: u64, to: u64) {
+        self.record_micros(to.saturating_sub(from));
+    }
+
     fn record_micros(&self, micros: u64) {
         let micros = micros.clamp(1, HIGHEST_MICROS);
         for histogram in [&self.run, &self.window] {

@@ -606,6 +606,169 @@ fn input_headers_reach_the_output_and_the_dead_letters() {
     );
 }
 
+/// `datagen --verify-topic` with the pipeline in the loop: every event is accounted for,
+/// the injected bad records are the dead letters, and the latencies are ordered.
+#[test]
+fn datagen_verifies_the_pipeline_end_to_end() {
+    let cluster = cluster();
+    let bootstrap = cluster.bootstrap_servers();
+    let job = pipeline()
+        .args([
+            "--bootstrap-servers",
+            &bootstrap,
+            "--checkpointing-interval",
+            "500",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "-e",
+            "4000",
+            "--rate",
+            "2000",
+            "--seed",
+            "3",
+            "-q",
+        ])
+        .args([
+            "--bad-record-ratio",
+            "0.01",
+            "--bootstrap-servers",
+            &bootstrap,
+        ])
+        .args(["--verify-topic", OUTPUT, "--verify-dead-letter-topic", DLQ])
+        .args(["--verify-grace", "30s"])
+        .output()
+        .unwrap();
+    signal(&job, "TERM");
+    let job = wait_with_timeout(job, Duration::from_secs(15));
+    let err = stderr(&output);
+    assert!(output.status.success(), "{err}\npipeline: {}", stderr(&job));
+    let verification = err
+        .lines()
+        .find(|l| l.starts_with("verification: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        verification.contains(" 0 lost, 0 duplicated"),
+        "{verification}"
+    );
+    assert!(verification.contains(", 0 unexpected"), "{verification}");
+    let bad: u64 = err
+        .split("bad records ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(bad > 10, "{err}");
+    assert!(
+        verification.contains(&format!("dead letters {bad} expected")),
+        "{verification}"
+    );
+    assert!(
+        verification.contains(&format!("{} arrived", group(4000 - bad))),
+        "{verification}"
+    );
+    for line in err.lines().filter(|l| l.starts_with("end-to-end latency")) {
+        let figure = |label: &str| -> f64 {
+            line.split(&format!("{label} "))
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|ms| ms.parse().ok())
+                .unwrap_or_else(|| panic!("{label} in {line}"))
+        };
+        let (p50, p99, max) = (figure("p50"), figure("p99"), figure("max"));
+        assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{line}");
+    }
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("end-to-end latency"))
+            .count(),
+        2,
+        "{err}"
+    );
+}
+
+/// `datagen --verify-topic` across a `kill -9` of the pipeline and its restart: nothing is
+/// lost, and the duplicates the crash causes are counted.
+#[test]
+fn verification_across_a_killed_pipeline_finds_nothing_lost_and_counts_duplicates() {
+    // More partitions than the job's workers: the mock keeps only about 5 MB of each.
+    let cluster = cluster_with(BIG);
+    let bootstrap = cluster.bootstrap_servers();
+    let start_job = || {
+        pipeline()
+            .args(["--bootstrap-servers", &bootstrap])
+            .args(["--checkpointing-interval", "200"])
+            // The killed process's members leave the group after 6 s, not 45.
+            .args(["--session-timeout", "6000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = start_job();
+    let load = datagen()
+        .args([
+            "-s",
+            "streaming",
+            "-e",
+            "30000",
+            "--rate",
+            "6000",
+            "--seed",
+            "4",
+            "-q",
+        ])
+        .args(["--bootstrap-servers", &bootstrap])
+        .args(["--verify-topic", OUTPUT, "--verify-grace", "40s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_output(&bootstrap);
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(&first, "KILL");
+    let _ = wait_with_timeout(first, Duration::from_secs(5));
+    let second = start_job();
+    let load = wait_with_timeout(load, Duration::from_secs(90));
+    signal(&second, "TERM");
+    let second = wait_with_timeout(second, Duration::from_secs(15));
+    let err = stderr(&load);
+    assert!(
+        load.status.success(),
+        "{err}\nrestarted pipeline: {}",
+        stderr(&second)
+    );
+    let verification = err
+        .lines()
+        .find(|l| l.starts_with("verification: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        verification.starts_with("verification: 30,000 events: 30,000 arrived, 0 lost, "),
+        "{verification}"
+    );
+    // The duplicates are counted: as a number, possibly 0 if the kill fell on a commit.
+    let duplicated: u64 = verification
+        .split(" lost, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("{verification}"));
+    // And they are the output's own count: every record beyond one per event.
+    let (total, _) = output_keys(&bootstrap);
+    assert_eq!(total as u64, 30_000 + duplicated, "{verification}");
+    eprintln!("{duplicated} duplicates after the kill");
+}
+
+fn group(n: u64) -> String {
+    streamkit::datagen::group_thousands(n)
+}
+
 #[test]
 fn a_broker_outage_is_ridden_out_without_loss() {
     let cluster = cluster_with(BIG);

@@ -12,7 +12,7 @@ use streamkit::cli::{
     KafkaArgs, RateSpec, parse_duration, parse_millis_up_to_a_day, parse_rate_spec, parse_ratio,
     parse_seconds_up_to_a_day, parse_user_skew,
 };
-use streamkit::datagen::{self, DatagenConfig, Dirt, Output};
+use streamkit::datagen::{self, DatagenConfig, Dirt, Output, VerifyConfig};
 use streamkit::generator::{Clock, GeneratorConfig};
 use streamkit::kafka::{Compression, LOCAL_BOOTSTRAP_SERVERS};
 use streamkit::pacing::{Pace, RateSchedule};
@@ -144,6 +144,20 @@ struct Args {
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
 
+    /// streaming: read this topic (a pipeline's output) while producing, and report every
+    /// event as arrived, lost or duplicated, with end-to-end latencies; exit 1 if any is lost
+    #[arg(long, value_name = "TOPIC")]
+    verify_topic: Option<String>,
+
+    /// With --verify-topic: also read the pipeline's dead-letter topic, to account for the
+    /// records it rejects (--bad-record-ratio's, and any other)
+    #[arg(long, value_name = "TOPIC", requires = "verify_topic")]
+    verify_dead_letter_topic: Option<String>,
+
+    /// With --verify-topic: how long to wait for stragglers once every event is delivered
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION", requires = "verify_topic")]
+    verify_grace: Duration,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 }
@@ -169,6 +183,12 @@ impl Args {
         let without_kafka = (self.source == Source::Batch).then_some("--source batch");
         if let Err(message) = self.kafka.check(without_kafka) {
             return Err(usage_error(clap::error::ErrorKind::InvalidValue, &message));
+        }
+        if self.source == Source::Batch && self.verify_topic.is_some() {
+            return Err(usage_error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--verify-topic applies to --source streaming only",
+            ));
         }
         let output = match (self.source, &self.output) {
             (Source::Streaming, Some(_)) => {
@@ -271,6 +291,11 @@ impl Args {
             output,
             progress,
             metrics_addr: self.metrics_addr,
+            verify: self.verify_topic.clone().map(|topic| VerifyConfig {
+                topic,
+                dead_letter_topic: self.verify_dead_letter_topic.clone(),
+                grace: self.verify_grace,
+            }),
             dirt: (self.bad_record_ratio > 0.0 || self.duplicate_ratio > 0.0).then_some(Dirt {
                 bad_record_ratio: self.bad_record_ratio,
                 duplicate_ratio: self.duplicate_ratio,
@@ -303,8 +328,12 @@ fn main() -> ExitCode {
     match datagen::run(&config, &cancel) {
         Ok(summary) => {
             eprintln!("datagen: {summary}");
+            let lost = summary.verification.as_ref().map_or(0, |v| v.lost);
             if summary.delivery_failures > 0 {
                 log::error!("{} events were not delivered", summary.delivery_failures);
+                ExitCode::FAILURE
+            } else if lost > 0 {
+                log::error!("{lost} events never reached the verified topic");
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

@@ -13,6 +13,8 @@ pub struct EncodedBatch {
     keys: Vec<u8>,
     /// Per event: end of its key in `keys`, end of its value (before `\n`) in `lines`.
     ends: Vec<(usize, usize)>,
+    /// Per record: the number of its event (a duplicate shares its original's).
+    indices: Vec<u64>,
     /// Formats `event_datetime`, reusing chrono's text within a second.
     datetimes: DatetimeFormatter,
     /// Spoils or doubles some events (`--bad-record-ratio`, `--duplicate-ratio`).
@@ -34,6 +36,7 @@ impl EncodedBatch {
         self.lines.clear();
         self.keys.clear();
         self.ends.clear();
+        self.indices.clear();
         self.dirt_counts = DirtCounts::default();
     }
 
@@ -73,6 +76,11 @@ impl EncodedBatch {
         })
     }
 
+    /// The number of each record's event, in order (a duplicate shares its original's).
+    pub fn indices(&self) -> &[u64] {
+        &self.indices
+    }
+
     /// The last value, for progress samples.
     pub fn last_value(&self) -> &[u8] {
         let start = match self.ends.len() {
@@ -95,12 +103,14 @@ impl EncodedBatch {
         }
         self.dirt_counts.record(fate);
         self.ends.push((self.keys.len(), self.lines.len()));
+        self.indices.push(index);
         self.lines.push(b'\n');
         if fate.duplicate {
             self.keys.extend_from_within(key_start..);
             self.lines.extend_from_within(value_start..);
             // The copy ends with the original's newline.
             self.ends.push((self.keys.len(), self.lines.len() - 1));
+            self.indices.push(index);
         }
     }
 }

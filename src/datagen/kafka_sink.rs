@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,9 @@ pub(super) struct KafkaSink {
     /// librdkafka's `message.timeout.ms`; `None` when it is 0 (no limit).
     message_timeout: Option<Duration>,
     last_enqueued: Option<Instant>,
+    /// With `--verify-topic`: each record carries this run's id, its event's number and
+    /// its send time (see `verify`).
+    run_id: Option<String>,
 }
 
 impl KafkaSink {
@@ -49,6 +53,7 @@ impl KafkaSink {
         kafka_config: &KafkaConfig,
         topic: &str,
         compression: Compression,
+        run_id: Option<String>,
     ) -> Result<Self> {
         let client_config =
             kafka::throughput_producer_config(kafka_config, "streamkit-datagen", compression);
@@ -72,6 +77,7 @@ impl KafkaSink {
             since_poll: 0,
             message_timeout: kafka::message_timeout(&client_config),
             last_enqueued: None,
+            run_id,
         })
     }
 }
@@ -79,14 +85,16 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn send(&mut self, batch: &EncodedBatch, cancel: &CancellationToken) -> Result<Sent> {
         let mut sent = Sent::default();
-        for (key, value) in batch.records() {
+        for ((key, value), index) in batch.records().zip(batch.indices()) {
             loop {
                 let stamp = self.producer.context().latency().stamp();
-                match self.producer.send(
-                    BaseRecord::with_opaque_to(&self.topic, stamp)
-                        .key(key)
-                        .payload(value),
-                ) {
+                let mut record = BaseRecord::with_opaque_to(&self.topic, stamp)
+                    .key(key)
+                    .payload(value);
+                if let Some(run_id) = &self.run_id {
+                    record = record.headers(verification_headers(run_id, *index));
+                }
+                match self.producer.send(record) {
                     Ok(()) => {
                         self.enqueued += 1;
                         self.last_enqueued = Some(Instant::now());
@@ -207,4 +215,23 @@ impl Sink for KafkaSink {
                 .or_else(|| self.first_rejection.clone()),
         })
     }
+}
+
+/// The headers that identify a record to `--verify-topic` (see `verify`).
+fn verification_headers(run_id: &str, index: u64) -> OwnedHeaders {
+    let sent = super::verify::now_micros().to_string();
+    let seq = index.to_string();
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header {
+            key: super::verify::RUN_HEADER,
+            value: Some(run_id),
+        })
+        .insert(Header {
+            key: super::verify::SEQ_HEADER,
+            value: Some(seq.as_str()),
+        })
+        .insert(Header {
+            key: super::verify::SENT_HEADER,
+            value: Some(sent.as_str()),
+        })
 }

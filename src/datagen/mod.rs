@@ -27,6 +27,7 @@ mod metrics;
 mod run;
 mod sink;
 mod summary;
+mod verify;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ pub use batch::{EncodedBatch, encode};
 pub use dirt::{BadKind, Dirt, DirtCounts};
 pub use metrics::LiveCounts;
 pub use summary::{Summary, group_thousands};
+pub use verify::{VerifyConfig, VerifyReport};
 
 use crate::error::Result;
 use crate::generator::{Clock, EventSource, GeneratorConfig};
@@ -96,12 +98,27 @@ pub struct DatagenConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Spoil or double a share of the events (`--bad-record-ratio`, `--duplicate-ratio`).
     pub dirt: Option<Dirt>,
+    /// Read the pipeline's output while producing, and account for every event (Kafka
+    /// output only).
+    pub verify: Option<VerifyConfig>,
 }
 
 /// Generates events as configured until the count, the duration or `cancel` ends the run.
 pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary> {
     let source = EventSource::new(&config.generator)?;
-    let mut sink = open_sink(&config.output)?;
+    let verify = match (&config.verify, &config.output) {
+        (Some(verify), Output::Kafka { kafka, .. }) => Some((kafka, verify)),
+        _ => None,
+    };
+    let run_id = verify.map(|_| uuid::Uuid::new_v4().simple().to_string());
+    let mut sink = open_sink(&config.output, run_id.clone())?;
+    // The reader starts at the output's ends before the first event is sent.
+    let verifier = match (verify, &run_id) {
+        (Some((kafka, verify)), Some(run_id)) => {
+            Some(verify::Verifier::start(kafka, verify, run_id)?)
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let bound = match (config.num_events, config.duration) {
         (Some(n), _) => Bound::Events(n),
@@ -160,12 +177,22 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
     let latency = sink.latency().map(|l| l.run_summary());
     let (sent, delivery) = (generated?, delivery?);
     let dirt = run.dirt.lock().map(|d| d.clone()).unwrap_or_default();
+    // The run's time, without the verification's wait for stragglers.
+    let elapsed = started.elapsed();
+    let verification = match verifier {
+        Some(verifier) => {
+            let events = sent.events.saturating_sub(dirt.duplicates);
+            Some(verifier.finish(events, config.dirt)?)
+        }
+        None => None,
+    };
     Ok(Summary {
         latency,
         dirt,
+        verification,
         events: sent.events,
         bytes: sent.bytes,
-        elapsed: started.elapsed(),
+        elapsed,
         delivery_failures: delivery.failures,
         first_failure: delivery.first_failure,
         destination: config.output.to_string(),

@@ -54,13 +54,14 @@ pub(super) trait Sink {
 }
 
 /// The sink for `output`: a file (or stdout) or a Kafka topic, checked and ready.
-pub(super) fn open_sink(output: &Output) -> Result<Box<dyn Sink>> {
+/// With `run_id`, Kafka records carry the headers `--verify-topic` reads.
+pub(super) fn open_sink(output: &Output, run_id: Option<String>) -> Result<Box<dyn Sink>> {
     Ok(match output {
         Output::Kafka {
             kafka,
             topic,
             compression,
-        } => Box::new(KafkaSink::open(kafka, topic, *compression)?),
+        } => Box::new(KafkaSink::open(kafka, topic, *compression, run_id)?),
         file_or_stdout => Box::new(FileSink::open(file_or_stdout)?),
     })
 }

@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::dirt::DirtCounts;
+use super::verify::VerifyReport;
 use crate::latency::{LatencySummary, millis};
 
 /// What a run did; printed on stderr at the end.
@@ -27,6 +28,8 @@ pub struct Summary {
     pub latency: Option<LatencySummary>,
     /// What `--bad-record-ratio` and `--duplicate-ratio` injected.
     pub dirt: DirtCounts,
+    /// What `--verify-topic` found.
+    pub verification: Option<VerifyReport>,
 }
 
 impl Summary {
@@ -87,6 +90,43 @@ impl fmt::Display for Summary {
                 millis(latency.p999),
                 millis(latency.max),
             )?;
+        }
+        if let Some(v) = &self.verification {
+            write!(
+                f,
+                "\nverification: {} events: {} arrived, {} lost, {} duplicated; dead letters {} expected, {} unexpected{}",
+                group_thousands(v.events),
+                group_thousands(v.arrived),
+                group_thousands(v.lost),
+                group_thousands(v.duplicated),
+                group_thousands(v.dead_lettered_expected),
+                group_thousands(v.dead_lettered_unexpected),
+                if v.bad_unaccounted > 0 {
+                    format!(
+                        " ({} bad records not looked for: no --verify-dead-letter-topic)",
+                        group_thousands(v.bad_unaccounted)
+                    )
+                } else {
+                    String::new()
+                },
+            )?;
+            for (what, l) in [
+                ("to the output's timestamp", v.to_output),
+                ("to arrival", v.to_arrival),
+            ] {
+                if l.count > 0 {
+                    write!(
+                        f,
+                        "\nend-to-end latency {what}: avg {}, p50 {}, p95 {}, p99 {}, p99.9 {}, max {}",
+                        millis(l.mean),
+                        millis(l.p50),
+                        millis(l.p95),
+                        millis(l.p99),
+                        millis(l.p999),
+                        millis(l.max),
+                    )?;
+                }
+            }
         }
         Ok(())
     }

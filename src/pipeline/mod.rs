@@ -704,6 +704,7 @@ fn run_embedded(
         progress: crate::progress::ProgressMode::Quiet,
         metrics_addr: None,
         dirt: None,
+        verify: None,
     };
     let feed_stop = cancel.child_token();
     std::thread::scope(|scope| {
