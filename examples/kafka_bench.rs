@@ -88,6 +88,7 @@ fn main() {
         metrics_addr: None,
         dirt: None,
         verify: None,
+        report: None,
     };
     let loaded =
         streamkit::datagen::run(&load, &CancellationToken::new()).expect("load the input topic");

@@ -587,7 +587,7 @@ pub struct DeliveryCounter {
     delivered: AtomicU64,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
-    latency: crate::latency::DeliveryLatency,
+    latency: std::sync::Arc<crate::latency::DeliveryLatency>,
 }
 
 impl DeliveryCounter {
@@ -597,12 +597,12 @@ impl DeliveryCounter {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             first_failure: Mutex::new(None),
-            latency: crate::latency::DeliveryLatency::new(),
+            latency: std::sync::Arc::new(crate::latency::DeliveryLatency::new()),
         }
     }
 
     /// Send stamps and delivery latencies.
-    pub fn latency(&self) -> &crate::latency::DeliveryLatency {
+    pub fn latency(&self) -> &std::sync::Arc<crate::latency::DeliveryLatency> {
         &self.latency
     }
 

@@ -3,8 +3,9 @@
 //! crate), as Kafka's `kafka-producer-perf-test` measures it.
 //!
 //! Guarantees:
-//! - Every acknowledged delivery is recorded once, in the run's histogram, in the current
-//!   window's (reset by [`DeliveryLatency::take_window`]) and in a Prometheus histogram.
+//! - Every acknowledged delivery is recorded once, in the run's histogram, in each of two
+//!   windows (reset by [`DeliveryLatency::take_window`] and [`DeliveryLatency::take_tick`])
+//!   and in a Prometheus histogram.
 //! - Values are microseconds, from 1 µs to one hour, with 3 significant digits: a
 //!   percentile is exact to 0.1%. A latency beyond an hour is recorded as an hour.
 //! - Recording never blocks on a reader for long: the locks are held for one `record`.
@@ -34,6 +35,8 @@ pub struct DeliveryLatency {
     epoch: Instant,
     run: Mutex<Histogram<u64>>,
     window: Mutex<Histogram<u64>>,
+    /// A second, shorter window: the report's one-second points.
+    tick: Mutex<Histogram<u64>>,
     prometheus: PrometheusHistogram,
 }
 
@@ -53,6 +56,7 @@ impl DeliveryLatency {
             epoch: Instant::now(),
             run: Mutex::new(empty()),
             window: Mutex::new(empty()),
+            tick: Mutex::new(empty()),
             prometheus: PrometheusHistogram::new(prometheus_buckets()),
         }
     }
@@ -76,7 +80,7 @@ impl DeliveryLatency {
 
     fn record_micros(&self, micros: u64) {
         let micros = micros.clamp(1, HIGHEST_MICROS);
-        for histogram in [&self.run, &self.window] {
+        for histogram in [&self.run, &self.window, &self.tick] {
             if let Ok(mut histogram) = histogram.lock() {
                 histogram.saturating_record(micros);
             }
@@ -91,7 +95,17 @@ impl DeliveryLatency {
 
     /// The latencies since the last call, and a fresh window.
     pub fn take_window(&self) -> LatencySummary {
-        match self.window.lock() {
+        Self::take(&self.window)
+    }
+
+    /// As [`take_window`](Self::take_window), for a second window of its own (the
+    /// report's points), independent of the first.
+    pub fn take_tick(&self) -> LatencySummary {
+        Self::take(&self.tick)
+    }
+
+    fn take(window: &Mutex<Histogram<u64>>) -> LatencySummary {
+        match window.lock() {
             Ok(mut window) => {
                 let summary = LatencySummary::of(&window);
                 window.reset();

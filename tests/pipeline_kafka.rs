@@ -610,6 +610,8 @@ fn input_headers_reach_the_output_and_the_dead_letters() {
 /// the injected bad records are the dead letters, and the latencies are ordered.
 #[test]
 fn datagen_verifies_the_pipeline_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.html");
     let cluster = cluster();
     let bootstrap = cluster.bootstrap_servers();
     let job = pipeline()
@@ -643,6 +645,8 @@ fn datagen_verifies_the_pipeline_end_to_end() {
         ])
         .args(["--verify-topic", OUTPUT, "--verify-dead-letter-topic", DLQ])
         .args(["--verify-grace", "30s"])
+        .arg("--report")
+        .arg(&report)
         .output()
         .unwrap();
     signal(&job, "TERM");
@@ -690,6 +694,35 @@ fn datagen_verifies_the_pipeline_end_to_end() {
             .count(),
         2,
         "{err}"
+    );
+
+    // The report: a page that loads nothing, with its four charts drawn, and its JSON.
+    let page = std::fs::read_to_string(&report).unwrap();
+    assert!(!page.contains("http://") && !page.contains("https://") && !page.contains("<script"));
+    assert_eq!(page.matches("<svg").count(), 4, "{page}");
+    assert!(page.matches("<polyline").count() >= 6, "{page}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["verification"]["lost"], 0, "{json}");
+    assert_eq!(
+        json["verification"]["dead_lettered_expected"], bad,
+        "{json}"
+    );
+    let points = json["points"].as_array().unwrap();
+    assert!(points.len() >= 2, "{json}");
+    assert!(points.iter().all(|p| p["target_rate"] == 2000.0), "{json}");
+    assert!(
+        points
+            .iter()
+            .any(|p| p["achieved_rate"].as_f64().unwrap() > 1000.0),
+        "{json}"
+    );
+    assert!(
+        points
+            .iter()
+            .any(|p| p["delivery_p99_ms"].as_f64().is_some()),
+        "{json}"
     );
 }
 

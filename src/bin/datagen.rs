@@ -154,6 +154,12 @@ struct Args {
     #[arg(long, value_name = "TOPIC", requires = "verify_topic")]
     verify_dead_letter_topic: Option<String>,
 
+    /// Write a self-contained HTML report here at the end (charts over time of the target
+    /// and achieved rate, latencies and, with --verify-topic, arrivals), and beside it the
+    /// same figures as JSON (PATH with the extension .json)
+    #[arg(long, value_name = "PATH")]
+    report: Option<PathBuf>,
+
     /// With --verify-topic: how long to wait for stragglers once every event is delivered
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION", requires = "verify_topic")]
     verify_grace: Duration,
@@ -291,6 +297,7 @@ impl Args {
             output,
             progress,
             metrics_addr: self.metrics_addr,
+            report: self.report.clone(),
             verify: self.verify_topic.clone().map(|topic| VerifyConfig {
                 topic,
                 dead_letter_topic: self.verify_dead_letter_topic.clone(),

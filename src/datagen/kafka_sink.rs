@@ -147,8 +147,8 @@ impl Sink for KafkaSink {
         (counter.delivered(), counter.failed() + self.rejected)
     }
 
-    fn latency(&self) -> Option<&crate::latency::DeliveryLatency> {
-        Some(self.producer.context().latency())
+    fn latency(&self) -> Option<std::sync::Arc<crate::latency::DeliveryLatency>> {
+        Some(std::sync::Arc::clone(self.producer.context().latency()))
     }
 
     fn finish(&mut self, cancel: &CancellationToken) -> Result<Delivery> {

@@ -24,6 +24,7 @@ mod dirt;
 mod file_sink;
 mod kafka_sink;
 mod metrics;
+mod report;
 mod run;
 mod sink;
 mod summary;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use batch::{EncodedBatch, encode};
 pub use dirt::{BadKind, Dirt, DirtCounts};
 pub use metrics::LiveCounts;
+pub use report::json_path as report_json_path;
 pub use summary::{Summary, group_thousands};
 pub use verify::{VerifyConfig, VerifyReport};
 
@@ -101,6 +103,8 @@ pub struct DatagenConfig {
     /// Read the pipeline's output while producing, and account for every event (Kafka
     /// output only).
     pub verify: Option<VerifyConfig>,
+    /// Write an HTML report here (and its JSON beside it) at the end.
+    pub report: Option<PathBuf>,
 }
 
 /// Generates events as configured until the count, the duration or `cancel` ends the run.
@@ -155,6 +159,16 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
         }
         None => None,
     };
+    // `--report`: a point a second, from the start to the end of the verification.
+    let sampler = config.report.as_ref().map(|_| {
+        report::Sampler::start(
+            started,
+            config.pace.clone(),
+            live.clone(),
+            sink.latency(),
+            verifier.as_ref().map(verify::Verifier::live),
+        )
+    });
     let run = Run {
         config,
         source: &source,
@@ -186,7 +200,8 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
         }
         None => None,
     };
-    Ok(Summary {
+    let points = sampler.map(report::Sampler::finish).unwrap_or_default();
+    let summary = Summary {
         latency,
         dirt,
         verification,
@@ -196,5 +211,14 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
         delivery_failures: delivery.failures,
         first_failure: delivery.first_failure,
         destination: config.output.to_string(),
-    })
+    };
+    if let Some(path) = &config.report {
+        report::write(path, &summary, &points)?;
+        log::info!(
+            "report: {} and {}",
+            path.display(),
+            report::json_path(path).display()
+        );
+    }
+    Ok(summary)
 }

@@ -14,6 +14,7 @@ use super::file_sink::FileSink;
 use super::kafka_sink::KafkaSink;
 use crate::error::Result;
 use crate::latency::DeliveryLatency;
+use std::sync::Arc;
 
 /// What a sink accepted from one batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub(super) trait Sink {
     /// Events delivered and failed so far, as far as the sink knows yet.
     fn delivery_counts(&self) -> (u64, u64);
     /// Delivery latencies, for a sink whose deliveries are acknowledged (Kafka).
-    fn latency(&self) -> Option<&DeliveryLatency> {
+    fn latency(&self) -> Option<Arc<DeliveryLatency>> {
         None
     }
 }

@@ -75,11 +75,23 @@ struct Tally {
     other_runs: u64,
 }
 
+/// What a running verification has seen so far, for the report's points.
+#[derive(Debug, Clone)]
+pub(super) struct VerifyLive {
+    /// Events seen in the output at least once.
+    pub distinct: Arc<AtomicU64>,
+    /// Output records of an event already seen.
+    pub repeated: Arc<AtomicU64>,
+    /// From the send to the arrival.
+    pub to_arrival: Arc<DeliveryLatency>,
+}
+
 /// A running verification: its reader thread.
 pub(super) struct Verifier {
     stop: Arc<AtomicBool>,
     /// Events seen in the output at least once, so far.
     distinct: Arc<AtomicU64>,
+    repeated: Arc<AtomicU64>,
     reader: Option<JoinHandle<Result<Tally>>>,
     to_output: Arc<DeliveryLatency>,
     to_arrival: Arc<DeliveryLatency>,
@@ -143,12 +155,13 @@ impl Verifier {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let distinct = Arc::new(AtomicU64::new(0));
+        let repeated = Arc::new(AtomicU64::new(0));
         let to_output = Arc::new(DeliveryLatency::new());
         let to_arrival = Arc::new(DeliveryLatency::new());
         let reader = {
-            let (stop, distinct, to_output, to_arrival) = (
+            let (stop, counts, to_output, to_arrival) = (
                 Arc::clone(&stop),
-                Arc::clone(&distinct),
+                (Arc::clone(&distinct), Arc::clone(&repeated)),
                 Arc::clone(&to_output),
                 Arc::clone(&to_arrival),
             );
@@ -157,26 +170,30 @@ impl Verifier {
                 .name("verifier".into())
                 .spawn(move || {
                     let latencies = (&*to_output, &*to_arrival);
-                    read(
-                        &consumer,
-                        &run_id,
-                        &output_topic,
-                        &stop,
-                        &distinct,
-                        latencies,
-                    )
+                    let counts = (&*counts.0, &*counts.1);
+                    read(&consumer, &run_id, &output_topic, &stop, counts, latencies)
                 })
                 .map_err(|e| Error::io("verifier thread", e))?
         };
         Ok(Verifier {
             stop,
             distinct,
+            repeated,
             reader: Some(reader),
             to_output,
             to_arrival,
             grace: config.grace,
             dead_letters_read: config.dead_letter_topic.is_some(),
         })
+    }
+
+    /// Live counts, for the report.
+    pub(super) fn live(&self) -> VerifyLive {
+        VerifyLive {
+            distinct: Arc::clone(&self.distinct),
+            repeated: Arc::clone(&self.repeated),
+            to_arrival: Arc::clone(&self.to_arrival),
+        }
     }
 
     /// After the last event was sent and acknowledged: waits up to the grace period for
@@ -253,7 +270,7 @@ fn read(
     run_id: &str,
     output_topic: &str,
     stop: &AtomicBool,
-    distinct: &AtomicU64,
+    (distinct, repeated): (&AtomicU64, &AtomicU64),
     (to_output, to_arrival): (&DeliveryLatency, &DeliveryLatency),
 ) -> Result<Tally> {
     let mut tally = Tally::default();
@@ -289,6 +306,8 @@ fn read(
         seen.output += 1;
         if seen.output == 1 {
             distinct.fetch_add(1, Ordering::Relaxed);
+        } else {
+            repeated.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(sent) = header(SENT_HEADER).and_then(|s| s.parse::<u64>().ok()) {
             to_arrival.record_between(sent, now_micros());

@@ -705,6 +705,7 @@ fn run_embedded(
         metrics_addr: None,
         dirt: None,
         verify: None,
+        report: None,
     };
     let feed_stop = cancel.child_token();
     std::thread::scope(|scope| {
