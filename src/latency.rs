@@ -33,12 +33,15 @@ fn prometheus_buckets() -> impl Iterator<Item = f64> {
 pub struct DeliveryLatency {
     /// The instant send stamps count from.
     epoch: Instant,
-    run: Mutex<Histogram<u64>>,
-    window: Mutex<Histogram<u64>>,
-    /// A second, shorter window: the report's one-second points.
-    tick: Mutex<Histogram<u64>>,
+    /// The run's, the window's and the tick's (a second window: the report's points),
+    /// under one lock, taken once per delivery.
+    histograms: Mutex<[Histogram<u64>; 3]>,
     prometheus: PrometheusHistogram,
 }
+
+const RUN: usize = 0;
+const WINDOW: usize = 1;
+const TICK: usize = 2;
 
 impl Default for DeliveryLatency {
     fn default() -> Self {
@@ -54,9 +57,7 @@ impl DeliveryLatency {
         };
         DeliveryLatency {
             epoch: Instant::now(),
-            run: Mutex::new(empty()),
-            window: Mutex::new(empty()),
-            tick: Mutex::new(empty()),
+            histograms: Mutex::new([empty(), empty(), empty()]),
             prometheus: PrometheusHistogram::new(prometheus_buckets()),
         }
     }
@@ -80,8 +81,8 @@ impl DeliveryLatency {
 
     fn record_micros(&self, micros: u64) {
         let micros = micros.clamp(1, HIGHEST_MICROS);
-        for histogram in [&self.run, &self.window, &self.tick] {
-            if let Ok(mut histogram) = histogram.lock() {
+        if let Ok(mut histograms) = self.histograms.lock() {
+            for histogram in histograms.iter_mut() {
                 histogram.saturating_record(micros);
             }
         }
@@ -95,20 +96,20 @@ impl DeliveryLatency {
 
     /// The latencies since the last call, and a fresh window.
     pub fn take_window(&self) -> LatencySummary {
-        Self::take(&self.window)
+        self.take(WINDOW)
     }
 
     /// As [`take_window`](Self::take_window), for a second window of its own (the
     /// report's points), independent of the first.
     pub fn take_tick(&self) -> LatencySummary {
-        Self::take(&self.tick)
+        self.take(TICK)
     }
 
-    fn take(window: &Mutex<Histogram<u64>>) -> LatencySummary {
-        match window.lock() {
-            Ok(mut window) => {
-                let summary = LatencySummary::of(&window);
-                window.reset();
+    fn take(&self, which: usize) -> LatencySummary {
+        match self.histograms.lock() {
+            Ok(mut histograms) => {
+                let summary = LatencySummary::of(&histograms[which]);
+                histograms[which].reset();
                 summary
             }
             Err(_) => LatencySummary::default(),
@@ -117,9 +118,9 @@ impl DeliveryLatency {
 
     /// The latencies of the whole run.
     pub fn run_summary(&self) -> LatencySummary {
-        self.run
+        self.histograms
             .lock()
-            .map(|run| LatencySummary::of(&run))
+            .map(|histograms| LatencySummary::of(&histograms[RUN]))
             .unwrap_or_default()
     }
 }

@@ -85,9 +85,11 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     fn send(&mut self, batch: &EncodedBatch, cancel: &CancellationToken) -> Result<Sent> {
         let mut sent = Sent::default();
+        // One send stamp per batch (a batch is generated in well under a millisecond), taken
+        // again after a wait for room in the queue.
+        let mut stamp = self.producer.context().latency().stamp();
         for ((key, value), index) in batch.records().zip(batch.indices()) {
             loop {
-                let stamp = self.producer.context().latency().stamp();
                 let mut record = BaseRecord::with_opaque_to(&self.topic, stamp)
                     .key(key)
                     .payload(value);
@@ -106,6 +108,7 @@ impl Sink for KafkaSink {
                         }
                         // The local queue is full: serve delivery reports while it drains.
                         self.producer.poll(Duration::from_millis(5));
+                        stamp = self.producer.context().latency().stamp();
                     }
                     Err((error, _)) => {
                         // Refused before queueing (say, too large): count it as failed.
