@@ -17,7 +17,8 @@
 //! acknowledgement was lost).
 //!
 //! Layout: [`run`] here; the loop in `run`, the destinations in `sink`, `file_sink` and
-//! `kafka_sink`, the encoding in `batch`, `/metrics` in `metrics`, the summary in `summary`.
+//! `kafka_sink`, the encoding in `batch`, dirty data in `dirt`, `/metrics` in `metrics`,
+//! the summary in `summary`, `--verify-topic` in `verify`, `--report` in `report`.
 
 mod batch;
 mod dirt;
