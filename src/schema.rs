@@ -532,6 +532,23 @@ pub fn write_key(event: &EventLog<'_>, out: &mut Vec<u8>) -> Result<(), serde_js
     Ok(())
 }
 
+/// `line` with one byte replaced (`how` 0), inserted (1) or removed (2) at `at` (taken
+/// modulo the length): the mutations the fast paths' property tests explore.
+#[cfg(test)]
+pub(crate) fn mutated(line: &str, at: usize, byte: u8, how: u8) -> Vec<u8> {
+    let mut bytes = line.as_bytes().to_vec();
+    let at = at % (bytes.len() + 1);
+    match how {
+        0 if at < bytes.len() => bytes[at] = byte,
+        1 => bytes.insert(at, byte),
+        _ if at < bytes.len() => {
+            bytes.remove(at);
+        }
+        _ => {}
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,14 +688,7 @@ mod tests {
             byte in proptest::sample::select(b"0123456789-.e\"\\ ,:{}tfnul\x01\x7fa".to_vec()),
             how in 0u8..3,
         ) {
-            let mut bytes = line.as_bytes().to_vec();
-            let at = at % (bytes.len() + 1);
-            match how {
-                0 if at < bytes.len() => bytes[at] = byte,
-                1 => bytes.insert(at, byte),
-                _ if at < bytes.len() => { bytes.remove(at); }
-                _ => {}
-            }
+            let bytes = mutated(line, at, byte, how);
             if let Ok(text) = std::str::from_utf8(&bytes)
                 && let Some(fast) = EventLog::from_original_layout(text)
             {

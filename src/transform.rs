@@ -598,14 +598,7 @@ mod tests {
             byte in proptest::sample::select(b"0123456789-.e\"\\ ,:{}tfnul\x01\x7fa\xc3".to_vec()),
             how in 0u8..3,
         ) {
-            let mut bytes = line.as_bytes().to_vec();
-            let at = at % (bytes.len() + 1);
-            match how {
-                0 if at < bytes.len() => bytes[at] = byte,
-                1 => bytes.insert(at, byte),
-                _ if at < bytes.len() => { bytes.remove(at); }
-                _ => {}
-            }
+            let bytes = schema::mutated(line, at, byte, how);
             if let Some(fast) = fast_path(&bytes) {
                 prop_assert_eq!(Some(fast), full_path(&bytes));
             }
