@@ -269,6 +269,38 @@ pub fn verify_consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// Consumer configuration of the dashboard's topic browser: it assigns itself one
+/// partition at a time (no group, nothing committed) and reads a bounded tail of it.
+pub fn browser_consumer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", client_id)
+        // librdkafka wants a group id for a consumer, even one that only assigns itself
+        // partitions and never commits.
+        .set("group.id", client_id)
+        // Nothing is committed: the browser only looks.
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Report the end of the partition (default off), so a read stops there at once.
+        .set("enable.partition.eof", "true")
+        // Prefetch at most 4 MB (default 64 MB) and 1 MB per fetch (default 50 MB): a
+        // request shows at most a few MB.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.max.bytes", "1048576")
+        // Answer within 100 ms (default 500) when the partition is quiet.
+        .set("fetch.wait.max.ms", "100")
+        // Fail a connection attempt after 5 s (default 30 s), the browser's own deadline.
+        .set("socket.connection.setup.timeout.ms", "5000");
+    apply_properties(&mut config, kafka);
+    // Transactions: show only what a read_committed consumer sees (librdkafka's default,
+    // kept whatever -X says for the job).
+    config.set("isolation.level", "read_committed");
+    // Not a group member, whatever -X says for the workers.
+    config.remove("group.instance.id");
+    config
+}
+
 /// Configuration of the client that watches the input's end offsets for the dashboard: no
 /// group, it only asks for metadata and watermarks.
 pub fn watermark_client_config(kafka: &KafkaConfig, job_name: &str) -> ClientConfig {

@@ -3,9 +3,9 @@
 //! crate), as Kafka's `kafka-producer-perf-test` measures it.
 //!
 //! Guarantees:
-//! - Every acknowledged delivery is recorded once, in the run's histogram, in each of two
-//!   windows (reset by [`DeliveryLatency::take_window`] and [`DeliveryLatency::take_tick`])
-//!   and in a Prometheus histogram.
+//! - Every acknowledged delivery is recorded once, in the run's histogram, in each of three
+//!   windows (reset by [`DeliveryLatency::take_window`], [`DeliveryLatency::take_tick`]
+//!   and [`DeliveryLatency::take_live`]) and in a Prometheus histogram.
 //! - Values are microseconds, from 1 µs to one hour, with 3 significant digits: a
 //!   percentile is exact to 0.1%. A latency beyond an hour is recorded as an hour.
 //! - Recording never blocks on a reader for long: the locks are held for one `record`.
@@ -33,15 +33,16 @@ fn prometheus_buckets() -> impl Iterator<Item = f64> {
 pub struct DeliveryLatency {
     /// The instant send stamps count from.
     epoch: Instant,
-    /// The run's, the window's and the tick's (a second window: the report's points),
-    /// under one lock, taken once per delivery.
-    histograms: Mutex<[Histogram<u64>; 3]>,
+    /// The run's, the window's, the tick's (a second window: the report's points) and the
+    /// live one (a third: the dashboards' charts), under one lock, taken once per delivery.
+    histograms: Mutex<[Histogram<u64>; 4]>,
     prometheus: PrometheusHistogram,
 }
 
 const RUN: usize = 0;
 const WINDOW: usize = 1;
 const TICK: usize = 2;
+const LIVE: usize = 3;
 
 impl Default for DeliveryLatency {
     fn default() -> Self {
@@ -57,7 +58,7 @@ impl DeliveryLatency {
         };
         DeliveryLatency {
             epoch: Instant::now(),
-            histograms: Mutex::new([empty(), empty(), empty()]),
+            histograms: Mutex::new([empty(), empty(), empty(), empty()]),
             prometheus: PrometheusHistogram::new(prometheus_buckets()),
         }
     }
@@ -105,6 +106,11 @@ impl DeliveryLatency {
         self.take(TICK)
     }
 
+    /// As [`take_window`](Self::take_window), for a third window (the dashboards' charts).
+    pub fn take_live(&self) -> LatencySummary {
+        self.take(LIVE)
+    }
+
     fn take(&self, which: usize) -> LatencySummary {
         match self.histograms.lock() {
             Ok(mut histograms) => {
@@ -138,6 +144,11 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
+    /// One figure (`pick`) in milliseconds; `None` when nothing was recorded.
+    pub fn ms(&self, pick: fn(&LatencySummary) -> Duration) -> Option<f64> {
+        (self.count > 0).then(|| pick(self).as_secs_f64() * 1e3)
+    }
+
     fn of(histogram: &Histogram<u64>) -> Self {
         if histogram.is_empty() {
             return LatencySummary::default();

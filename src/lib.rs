@@ -5,11 +5,13 @@
 //! [`datagen`] generates events into files or Kafka. The binaries in `src/bin` only parse
 //! flags, set up logging and signals, and call into these modules.
 
+pub mod browse;
 pub mod cli;
 pub mod datagen;
 pub mod error;
 pub mod generator;
 pub mod geo;
+pub mod history;
 pub mod kafka;
 pub mod latency;
 pub mod logging;

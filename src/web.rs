@@ -13,6 +13,13 @@
 //!   without reading the answers, delays only itself.
 //! - An accept error (say, out of file descriptors) is logged and retried with backoff;
 //!   the listener never goes away while the [`Server`] lives. Dropping it stops it.
+//!
+//! Routes: `/` (the page), `/api/job` and `/api/job/history` (JSON), `/metrics`,
+//! `/chart.js` (the pages' charts: inline SVG drawn by a script served from the binary),
+//! and, for a view that browses topics, `/topics`, `/api/topics` and
+//! `/api/topics/{topic}/partitions/{partition}/messages?limit=N` (see [`crate::browse`];
+//! a bad topic, partition or limit gets 400, an unknown one 404, a cluster that does not
+//! answer 503, each with `{"error": "..."}`).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,8 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -36,6 +43,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::browse::{self, BrowseError, TopicBrowser};
 use crate::error::{Error, Result};
 
 /// Largest request head (request line and headers) read; more is answered with 431.
@@ -58,11 +66,34 @@ pub trait View: Send + Sync + 'static {
     fn api(&self) -> Option<String> {
         None
     }
+    /// The JSON at `/api/job/history` (see [`crate::history`]), if there is one.
+    fn history(&self) -> Option<String> {
+        None
+    }
     /// The Prometheus text at `/metrics`.
     fn metrics(&self) -> String;
     /// Called about once a second, to sample rates.
     fn tick(&self) {}
+    /// What `/topics` shows.
+    fn topics(&self) -> Topics {
+        Topics::Absent
+    }
 }
+
+/// What a view's `/topics` shows.
+pub enum Topics {
+    /// No topic browser (404).
+    Absent,
+    /// A page that says why there are no topics (file mode, say).
+    None(&'static str),
+    /// The topics of a cluster.
+    Browse(Arc<TopicBrowser>),
+}
+
+/// The page of the topic browser.
+const TOPICS_PAGE: &str = include_str!("browse/topics.html");
+/// The charts' script, shared by every page.
+const CHART_SCRIPT: &str = include_str!("web/chart.js");
 
 /// A running server; dropping it stops it (its tasks end with the runtime or sooner).
 pub struct Server {
@@ -138,7 +169,15 @@ pub fn serve(
     let router = Router::new()
         .route("/", get(page))
         .route("/api/job", get(api))
+        .route("/api/job/history", get(history))
         .route("/metrics", get(metrics))
+        .route("/chart.js", get(chart_script))
+        .route("/topics", get(topics_page))
+        .route("/api/topics", get(topic_list))
+        .route(
+            "/api/topics/{topic}/partitions/{partition}/messages",
+            get(topic_messages),
+        )
         .fallback(not_found)
         .layer(axum::middleware::map_response(no_store))
         .with_state(Arc::clone(&view));
@@ -223,6 +262,102 @@ async fn api(State(view): ViewState) -> Response {
     match view.api() {
         Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+async fn history(State(view): ViewState) -> Response {
+    match view.history() {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+async fn chart_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CHART_SCRIPT,
+    )
+        .into_response()
+}
+
+async fn topics_page(State(view): ViewState) -> Response {
+    match view.topics() {
+        Topics::Absent => not_found().await,
+        Topics::None(_) | Topics::Browse(_) => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            TOPICS_PAGE,
+        )
+            .into_response(),
+    }
+}
+
+fn json_answer<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_string(body) {
+        Ok(json) => (status, [(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn browse_error(error: &BrowseError) -> Response {
+    let status = match error {
+        BrowseError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        BrowseError::NotFound(_) => StatusCode::NOT_FOUND,
+        BrowseError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    json_answer(status, &serde_json::json!({ "error": error.to_string() }))
+}
+
+/// Runs a blocking read of the browser on a blocking thread, one of a bounded few.
+async fn browse_with<T, F>(browser: Arc<TopicBrowser>, read: F) -> Response
+where
+    T: serde::Serialize + Send + 'static,
+    F: FnOnce(&TopicBrowser) -> std::result::Result<T, BrowseError> + Send + 'static,
+{
+    let _permit = match browser.permit().await {
+        Ok(permit) => permit,
+        Err(e) => return browse_error(&e),
+    };
+    let reader = Arc::clone(&browser);
+    match tokio::task::spawn_blocking(move || read(&reader)).await {
+        Ok(Ok(answer)) => json_answer(StatusCode::OK, &answer),
+        Ok(Err(e)) => browse_error(&e),
+        Err(_) => browse_error(&BrowseError::Unavailable("the read failed".into())),
+    }
+}
+
+async fn topic_list(State(view): ViewState) -> Response {
+    match view.topics() {
+        Topics::Absent => not_found().await,
+        Topics::None(reason) => json_answer(
+            StatusCode::OK,
+            &browse::TopicList {
+                topics: Vec::new(),
+                note: Some(reason.to_string()),
+            },
+        ),
+        Topics::Browse(browser) => browse_with(browser, TopicBrowser::list).await,
+    }
+}
+
+async fn topic_messages(
+    State(view): ViewState,
+    Path((topic, partition)): Path<(String, String)>,
+    uri: Uri,
+) -> Response {
+    let browser = match view.topics() {
+        Topics::Absent => return not_found().await,
+        Topics::None(reason) => return browse_error(&BrowseError::NotFound(reason.to_string())),
+        Topics::Browse(browser) => browser,
+    };
+    let checked = browse::check_topic(&topic).and_then(|()| {
+        let partition = browse::parse_partition(&partition)?;
+        Ok((partition, browse::parse_limit(uri.query())?))
+    });
+    match checked {
+        Ok((partition, limit)) => {
+            browse_with(browser, move |b| b.messages(&topic, partition, limit)).await
+        }
+        Err(e) => browse_error(&e),
     }
 }
 

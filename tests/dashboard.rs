@@ -1,11 +1,15 @@
-//! The dashboard, its JSON and /metrics, against a job running on the embedded cluster;
-//! and datagen's /metrics.
+//! The dashboard, its JSON, its history and /metrics, against a job running on the
+//! embedded cluster; its topic browser against librdkafka's mock cluster; and datagen's
+//! /metrics and page.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{datagen, http, metric, pipeline, signal, spawn_with_address, wait_with_timeout};
+use common::{
+    datagen, http, metric, pipeline, produce_with_headers, signal, spawn_with_address,
+    wait_with_timeout,
+};
 
 fn api(addr: &str) -> serde_json::Value {
     let (status, body) = http("GET", addr, "/api/job");
@@ -137,6 +141,331 @@ fn the_dashboard_reports_the_records_actually_processed_and_they_grow() {
     assert_eq!(output.status.code(), Some(0));
 }
 
+fn json(addr: &str, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http("GET", addr, path);
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {path}: {body}"));
+    (status, value)
+}
+
+/// True when `series` is an array with a value above 0 (an empty history has no series).
+fn any_positive(series: &serde_json::Value) -> bool {
+    series
+        .as_array()
+        .is_some_and(|values| values.iter().any(|v| v.as_f64() > Some(0.0)))
+}
+
+#[test]
+fn the_history_grows_a_point_a_second_with_every_series_the_same_length() {
+    let mut command = pipeline();
+    command.args(["--demo-rate", "100", "--checkpointing-interval", "500"]);
+    let (child, addr) = spawn_with_address(command, "dashboard at");
+    let started = std::time::Instant::now();
+    let first = loop {
+        let (status, history) = json(&addr, "/api/job/history");
+        assert_eq!(status, 200);
+        let read = any_positive(&history["series"]["records_in_per_second"]);
+        let latency = any_positive(&history["series"]["end_to_end_latency_p50_ms"]);
+        let commits = any_positive(&history["series"]["commit_duration_ms"]);
+        if read && latency && commits && !history["partition_lag"]["0"].is_null() {
+            break history;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "no rate, latency, commit or per-partition lag yet: {history}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(first["interval_seconds"], 1);
+    assert_eq!(first["capacity"], 900);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, second) = json(&addr, "/api/job/history");
+    let points = |h: &serde_json::Value| h["t_ms"].as_array().unwrap().len();
+    assert!(
+        points(&second) >= points(&first) + 2,
+        "{} then {}",
+        points(&first),
+        points(&second)
+    );
+    let times: Vec<u64> = second["t_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    for name in [
+        "records_in_per_second",
+        "records_out_per_second",
+        "dead_letters_per_second",
+        "lag_records",
+        "commit_duration_ms",
+        "end_to_end_latency_p50_ms",
+        "end_to_end_latency_p99_ms",
+    ] {
+        assert_eq!(
+            second["series"][name].as_array().map(Vec::len),
+            Some(times.len()),
+            "{name}"
+        );
+    }
+    for lag in second["partition_lag"].as_object().unwrap().values() {
+        assert_eq!(lag.as_array().unwrap().len(), times.len());
+    }
+    // The rate charted is the rate of the demo feed (100/s), once the backlog is read.
+    let last_in = second["series"]["records_in_per_second"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    assert!(last_in > 20.0 && last_in < 1000.0, "{last_in}");
+    let (_, metrics) = http("GET", &addr, "/metrics");
+    assert!(
+        metric(
+            &metrics,
+            "streamkit_pipeline_end_to_end_latency_seconds_count",
+            &[]
+        ) > 0.0
+    );
+    signal(&child, "INT");
+    let output = wait_with_timeout(child, Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(0));
+}
+
+/// A valid input event (the fixture's first).
+fn good_event() -> Vec<u8> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/website-visit.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
+#[test]
+fn the_topic_browser_lists_topics_shows_messages_and_holds_to_its_caps() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in ["website-visit", "website-out", "website-visit-dlq"] {
+        cluster.create_topic(topic, 2, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    let mut records: Vec<common::RawRecord> = (0..6).map(|_| (None, Some(good_event()))).collect();
+    // Not JSON, and larger than the browser shows of a value.
+    records.push((Some(b"big".to_vec()), Some(vec![b'x'; 100_000])));
+    let landed = produce_with_headers(&bootstrap, "website-visit", &records, &[("trace", "t-1")]);
+    let mut command = pipeline();
+    command.args([
+        "--bootstrap-servers",
+        &bootstrap,
+        "--checkpointing-interval",
+        "500",
+    ]);
+    let (child, addr, log) = common::spawn_with_address_and_stderr(command, "dashboard at");
+    let started = std::time::Instant::now();
+    loop {
+        let job = api(&addr);
+        if job["totals"]["written"].as_u64() == Some(6)
+            && job["totals"]["dead_lettered"].as_u64() == Some(1)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the job did not handle the 7 records: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let (status, list) = json(&addr, "/api/topics");
+    assert_eq!(status, 200, "{list}");
+    let topics = list["topics"].as_array().unwrap();
+    let names: Vec<&str> = topics.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["website-out", "website-visit", "website-visit-dlq"]);
+    let messages = |name: &str| {
+        topics.iter().find(|t| t["name"] == name).unwrap()["messages"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(messages("website-visit"), 7);
+    assert_eq!(messages("website-out"), 6);
+    assert_eq!(messages("website-visit-dlq"), 1);
+    let out = &topics[0]["partitions"];
+    assert_eq!(out.as_array().unwrap().len(), 2);
+    assert_eq!(out[0]["start_offset"], 0);
+
+    // Every output record, with its key, its value and the input's headers.
+    let mut shown = 0;
+    for partition in 0..2 {
+        let (status, page) = json(
+            &addr,
+            &format!("/api/topics/website-out/partitions/{partition}/messages?limit=500"),
+        );
+        assert_eq!(status, 200, "{page}");
+        let messages = page["messages"].as_array().unwrap();
+        assert_eq!(
+            messages.len() as i64,
+            page["end_offset"].as_i64().unwrap() - page["start_offset"].as_i64().unwrap()
+        );
+        for m in messages {
+            let key: serde_json::Value = serde_json::from_str(m["key"].as_str().unwrap()).unwrap();
+            assert!(
+                key["event_id"].is_string() && key["event_ts"].is_i64(),
+                "{m}"
+            );
+            let value: serde_json::Value =
+                serde_json::from_str(m["value"].as_str().unwrap()).unwrap();
+            assert_eq!(value.as_object().unwrap().len(), 12, "{m}");
+            assert_eq!(m["headers"][0]["key"], "trace");
+            assert_eq!(m["headers"][0]["value"], "t-1");
+            assert_eq!(m["timestamp_type"], "create_time");
+        }
+        shown += messages.len();
+    }
+    assert_eq!(shown, 6);
+
+    // The last N, newest last.
+    let busiest = if out[0]["messages"].as_i64() >= out[1]["messages"].as_i64() {
+        0
+    } else {
+        1
+    };
+    let (_, all) = json(
+        &addr,
+        &format!("/api/topics/website-out/partitions/{busiest}/messages"),
+    );
+    let (_, two) = json(
+        &addr,
+        &format!("/api/topics/website-out/partitions/{busiest}/messages?limit=2"),
+    );
+    let offsets = |page: &serde_json::Value| -> Vec<i64> {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["offset"].as_i64().unwrap())
+            .collect()
+    };
+    let every = offsets(&all);
+    assert!(every.len() >= 3, "{all}");
+    assert_eq!(offsets(&two), every[every.len() - 2..]);
+    assert_eq!(two["limit"], 2);
+
+    // The dead letter: its reason in the `error` header, its value cut at the cap.
+    let dlq_partition = landed.last().unwrap().0;
+    let (_, dead) = json(
+        &addr,
+        &format!("/api/topics/website-visit-dlq/partitions/{dlq_partition}/messages"),
+    );
+    let letter = &dead["messages"][0];
+    assert_eq!(letter["key"], "big");
+    assert_eq!(letter["value_bytes"], 100_000);
+    assert_eq!(letter["value_truncated"], true);
+    assert_eq!(letter["value"].as_str().unwrap().len(), 16 * 1024);
+    let headers = letter["headers"].as_array().unwrap();
+    let error = headers.iter().find(|h| h["key"] == "error").unwrap();
+    assert!(
+        error["value"].as_str().unwrap().contains("JSON"),
+        "{letter}"
+    );
+    assert!(headers.iter().any(|h| h["key"] == "error.kind"));
+
+    // Bad requests get a clear 4xx, with the reason.
+    for (path, expected, says) in [
+        (
+            "/api/topics/bad%20name/partitions/0/messages",
+            400,
+            "not a topic name",
+        ),
+        (
+            "/api/topics/a..b%2Fc/partitions/0/messages",
+            400,
+            "not a topic name",
+        ),
+        (
+            "/api/topics/website-out/partitions/-1/messages",
+            400,
+            "not a partition",
+        ),
+        (
+            "/api/topics/website-out/partitions/x/messages",
+            400,
+            "not a partition",
+        ),
+        (
+            "/api/topics/website-out/partitions/2/messages",
+            404,
+            "has no partition 2",
+        ),
+        (
+            "/api/topics/nope/partitions/0/messages",
+            404,
+            "no topic nope",
+        ),
+        (
+            "/api/topics/website-out/partitions/0/messages?limit=0",
+            400,
+            "limit",
+        ),
+        (
+            "/api/topics/website-out/partitions/0/messages?limit=501",
+            400,
+            "1 to 500",
+        ),
+        (
+            "/api/topics/website-out/partitions/0/messages?limit=big",
+            400,
+            "limit",
+        ),
+    ] {
+        let (status, body) = http("GET", &addr, path);
+        assert_eq!(status, expected, "{path}: {body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains(says),
+            "{path}: {body}"
+        );
+    }
+    assert_eq!(http("POST", &addr, "/api/topics").0, 405);
+    let (page_status, page) = http("GET", &addr, "/topics");
+    assert_eq!(page_status, 200);
+    assert!(page.contains("<title>streamkit topics</title>"));
+    let everything = format!("{list}{all}{dead}{page}");
+    assert!(
+        !everything.contains(&bootstrap),
+        "no cluster address may appear"
+    );
+
+    signal(&child, "INT");
+    let output = wait_with_timeout(child, Duration::from_secs(10));
+    let log = log.join().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{log}");
+}
+
+#[test]
+fn in_file_mode_the_topic_browser_says_there_are_no_topics() {
+    let (child, addr) = idle_job("");
+    let (status, list) = json(&addr, "/api/topics");
+    assert_eq!(status, 200);
+    assert_eq!(list["topics"], serde_json::json!([]));
+    assert!(list["note"].as_str().unwrap().contains("files"), "{list}");
+    assert_eq!(http("GET", &addr, "/topics").0, 200);
+    let (status, body) = http(
+        "GET",
+        &addr,
+        "/api/topics/website-out/partitions/0/messages",
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, history) = json(&addr, "/api/job/history");
+    assert_eq!(status, 200);
+    assert!(history["series"].is_object());
+    signal(&child, "KILL");
+    let _ = wait_with_timeout(child, Duration::from_secs(10));
+}
+
 #[test]
 fn a_taken_ui_port_falls_back_to_the_next_free_one() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -220,6 +549,23 @@ fn datagen_serves_its_load_test_metrics() {
     let rate = metric(&second, "streamkit_datagen_events_per_second", &[]);
     assert!(rate > 100.0 && rate < 800.0, "about 400/s: {rate}");
     assert!(second.contains("streamkit_build_info"));
+    // The page and its charts' data.
+    let (status, page) = http("GET", &addr, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>streamkit datagen</title>"));
+    let (status, load) = json(&addr, "/api/job");
+    assert_eq!(status, 200);
+    assert_eq!(load["destination"], "/dev/null");
+    assert_eq!(load["target_rate"], 400.0);
+    assert!(load["delivered"].as_u64() > Some(0), "{load}");
+    let (_, history) = json(&addr, "/api/job/history");
+    let achieved = history["series"]["achieved_rate"].as_array().unwrap();
+    assert!(achieved.len() >= 2, "{history}");
+    assert!(
+        achieved.iter().any(|v| v.as_f64() > Some(100.0)),
+        "{history}"
+    );
+    assert_eq!(history["series"]["target_rate"][0], 400.0);
     let output = wait_with_timeout(child, Duration::from_secs(15));
     assert!(output.status.success());
 }

@@ -151,11 +151,16 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
                     addr: addr.to_string(),
                     reason: e.to_string(),
                 })?;
-            let latency = sink.latency().map(|l| l.prometheus());
-            let view = MetricsView::new(&live, &destination, latency, started);
+            let view = MetricsView::new(
+                &live,
+                &destination,
+                sink.latency(),
+                config.pace.clone(),
+                started,
+            );
             let server =
                 crate::web::serve("metrics", addr, std::sync::Arc::new(view), runtime.handle())?;
-            log::info!("metrics at http://{}/metrics", server.addr());
+            log::info!("metrics at http://{}/metrics (charts at /)", server.addr());
             Some((server, runtime))
         }
         None => None,

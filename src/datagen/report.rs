@@ -43,10 +43,6 @@ pub struct Point {
     pub repeated: Option<u64>,
 }
 
-fn ms(latency: &LatencySummary, pick: fn(&LatencySummary) -> Duration) -> Option<f64> {
-    (latency.count > 0).then(|| pick(latency).as_secs_f64() * 1e3)
-}
-
 /// Takes the report's points while the run goes.
 pub(super) struct Recorder {
     started: Instant,
@@ -90,11 +86,11 @@ impl Recorder {
             target_rate: target_rate(pace, elapsed.saturating_sub(span / 2)),
             achieved_rate: generated.saturating_sub(self.last_generated) as f64
                 / span.as_secs_f64(),
-            delivery_p50_ms: ms(&delivery, |l| l.p50),
-            delivery_p99_ms: ms(&delivery, |l| l.p99),
-            delivery_max_ms: ms(&delivery, |l| l.max),
-            end_to_end_p50_ms: ms(&end_to_end, |l| l.p50),
-            end_to_end_p99_ms: ms(&end_to_end, |l| l.p99),
+            delivery_p50_ms: delivery.ms(|l| l.p50),
+            delivery_p99_ms: delivery.ms(|l| l.p99),
+            delivery_max_ms: delivery.ms(|l| l.max),
+            end_to_end_p50_ms: end_to_end.ms(|l| l.p50),
+            end_to_end_p99_ms: end_to_end.ms(|l| l.p99),
             arrived: verify.map(|v| load(&v.distinct)),
             repeated: verify.map(|v| load(&v.repeated)),
         });
@@ -189,7 +185,7 @@ fn merge(pair: &[Point]) -> Point {
 }
 
 /// The rate the pace asks for `elapsed` after the start; `None` when unlimited.
-fn target_rate(pace: &Pace, elapsed: Duration) -> Option<f64> {
+pub(super) fn target_rate(pace: &Pace, elapsed: Duration) -> Option<f64> {
     match pace {
         Pace::Unlimited => None,
         Pace::Rate(rate) => Some(*rate),

@@ -1,6 +1,10 @@
 //! The job's dashboard, in the manner of the Flink UI: the page at `/`, the same data as
 //! JSON at `/api/job` (field names documented in the README and kept stable), and
-//! Prometheus metrics at `/metrics`.
+//! Prometheus metrics at `/metrics`. Its charts draw the last 15 minutes, one point a
+//! second, kept in a bounded [`History`] and served at `/api/job/history`: records/s in and
+//! out, dead letters/s, consumer lag (total and per partition), the longest commit of each
+//! second and the end-to-end latency (p50, p99). `/topics` browses the job's cluster (see
+//! [`crate::browse`]); in file mode it says there are no topics.
 //!
 //! It shows what the job does, never how it connects: no librdkafka property value, not
 //! even the bootstrap address, appears anywhere.
@@ -20,7 +24,9 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::{Cluster, PartitionStatus, PipelineConfig, Source, Stats, Totals};
-use crate::web::{View, encode_samples, metrics_registry, render_metrics};
+use crate::browse::TopicBrowser;
+use crate::history::{History, Point};
+use crate::web::{Topics, View, encode_samples, metrics_registry, render_metrics};
 
 /// The operators, in order, as the original Beam job names them.
 const OPERATORS: [&str; 6] = [
@@ -53,12 +59,20 @@ pub(super) struct JobView {
     stats: Arc<Stats>,
     /// Last sample of records out per operator, for rates.
     sample: Mutex<(Instant, [u64; 6], [f64; 6])>,
+    /// When the history's last point was taken (commits after it go in the next one).
+    last_point: Mutex<SystemTime>,
+    history: History,
+    browser: Arc<TopicBrowser>,
     /// `/metrics`: build info, the commit-duration histogram and [`JobMetrics`].
     registry: Registry,
 }
 
 impl JobView {
-    pub(super) fn new(config: &PipelineConfig, stats: Arc<Stats>) -> Self {
+    pub(super) fn new(
+        config: &PipelineConfig,
+        stats: Arc<Stats>,
+        browser: Arc<TopicBrowser>,
+    ) -> Self {
         let (mode, parallelism, topics) = match &config.source {
             Source::Files(_) => ("files", 1, None),
             Source::Kafka {
@@ -83,6 +97,11 @@ impl JobView {
             "Duration of commits of delivered positions",
             stats.checkpoint_durations().0,
         );
+        registry.register(
+            "streamkit_pipeline_end_to_end_latency_seconds",
+            "From an input record's timestamp to its output's acknowledgement (one record in eight)",
+            stats.end_to_end().prometheus(),
+        );
         registry.register_collector(Box::new(JobMetrics {
             job: config.job_name.clone(),
             input: topics
@@ -101,6 +120,9 @@ impl JobView {
             started_at: SystemTime::now(),
             stats,
             sample: Mutex::new((started, [0; 6], [0.0; 6])),
+            last_point: Mutex::new(SystemTime::now()),
+            history: History::default(),
+            browser,
             registry,
         }
     }
@@ -216,6 +238,45 @@ impl JobView {
     }
 }
 
+impl JobView {
+    /// The history's point for now, from this second's operator `rates`.
+    fn point(&self, rates: &[f64; 6]) -> Point {
+        let now = SystemTime::now();
+        let since = self
+            .last_point
+            .lock()
+            .map(|mut last| std::mem::replace(&mut *last, now))
+            .unwrap_or(now);
+        // The longest commit completed since the last point.
+        let commit_ms = self
+            .stats
+            .checkpoints()
+            .iter()
+            .filter(|c| c.at > since)
+            .map(|c| c.duration.as_secs_f64() * 1000.0)
+            .reduce(f64::max);
+        let latency = self.stats.end_to_end().take_live();
+        let partitions = self.stats.partitions();
+        let lag = self.stats.lag();
+        Point {
+            t_ms: epoch_ms(now),
+            values: vec![
+                ("records_in_per_second", Some(rates[0])),
+                ("records_out_per_second", Some(rates[4])),
+                ("dead_letters_per_second", Some(rates[5])),
+                ("lag_records", lag.map(|l| l as f64)),
+                ("commit_duration_ms", commit_ms),
+                ("end_to_end_latency_p50_ms", latency.ms(|l| l.p50)),
+                ("end_to_end_latency_p99_ms", latency.ms(|l| l.p99)),
+            ],
+            partitions: partitions
+                .iter()
+                .map(|(&partition, status)| (partition, status.lag().map(|l| l as f64)))
+                .collect(),
+        }
+    }
+}
+
 impl View for JobView {
     fn page(&self) -> Option<&'static str> {
         Some(include_str!("dashboard.html"))
@@ -225,16 +286,31 @@ impl View for JobView {
         serde_json::to_string(&self.snapshot()).ok()
     }
 
+    fn history(&self) -> Option<String> {
+        serde_json::to_string(&self.history.columns()).ok()
+    }
+
     fn tick(&self) {
         let counts = self.stats.operator_counts();
-        if let Ok(mut sample) = self.sample.lock() {
-            let now = Instant::now();
-            let seconds = now.duration_since(sample.0).as_secs_f64().max(1e-3);
-            let mut rates = [0.0; 6];
-            for (i, (_, out)) in counts.iter().enumerate() {
-                rates[i] = out.saturating_sub(sample.1[i]) as f64 / seconds;
-            }
-            *sample = (now, counts.map(|(_, out)| out), rates);
+        let Ok(mut sample) = self.sample.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let seconds = now.duration_since(sample.0).as_secs_f64();
+        let mut rates = [0.0; 6];
+        for (i, (_, out)) in counts.iter().enumerate() {
+            rates[i] = crate::history::rate(*out, sample.1[i], seconds);
+        }
+        *sample = (now, counts.map(|(_, out)| out), rates);
+        drop(sample);
+        self.history.push(self.point(&rates));
+    }
+
+    fn topics(&self) -> Topics {
+        if self.topics.is_some() {
+            Topics::Browse(Arc::clone(&self.browser))
+        } else {
+            Topics::None("This job reads and writes files: there are no topics.")
         }
     }
 

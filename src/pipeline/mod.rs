@@ -141,6 +141,9 @@ pub struct Stats {
     members: Mutex<BTreeMap<usize, MemberStatus>>,
     rebalances: Mutex<VecDeque<RebalanceRecord>>,
     rebalance_count: AtomicU64,
+    /// From an input record's timestamp to its output's acknowledgement (Kafka modes; one
+    /// record in eight is measured).
+    end_to_end: crate::latency::DeliveryLatency,
 }
 
 /// One member of the job's consumer group in this process: a worker, and what it owns.
@@ -450,6 +453,22 @@ impl Stats {
             .unwrap_or_default()
     }
 
+    /// Records the end-to-end latency of an output acknowledged now, whose input record
+    /// has the timestamp `source_ms` (ms since the epoch).
+    fn record_end_to_end(&self, source_ms: i64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.end_to_end
+            .record_between(u64::try_from(source_ms).unwrap_or(0) * 1000, now);
+    }
+
+    /// End-to-end latencies: from an input record's timestamp to its output's
+    /// acknowledgement.
+    pub fn end_to_end(&self) -> &crate::latency::DeliveryLatency {
+        &self.end_to_end
+    }
+
     /// Total lag, when every partition's lag is known.
     pub fn lag(&self) -> Option<i64> {
         let partitions = self.partitions();
@@ -580,17 +599,33 @@ pub fn run_with_stats(
         .thread_name("pipeline")
         .build()
         .map_err(|e| Error::Kafka(format!("cannot start the runtime: {e}")))?;
+    // The topic browser reads the job's cluster; the embedded one is known once it runs.
+    let browser = Arc::new(crate::browse::TopicBrowser::new(&format!(
+        "streamkit-pipeline-{}-browser",
+        config.job_name
+    )));
+    if let Source::Kafka {
+        cluster: Cluster::External(kafka),
+        ..
+    } = &config.source
+    {
+        browser.connect(kafka.clone());
+    }
     // The dashboard lives as long as the job: dropping it stops the server.
     let dashboard = match config.ui {
         Some(addr) => {
             let server = crate::web::serve(
                 "dashboard",
                 addr,
-                Arc::new(dashboard::JobView::new(config, Arc::clone(stats))),
+                Arc::new(dashboard::JobView::new(
+                    config,
+                    Arc::clone(stats),
+                    Arc::clone(&browser),
+                )),
                 runtime.handle(),
             )?;
             log::info!(
-                "dashboard at http://{}/ (JSON at /api/job, Prometheus at /metrics)",
+                "dashboard at http://{}/ (topics at /topics, JSON at /api/job, Prometheus at /metrics)",
                 server.addr()
             );
             Some(server)
@@ -609,7 +644,16 @@ pub fn run_with_stats(
             cluster: Cluster::Embedded(demo),
             topics,
             print_keys,
-        } => run_embedded(&runtime, config, demo, topics, *print_keys, stats, cancel),
+        } => run_embedded(
+            &runtime,
+            config,
+            demo,
+            topics,
+            *print_keys,
+            stats,
+            &browser,
+            cancel,
+        ),
     };
     stats.set_phase(if result.is_ok() {
         Phase::Finished
@@ -654,6 +698,7 @@ fn run_stages(
 }
 
 /// The article's demo without any setup: a mock cluster and a generator, in process.
+#[allow(clippy::too_many_arguments)] // the job's parts, each used once
 fn run_embedded(
     runtime: &tokio::runtime::Runtime,
     config: &PipelineConfig,
@@ -661,6 +706,7 @@ fn run_embedded(
     topics: &Topics,
     print_keys: bool,
     stats: &Arc<Stats>,
+    browser: &crate::browse::TopicBrowser,
     cancel: &CancellationToken,
 ) -> Result<()> {
     let mock_error = |e: rdkafka::error::KafkaError| Error::Kafka(format!("embedded cluster: {e}"));
@@ -680,6 +726,7 @@ fn run_embedded(
         bootstrap_servers: bootstrap.clone(),
         properties: demo.properties.clone(),
     };
+    browser.connect(kafka.clone());
     let feed_config = crate::datagen::DatagenConfig {
         generator: crate::generator::GeneratorConfig {
             num_users: demo.users,

@@ -145,7 +145,15 @@ struct Ticket {
     partition: i32,
     offset: i64,
     destination: Destination,
+    /// The input record's timestamp (ms since the epoch) when its end-to-end latency is
+    /// sampled (one output record in [`LATENCY_SAMPLE`]); 0 otherwise.
+    source_ms: i64,
 }
+
+/// One output record in this many has its end-to-end latency measured: from the input
+/// record's timestamp to the output's acknowledgement (a clock read and a histogram
+/// record each).
+const LATENCY_SAMPLE: i64 = 8;
 
 /// A delivery report, routed back to the worker that sent the record.
 #[derive(Debug)]
@@ -180,6 +188,7 @@ fn uncommitted_ranges(tracker: &OffsetTracker, wanted: impl Fn(i32) -> bool) -> 
 struct AckRouter {
     errors: ErrorLog,
     workers: Vec<UnboundedSender<Ack>>,
+    stats: Arc<Stats>,
 }
 
 impl ClientContext for AckRouter {
@@ -197,7 +206,12 @@ impl ProducerContext for AckRouter {
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
         let (error, size) = match result {
-            Ok(_) => (None, 0),
+            Ok(_) => {
+                if ticket.source_ms > 0 {
+                    self.stats.record_end_to_end(ticket.source_ms);
+                }
+                (None, 0)
+            }
             Err((error, message)) => (
                 Some((error.rdkafka_error_code(), error.to_string())),
                 message.payload_len() + message.key_len(),
@@ -246,6 +260,7 @@ async fn run_workers(
     let router = AckRouter {
         errors: ErrorLog::new(&kafka.bootstrap_servers),
         workers: ack_senders,
+        stats: Arc::clone(stats),
     };
     // Fail fast, naming the address, before reading anything.
     let facts =
@@ -1078,7 +1093,10 @@ impl Worker {
         value.clear();
         let rejection = match run_stages(message.payload(), &self.stats, key, value) {
             Ok(()) => {
-                let ticket = self.ticket(partition, offset, Destination::Output);
+                let mut ticket = self.ticket(partition, offset, Destination::Output);
+                if offset % LATENCY_SAMPLE == 0 {
+                    ticket.source_ms = message.timestamp().to_millis().unwrap_or(0);
+                }
                 let mut record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
                     .key(key.as_slice())
                     .payload(value.as_slice());
@@ -1227,6 +1245,7 @@ impl Worker {
             partition,
             offset,
             destination,
+            source_ms: 0,
         })
     }
 

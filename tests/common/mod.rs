@@ -327,6 +327,24 @@ pub fn wait_with_timeout(child: std::process::Child, limit: Duration) -> Output 
     waiter.join().unwrap()
 }
 
+/// As [`wait_with_timeout`], for a child whose stderr `log` drains: on timeout the panic
+/// shows what the child had logged. Returns the output and the log.
+pub fn wait_with_log(
+    child: std::process::Child,
+    limit: Duration,
+    log: std::thread::JoinHandle<String>,
+) -> (Output, String) {
+    let id = child.id();
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_with_timeout(child, limit)
+    }));
+    let log = log.join().unwrap_or_default();
+    match waited {
+        Ok(output) => (output, log),
+        Err(_) => panic!("process {id} did not exit within {limit:?}; its log:\n{log}"),
+    }
+}
+
 /// The first fixture event with its user agent padded to `size` bytes and its id set to
 /// `id`: a valid record of about `size` bytes, for the size limits.
 pub fn padded_event(size: usize, id: &str) -> Vec<u8> {
