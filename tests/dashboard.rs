@@ -170,8 +170,9 @@ fn the_history_grows_a_point_a_second_with_every_series_the_same_length() {
         if read && latency && commits && !history["partition_lag"]["0"].is_null() {
             break history;
         }
+        // Under parallel load the mock cluster can take 45 s to let every member in.
         assert!(
-            started.elapsed() < Duration::from_secs(40),
+            started.elapsed() < Duration::from_secs(100),
             "no rate, latency, commit or per-partition lag yet: {history}"
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -275,7 +276,7 @@ fn the_topic_browser_lists_topics_shows_messages_and_holds_to_its_caps() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_secs(100),
             "the job did not handle the 7 records: {job}"
         );
         std::thread::sleep(Duration::from_millis(300));
