@@ -552,8 +552,10 @@ fn sigterm_drains_commits_and_a_restart_continues_without_duplicates() {
     let (total, written) = output_keys(&bootstrap);
     assert_eq!(written, keys, "every input id reaches website-out");
     assert_eq!(
-        total as u64, n,
-        "after a drained stop and commit, the restart writes each record once"
+        total as u64,
+        n,
+        "after a drained stop and commit, the restart writes each record once; the first run said:\n{err}\nthe restart:\n{}",
+        stderr(&restart)
     );
 }
 
