@@ -521,22 +521,20 @@ fn sigterm_drains_commits_and_a_restart_continues_without_duplicates() {
     let bootstrap = cluster.bootstrap_servers();
     let n = 100_000;
     let keys = feed(&bootstrap, n);
-    let child = pipeline()
-        .args(["--bootstrap-servers", &bootstrap, "--parallelism", "3"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = pipeline();
+    command.args(["--bootstrap-servers", &bootstrap, "--parallelism", "3"]);
+    // The stop comes once the group has settled (every partition owned), not in the middle
+    // of the mock cluster's slow join.
+    let (child, log) = common::spawn_assigned(command, BIG as usize, Duration::from_secs(120));
     wait_for_output(&bootstrap);
     signal(&child, "TERM");
     let stopping = Instant::now();
-    let output = wait_with_timeout(child, Duration::from_secs(15));
+    let (output, err) = common::wait_with_log(child, Duration::from_secs(15), log);
     assert!(
         stopping.elapsed() < Duration::from_secs(10),
         "took {:?} to stop",
         stopping.elapsed()
     );
-    let err = stderr(&output);
     assert_eq!(output.status.code(), Some(0), "{err}");
     let summary = summary_line(&err);
     assert!(
@@ -616,17 +614,17 @@ fn datagen_verifies_the_pipeline_end_to_end() {
     let report = dir.path().join("report.html");
     let cluster = cluster();
     let bootstrap = cluster.bootstrap_servers();
-    let job = pipeline()
-        .args([
-            "--bootstrap-servers",
-            &bootstrap,
-            "--checkpointing-interval",
-            "500",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = pipeline();
+    command.args([
+        "--bootstrap-servers",
+        &bootstrap,
+        "--checkpointing-interval",
+        "500",
+    ]);
+    // Under load the mock cluster can take 45 s to let the last worker into the group:
+    // the load starts once every partition is owned, so the verification's grace measures
+    // the pipeline, not the join.
+    let (job, job_log) = common::spawn_assigned(command, 3, Duration::from_secs(120));
     let output = datagen()
         .args([
             "-s",
@@ -652,9 +650,9 @@ fn datagen_verifies_the_pipeline_end_to_end() {
         .output()
         .unwrap();
     signal(&job, "TERM");
-    let job = wait_with_timeout(job, Duration::from_secs(15));
+    let (_, job_log) = common::wait_with_log(job, Duration::from_secs(15), job_log);
     let err = stderr(&output);
-    assert!(output.status.success(), "{err}\npipeline: {}", stderr(&job));
+    assert!(output.status.success(), "{err}\npipeline: {job_log}");
     let verification = err
         .lines()
         .find(|l| l.starts_with("verification: "))

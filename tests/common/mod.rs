@@ -290,6 +290,65 @@ pub fn spawn_with_address_and_stderr(
     panic!("no {marker:?} line with an address within 30 s; stderr:\n{seen}");
 }
 
+/// Spawns a `pipeline` command with piped stderr and waits (up to `limit`) until its
+/// workers own `partitions` distinct input partitions, from its "assigned" lines. Returns
+/// the child and a thread draining the rest of its stderr (everything, for messages).
+pub fn spawn_assigned(
+    mut command: Command,
+    partitions: usize,
+    limit: Duration,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, Read};
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + limit;
+    let mut seen = String::new();
+    let mut owned = std::collections::BTreeMap::new();
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        // "worker 1: assigned [2]; now reads partitions {2} of website-visit"
+        if let Some((worker, rest)) = line.split_once(": assigned [")
+            && let Some(now) = rest.split("now reads partitions {").nth(1)
+        {
+            let worker = worker.rsplit(' ').next().unwrap_or_default().to_string();
+            let set: Vec<String> = now
+                .split('}')
+                .next()
+                .unwrap_or_default()
+                .split(", ")
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect();
+            owned.insert(worker, set);
+            if owned
+                .values()
+                .flatten()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                >= partitions
+            {
+                let rest = std::thread::spawn(move || {
+                    let mut rest = seen;
+                    let _ = stderr.read_to_string(&mut rest);
+                    rest
+                });
+                return (child, rest);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the job did not own {partitions} partitions within {limit:?}; stderr:\n{seen}");
+}
+
 /// Sends `signal` (e.g. "TERM", "KILL") to a child process.
 pub fn signal(child: &std::process::Child, signal: &str) {
     let status = Command::new("kill")
