@@ -196,6 +196,20 @@ pub fn parse_millis_up_to_a_day(raw: &str) -> Result<f64, String> {
         .map_err(|e| format!("{e} (milliseconds, up to one day)"))
 }
 
+/// As [`parse_duration`], and zero (`0`, `0s`) too.
+pub fn parse_duration_or_zero(raw: &str) -> Result<Duration, String> {
+    let trimmed = raw.trim();
+    if trimmed
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .trim_end()
+        .parse::<f64>()
+        .is_ok_and(|n| n == 0.0)
+    {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(raw)
+}
+
 /// Parses a duration with `humantime` (`500ms`, `90s`, `5m`, `2h`, `1h 30m`, `1.5s`); a bare
 /// number is seconds, as in `90`.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {

@@ -23,6 +23,7 @@ pub mod schema;
 pub mod shutdown;
 pub mod transform;
 pub mod web;
+pub mod windows;
 
 pub use error::{Error, Result};
 pub use schema::EventLog;

@@ -34,6 +34,8 @@ pub enum RejectKind {
     TooLarge,
     /// Refused by the output topic for a reason of its own (say, an invalid record).
     OutputRejected,
+    /// An event for an event-time window that has already fired (traffic-agg).
+    Late,
 }
 
 impl RejectKind {
@@ -46,6 +48,7 @@ impl RejectKind {
             RejectKind::InvalidField => "invalid_field",
             RejectKind::TooLarge => "too_large",
             RejectKind::OutputRejected => "output_rejected",
+            RejectKind::Late => "late",
         }
     }
 }

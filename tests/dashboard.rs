@@ -667,3 +667,78 @@ fn a_huge_request_header_gets_431_and_a_pipelining_client_delays_nobody() {
     signal(&child, "TERM");
     let _ = wait_with_timeout(child, Duration::from_secs(15));
 }
+
+#[test]
+fn traffic_agg_shows_its_watermarks_open_windows_and_late_events() {
+    let mut command = pipeline();
+    command.args([
+        "--job",
+        "traffic-agg",
+        "--window",
+        "2s",
+        "--max-out-of-orderness",
+        "0s",
+        "--demo-rate",
+        "50",
+    ]);
+    let (child, addr) = spawn_with_address(command, "dashboard at");
+    let started = std::time::Instant::now();
+    let job = loop {
+        let job = api(&addr);
+        if job["windows"]["fired"].as_u64() > Some(0) {
+            break job;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(100),
+            "no window fired: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(job["job"]["name"], "traffic-agg");
+    assert_eq!(job["job"]["output"], "traffic-agg");
+    let windows = &job["windows"];
+    assert!(
+        windows["watermark_ms"].as_i64() > Some(1_700_000_000_000),
+        "{windows}"
+    );
+    assert!(!windows["partitions"].as_array().unwrap().is_empty());
+    assert!(job["totals"]["counted"].as_u64() > Some(0), "{job}");
+    let (_, metrics) = http("GET", &addr, "/metrics");
+    assert!(
+        metric(
+            &metrics,
+            "streamkit_pipeline_watermark_seconds",
+            &["job=\"traffic-agg\""]
+        ) > 1.7e9
+    );
+    assert!(metrics.contains("streamkit_pipeline_open_windows{job=\"traffic-agg\"}"));
+    assert!(metrics.contains("streamkit_pipeline_late_events_total{job=\"traffic-agg\"}"));
+    // The results in the output topic, as the original writes them.
+    let (_, list) = json(&addr, "/api/topics");
+    let out = list["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "traffic-agg")
+        .unwrap_or_else(|| panic!("{list}"));
+    let partition = out["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["messages"].as_i64() > Some(0))
+        .unwrap()["partition"]
+        .as_i64()
+        .unwrap();
+    let (_, page) = json(
+        &addr,
+        &format!("/api/topics/traffic-agg/partitions/{partition}/messages?limit=1"),
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(page["messages"][0]["value"].as_str().unwrap()).unwrap();
+    let fields: Vec<&String> = value.as_object().unwrap().keys().collect();
+    assert_eq!(fields.len(), 4, "{value}");
+    assert!(value["page_views"].as_u64() > Some(0));
+    signal(&child, "INT");
+    let output = wait_with_timeout(child, Duration::from_secs(10));
+    assert_eq!(output.status.code(), Some(0));
+}

@@ -1031,6 +1031,14 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         (&["--use-own", "--input", "x.jsonl"], "--use-own"),
         (&["--demo-rate", "0"], "--demo-rate"),
         (&["--frobnicate"], "--frobnicate"),
+        (&["--job", "nope"], "--job"),
+        (&["--job", "user-traffic"], "give --input"),
+        (&["--job", "traffic-agg", "--window", "0"], "--window"),
+        (&["--job", "traffic-agg", "--window", "soon"], "--window"),
+        (
+            &["--job", "traffic-agg", "--allowed-lateness", "-1s"],
+            "unexpected argument",
+        ),
         // Ranges: each of these once panicked, hung or was changed silently.
         (&["--demo-rate", "1e-300"], "0.1 to 1e9"),
         (&["--demo-rate", "1e300"], "0.1 to 1e9"),
@@ -1101,4 +1109,140 @@ fn use_own_targets_the_local_cluster_and_an_explicit_address_wins() {
             "{err}"
         );
     }
+}
+
+/// `datagen` events as lines: seeded, with a simulated clock.
+fn seeded_events(args: &[&str]) -> Vec<Vec<u8>> {
+    let output = datagen()
+        .args(args)
+        .args(["--output", "-", "-q"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    output
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// The traffic-agg results in `cluster`'s output topic, as (key, value) pairs, with a check
+/// that no key was ever written with two different values.
+fn window_results(bootstrap: &str, partitions: i32) -> BTreeMap<String, String> {
+    let mut results = BTreeMap::new();
+    for record in read_topic(bootstrap, "traffic-agg", partitions) {
+        let key = String::from_utf8(record.key).unwrap();
+        let value = String::from_utf8(record.value).unwrap();
+        if let Some(earlier) = results.insert(key.clone(), value.clone()) {
+            assert_eq!(earlier, value, "{key} was written with two values");
+        }
+    }
+    results
+}
+
+#[test]
+fn traffic_agg_killed_mid_run_and_restarted_writes_the_same_window_results() {
+    // Lag of at most 3 s, under the 5 s bound: no event is late, so the results do not
+    // depend on how the partitions interleave, and both runs must agree exactly.
+    let events = seeded_events(&[
+        "--num-events",
+        "60000",
+        "--num-users",
+        "300",
+        "--seed",
+        "5",
+        "--start-time",
+        "2024-04-28T05:00:00Z",
+        "--time-step-ms",
+        "20",
+        "--max-lag-seconds",
+        "3",
+    ]);
+    // Keyed, so the partitions fill evenly: the mock keeps only about 5 MB of each.
+    let records: Vec<RawRecord> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (Some(i.to_string().into_bytes()), Some(e)))
+        .collect();
+    let partitions = 12;
+    let setup = || {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        for topic in [INPUT, DLQ] {
+            cluster.create_topic(topic, partitions, 1).expect("topic");
+        }
+        cluster.create_topic("traffic-agg", 3, 1).expect("topic");
+        produce(&cluster.bootstrap_servers(), INPUT, &records);
+        cluster
+    };
+    let job = |bootstrap: &str| {
+        let mut command = pipeline();
+        command.args([
+            "--job",
+            "traffic-agg",
+            "--bootstrap-servers",
+            bootstrap,
+            "--checkpointing-interval",
+            "200",
+        ]);
+        command
+    };
+
+    // The reference: one uninterrupted bounded run.
+    let reference = setup();
+    let output = job(&reference.bootstrap_servers())
+        .arg("--bounded")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let expected = window_results(&reference.bootstrap_servers(), 3);
+    // 60,000 events 20 ms apart: 20 minutes, 60 windows of 20 s, each with most users.
+    assert!(expected.len() > 10_000, "{}", expected.len());
+    let total: u64 = expected
+        .values()
+        .map(|v| {
+            serde_json::from_str::<serde_json::Value>(v).unwrap()["page_views"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(
+        total,
+        60_000,
+        "every event counted once: {}",
+        stderr(&output)
+    );
+
+    // Killed once some windows have fired and been committed, then restarted.
+    let crashed = setup();
+    let bootstrap = crashed.bootstrap_servers();
+    let mut child = job(&bootstrap)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let written = read_topic(&bootstrap, "traffic-agg", 3).len();
+        if written > 2_000 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no results after 90 s ({written})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&child, "KILL");
+    let _ = child.wait();
+    let before_restart = read_topic(&bootstrap, "traffic-agg", 3).len();
+    let output = job(&bootstrap).arg("--bounded").output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let after = window_results(&bootstrap, 3);
+    assert_eq!(after.len(), expected.len());
+    assert!(after == expected, "the restarted run's results differ");
+    eprintln!(
+        "{} window results; {before_restart} written before the kill",
+        expected.len()
+    );
 }

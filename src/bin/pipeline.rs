@@ -7,9 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use streamkit::cli::{KafkaArgs, parse_rate};
+use streamkit::cli::{KafkaArgs, parse_duration, parse_duration_or_zero, parse_rate};
 use streamkit::kafka::{GroupConfig, GroupProtocol, LOCAL_BOOTSTRAP_SERVERS};
-use streamkit::pipeline::{self, Cluster, DemoConfig, FileConfig, PipelineConfig, Source, Topics};
+use streamkit::pipeline::{
+    self, Cluster, DemoConfig, FileConfig, Job, PipelineConfig, Source, Topics,
+};
+use streamkit::windows::WindowConfig;
 
 const AFTER_HELP: &str = "Where it runs:
   no address       an embedded Kafka cluster in the process, fed by a demo generator (Ctrl-C stops)
@@ -21,15 +24,40 @@ Examples:
   pipeline                                   # the article's demo, self-contained
   pipeline --use-own                         # the article's `python section3/kafka_io.py --use_own`
   pipeline --use-own --bounded               # drain website-visit once, print the summary, exit
-  pipeline --input fixtures/website-visit.jsonl --output -";
+  pipeline --input fixtures/website-visit.jsonl --output -
+  pipeline --use-own --job traffic-agg       # the article's `python section3/traffic_agg.py --use_own`
+  pipeline --input inputs/x.out --job user-traffic   # `python section2/user_traffic.py`";
 
 /// Read website-visit events, parse them into EventLog records, write them to website-out.
 #[derive(Debug, Parser)]
 #[command(name = "pipeline", version, after_help = AFTER_HELP)]
 struct Args {
-    /// Job name; also the consumer group its positions are committed under
-    #[arg(long, default_value = "kafka-io")]
-    job_name: String,
+    /// The job: kafka-io (parse and republish each event), traffic-agg (page views per user
+    /// in event-time windows) or user-traffic (page views and bytes per user; files only)
+    #[arg(long, value_enum, default_value_t = JobArg::KafkaIo)]
+    job: JobArg,
+
+    /// Job name; also the consumer group its positions are committed under [default: the job]
+    #[arg(long)]
+    job_name: Option<String>,
+
+    /// traffic-agg: fixed window size, aligned to the epoch (e.g. 20s, 1m)
+    #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
+    window: Duration,
+
+    /// traffic-agg: how far an event may trail the latest event time of its partition and
+    /// still count (the watermark's bounded out-of-orderness)
+    #[arg(long, default_value = "5s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    max_out_of_orderness: Duration,
+
+    /// traffic-agg: how long after a window's end it still takes events; later ones are
+    /// dead-lettered as `late` (0, as in Beam)
+    #[arg(long, default_value = "0s", value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    allowed_lateness: Duration,
+
+    /// traffic-agg: a partition with no record for this long does not hold the watermark back
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    idle_timeout: Duration,
 
     /// Workers in this process, each a member of the job's consumer group (more processes
     /// with the same --job-name share the partitions)
@@ -67,9 +95,9 @@ struct Args {
     #[arg(long, default_value = "website-visit")]
     input_topic: String,
 
-    /// Topic to write
-    #[arg(long, default_value = "website-out")]
-    output_topic: String,
+    /// Topic to write [default: website-out; traffic-agg for --job traffic-agg]
+    #[arg(long)]
+    output_topic: Option<String>,
 
     /// Topic for records that cannot be parsed, with headers naming the error and source
     #[arg(long, default_value = "website-visit-dlq")]
@@ -118,6 +146,13 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum JobArg {
+    KafkaIo,
+    TrafficAgg,
+    UserTraffic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum GroupProtocolArg {
     Classic,
     Consumer,
@@ -130,6 +165,30 @@ fn dash_is_std(path: &Path) -> Option<PathBuf> {
 
 impl Args {
     fn into_config(self) -> Result<PipelineConfig, clap::Error> {
+        let job = match self.job {
+            JobArg::KafkaIo => Job::KafkaIo,
+            JobArg::TrafficAgg => {
+                if self.window.is_zero() {
+                    return Err(Args::command().error(
+                        clap::error::ErrorKind::InvalidValue,
+                        "--window must be at least 1ms",
+                    ));
+                }
+                Job::TrafficAgg(WindowConfig {
+                    size: self.window,
+                    max_out_of_orderness: self.max_out_of_orderness,
+                    allowed_lateness: self.allowed_lateness,
+                    idle_timeout: self.idle_timeout,
+                })
+            }
+            JobArg::UserTraffic if self.input.is_none() => {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--job user-traffic is a batch job over files: give --input PATH",
+                ));
+            }
+            JobArg::UserTraffic => Job::UserTraffic,
+        };
         let without_kafka = self.input.is_some().then_some("file mode (--input)");
         if let Err(message) = self.kafka.check(without_kafka) {
             return Err(Args::command().error(clap::error::ErrorKind::InvalidValue, message));
@@ -171,7 +230,13 @@ impl Args {
         };
         let topics = Topics {
             input: self.input_topic,
-            output: self.output_topic,
+            output: self.output_topic.unwrap_or_else(|| {
+                match job {
+                    Job::TrafficAgg(_) => "traffic-agg",
+                    _ => "website-out",
+                }
+                .to_string()
+            }),
             dead_letter: self.dead_letter_topic,
         };
         let source = if let Some(input) = &self.input {
@@ -216,7 +281,8 @@ impl Args {
             }
         };
         Ok(PipelineConfig {
-            job_name: self.job_name,
+            job,
+            job_name: self.job_name.unwrap_or_else(|| job.name().to_string()),
             parallelism: usize::from(self.parallelism),
             group,
             checkpointing_interval: Duration::from_millis(self.checkpointing_interval),

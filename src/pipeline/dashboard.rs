@@ -234,6 +234,7 @@ impl JobView {
             checkpoints,
             dead_letters,
             totals: self.stats.totals(),
+            windows: self.stats.windows(),
         }
     }
 }
@@ -432,6 +433,44 @@ impl Collector for JobMetrics {
                 ConstGauge::new(self.stats.assigned_partitions() as i64),
             )],
         )?;
+        if let Some(windows) = self.stats.windows() {
+            let seconds = |ms: i64| ms as f64 / 1000.0;
+            encode_samples(
+                &mut encoder,
+                "streamkit_pipeline_watermark_seconds",
+                "Event-time watermark (seconds since the epoch): the job's, and each input partition's.",
+                MetricType::Gauge,
+                windows
+                    .watermark_ms
+                    .map(|w| (String::new(), seconds(w)))
+                    .into_iter()
+                    .chain(windows.partitions.iter().filter_map(|p| {
+                        p.watermark_ms
+                            .map(|w| (p.partition.to_string(), seconds(w)))
+                    }))
+                    .map(|(partition, value)| {
+                        let mut labels = vec![("job", job.to_string())];
+                        if !partition.is_empty() {
+                            labels.push(("partition", partition));
+                        }
+                        (labels, ConstGauge::new(value))
+                    }),
+            )?;
+            encode_samples(
+                &mut encoder,
+                "streamkit_pipeline_open_windows",
+                "Event-time windows not yet fired.",
+                MetricType::Gauge,
+                [([("job", job)], ConstGauge::new(windows.open_windows as i64))],
+            )?;
+            encode_samples(
+                &mut encoder,
+                "streamkit_pipeline_late_events",
+                "Events for windows that had fired, dead-lettered as late.",
+                MetricType::Counter,
+                [([("job", job)], ConstCounter::new(windows.late))],
+            )?;
+        }
         encode_samples(
             &mut encoder,
             "streamkit_pipeline_uptime_seconds",
@@ -456,6 +495,8 @@ struct JobSnapshot {
     checkpoints: Vec<CheckpointSnapshot>,
     dead_letters: Vec<DeadLetterSnapshot>,
     totals: Totals,
+    /// traffic-agg: watermarks and open windows (`null` for the other jobs).
+    windows: Option<crate::windows::WindowStatus>,
 }
 
 #[derive(Debug, Serialize)]

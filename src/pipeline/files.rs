@@ -1,5 +1,11 @@
 //! File mode: JSON lines in, one value JSON per line out, bad lines to a dead-letter file.
 //!
+//! The aggregation jobs read the same lines: `traffic-agg` writes one window result per
+//! line as windows fire (the input is one partition; a line's number is its offset), and
+//! every open window at the end of the input, as Beam does for bounded input; events for a
+//! window already fired go to the dead-letter file with kind `late`. `user-traffic` writes
+//! one line per user, in user order, at the end.
+//!
 //! Bounded by nature. The transform is the same code as in Kafka mode. The dead-letter file
 //! is created on the first bad line; each of its lines is a JSON object with the line
 //! number, the error, its kind and the raw text (`raw_base64` too when it is not UTF-8).
@@ -22,9 +28,19 @@ use std::time::Duration;
 use base64::Engine;
 use tokio_util::sync::CancellationToken;
 
-use super::{FileConfig, Stats, StatusLine, run_stages};
+use super::{FileConfig, Job, Stats, StatusLine, run_stages};
 use crate::error::{Error, Result};
-use crate::transform::RejectKind;
+use crate::transform::{self, RejectKind, Rejection};
+use crate::windows::{Aggregator, UserTraffic, Verdict, WindowResult, event_time_ms};
+
+/// What an aggregation job holds between lines.
+enum Aggregate {
+    Windows(Box<Aggregator>),
+    Users(UserTraffic),
+}
+
+/// Lines between two updates of the dashboard's view of the windows.
+const FIRE_EVERY: u64 = 1024;
 
 /// Longest input line taken (16 MiB; an event is about 400 bytes).
 pub const MAX_LINE_BYTES: usize = 16 << 20;
@@ -85,7 +101,12 @@ enum Chunk {
     Failed(io::Error),
 }
 
-pub(super) fn run(config: &FileConfig, stats: &Stats, cancel: &CancellationToken) -> Result<()> {
+pub(super) fn run(
+    config: &FileConfig,
+    job: &Job,
+    stats: &Stats,
+    cancel: &CancellationToken,
+) -> Result<()> {
     check_distinct(config)?;
     let input_name = config
         .input
@@ -115,7 +136,18 @@ pub(super) fn run(config: &FileConfig, stats: &Stats, cancel: &CancellationToken
         number: 0,
         status: StatusLine::new(),
         reader_gone: false,
+        aggregate: match job {
+            Job::KafkaIo => None,
+            Job::TrafficAgg(windows) => {
+                Some(Aggregate::Windows(Box::new(Aggregator::new(windows))))
+            }
+            Job::UserTraffic => Some(Aggregate::Users(UserTraffic::default())),
+        },
+        fired: Vec::new(),
     };
+    if lines.aggregate.is_some() {
+        stats.set_aggregating();
+    }
     // The start of a line whose end has not been read yet, or, once it is too long, only
     // its size so far.
     let mut partial: Vec<u8> = Vec::new();
@@ -133,6 +165,7 @@ pub(super) fn run(config: &FileConfig, stats: &Stats, cancel: &CancellationToken
             }
             Ok(Chunk::Failed(e)) => return Err(Error::io(&input_name, e)),
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                lines.fire()?;
                 lines.flush()?;
                 if cancel.is_cancelled() {
                     break;
@@ -224,6 +257,9 @@ struct LineWriter<'a> {
     status: StatusLine,
     /// The output is a pipe whose reader closed it.
     reader_gone: bool,
+    aggregate: Option<Aggregate>,
+    /// Window results fired by the current line, written after it.
+    fired: Vec<WindowResult>,
 }
 
 impl LineWriter<'_> {
@@ -234,19 +270,16 @@ impl LineWriter<'_> {
         Stats::add(&self.stats.read);
         self.key.clear();
         self.value.clear();
-        match run_stages(Some(record), self.stats, &mut self.key, &mut self.value) {
-            Ok(()) => {
+        let outcome = if self.aggregate.is_some() {
+            self.aggregate_line(record)
+        } else {
+            run_stages(Some(record), self.stats, &mut self.key, &mut self.value).map(|()| true)
+        };
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => {
                 self.value.push(b'\n');
-                match self.output.write_all(&self.value) {
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                        log::info!(
-                            "{}: the reader closed the pipe; stopping",
-                            self.output_name.display()
-                        );
-                        self.reader_gone = true;
-                    }
-                    other => other.map_err(|e| Error::io(&self.output_name, e))?,
-                }
+                self.write_output()?;
                 Stats::add(&self.stats.written);
             }
             Err(rejection) => {
@@ -264,8 +297,105 @@ impl LineWriter<'_> {
                 self.dead_letter(&entry)?;
             }
         }
+        if !self.fired.is_empty() {
+            let fired = std::mem::take(&mut self.fired);
+            self.write_results(fired)?;
+        }
+        if self.number.is_multiple_of(FIRE_EVERY) {
+            self.fire()?;
+        }
         if self.number.is_multiple_of(4096) {
             self.status.maybe_print(self.stats);
+        }
+        Ok(())
+    }
+
+    /// Writes `self.value` to the output (a closed pipe stops the job quietly).
+    fn write_output(&mut self) -> Result<()> {
+        match self.output.write_all(&self.value) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                log::info!(
+                    "{}: the reader closed the pipe; stopping",
+                    self.output_name.display()
+                );
+                self.reader_gone = true;
+                Ok(())
+            }
+            other => other.map_err(|e| Error::io(&self.output_name, e)),
+        }
+    }
+
+    /// An aggregation job's line: counted (`Ok(false)`: nothing to write yet) or rejected.
+    fn aggregate_line(&mut self, record: &[u8]) -> Result<bool, Rejection> {
+        let stats = self.stats;
+        let text = transform::decode(Some(record)).inspect(|_| Stats::add(&stats.decoded));
+        let event = text
+            .and_then(transform::parse)
+            .inspect(|_| Stats::add(&stats.parsed))
+            .inspect_err(|r| stats.reject(r.kind, &r.reason))?;
+        let number = self.number;
+        match &mut self.aggregate {
+            Some(Aggregate::Users(users)) => users.add(&event.id, event.file_size_bytes),
+            Some(Aggregate::Windows(windows)) => {
+                let Some(at) = event_time_ms(&event.event_datetime) else {
+                    let reason = format!(
+                        "event_datetime {:?} is not a time of the form YYYY-MM-DDTHH:MM:SS.fff",
+                        event.event_datetime
+                    );
+                    stats.reject(RejectKind::InvalidField, &reason);
+                    return Err(Rejection {
+                        kind: RejectKind::InvalidField,
+                        reason,
+                    });
+                };
+                let now = std::time::Instant::now();
+                let verdict = windows.add(0, number as i64, &event.id, at, now);
+                // Windows fire as soon as this line moves the watermark past them: in a
+                // file, lateness depends on the order of lines only.
+                self.fired.extend(windows.fire(now));
+                if let Verdict::Late {
+                    window_end_ms,
+                    behind_ms,
+                } = verdict
+                {
+                    let reason = format!(
+                        "late: its window ended at {} and had fired; the event is {behind_ms} ms behind the watermark less the allowed lateness",
+                        crate::windows::format_time(window_end_ms)
+                    );
+                    stats.reject(RejectKind::Late, &reason);
+                    return Err(Rejection {
+                        kind: RejectKind::Late,
+                        reason,
+                    });
+                }
+            }
+            None => {}
+        }
+        Stats::add(&stats.counted);
+        Ok(false)
+    }
+
+    /// Writes window results (and counts them).
+    fn write_results(&mut self, results: Vec<WindowResult>) -> Result<()> {
+        for result in results {
+            Stats::add(&self.stats.created);
+            self.value.clear();
+            result.write_value(&mut self.value);
+            self.value.push(b'\n');
+            self.write_output()?;
+            Stats::add(&self.stats.written);
+        }
+        Ok(())
+    }
+
+    /// Fires what the watermark has passed (every [`FIRE_EVERY`] lines and when the input
+    /// pauses).
+    fn fire(&mut self) -> Result<()> {
+        if let Some(Aggregate::Windows(windows)) = &mut self.aggregate {
+            let now = std::time::Instant::now();
+            let results = windows.fire(now);
+            self.stats.set_windows(windows.status(now));
+            self.write_results(results)?;
         }
         Ok(())
     }
@@ -325,7 +455,29 @@ impl LineWriter<'_> {
         Ok(())
     }
 
+    /// The end of the input: an aggregation job writes what it holds.
     fn finish(mut self) -> Result<()> {
+        match self.aggregate.take() {
+            Some(Aggregate::Windows(mut windows)) => {
+                let results = windows.fire_all();
+                self.stats
+                    .set_windows(windows.status(std::time::Instant::now()));
+                self.write_results(results)?;
+            }
+            Some(Aggregate::Users(users)) => {
+                self.value.clear();
+                users.write_lines(&mut self.value);
+                let lines = users.len() as u64;
+                self.stats
+                    .created
+                    .fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
+                self.write_output()?;
+                self.stats
+                    .written
+                    .fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
+            }
+            None => {}
+        }
         self.flush()
     }
 }

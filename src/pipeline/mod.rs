@@ -24,6 +24,7 @@
 mod dashboard;
 mod files;
 mod group;
+mod windowed;
 mod worker;
 
 pub use files::{MAX_LINE_BYTES, check_distinct as check_files};
@@ -56,6 +57,8 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// The job's settings, named like the original's options.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
+    /// Which job: the article's, or one of the seed repository's aggregations.
+    pub job: Job,
     /// Also the consumer group under which positions are committed.
     pub job_name: String,
     /// Workers in this process; each is a member of the job's consumer group.
@@ -69,6 +72,28 @@ pub struct PipelineConfig {
     pub source: Source,
     /// Serve the dashboard, the JSON and /metrics here (the next free port if taken).
     pub ui: Option<std::net::SocketAddr>,
+}
+
+/// The jobs of the seed repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// `kafka_io.py`: parse each event and republish it (the default).
+    KafkaIo,
+    /// `traffic_agg.py`: page views per user in event-time windows.
+    TrafficAgg(crate::windows::WindowConfig),
+    /// `user_traffic.py`: page views and bytes per user, over files (batch).
+    UserTraffic,
+}
+
+impl Job {
+    /// The name the original gives the job (the default `--job-name`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Job::KafkaIo => "kafka-io",
+            Job::TrafficAgg(_) => "traffic-agg",
+            Job::UserTraffic => "user-traffic",
+        }
+    }
 }
 
 /// Where records come from and go to.
@@ -144,6 +169,12 @@ pub struct Stats {
     /// From an input record's timestamp to its output's acknowledgement (Kafka modes; one
     /// record in eight is measured).
     end_to_end: crate::latency::DeliveryLatency,
+    /// Aggregation jobs: events counted into a window or a user's totals.
+    pub counted: AtomicU64,
+    /// Set by an aggregation job: a record is done once counted, not once written.
+    aggregating: std::sync::atomic::AtomicBool,
+    /// Aggregation jobs: the windows' state, for the dashboard.
+    windows: Mutex<Option<crate::windows::WindowStatus>>,
 }
 
 /// One member of the job's consumer group in this process: a worker, and what it owns.
@@ -250,6 +281,9 @@ pub struct Totals {
     pub read: u64,
     pub written: u64,
     pub dead_lettered: u64,
+    /// Aggregation jobs: events counted (then `read = counted + dead_lettered + in_flight`,
+    /// and `written` counts results); `null` otherwise.
+    pub counted: Option<u64>,
     pub in_flight: u64,
 }
 
@@ -286,12 +320,22 @@ impl Stats {
             Self::get(&self.written),
             Self::get(&self.dead_lettered),
         );
+        let counted = self
+            .aggregating
+            .load(Ordering::Relaxed)
+            .then(|| Self::get(&self.counted));
         Totals {
             read,
             written,
             dead_lettered,
-            in_flight: read.saturating_sub(written + dead_lettered),
+            counted,
+            in_flight: read.saturating_sub(counted.unwrap_or(written) + dead_lettered),
         }
+    }
+
+    /// Marks the job as an aggregation: a record is done once counted.
+    pub fn set_aggregating(&self) {
+        self.aggregating.store(true, Ordering::Relaxed);
     }
 
     /// Dead letters per kind, with the latest reason of each.
@@ -469,6 +513,18 @@ impl Stats {
         &self.end_to_end
     }
 
+    /// Aggregation jobs: the windows' state now.
+    pub fn set_windows(&self, status: crate::windows::WindowStatus) {
+        if let Ok(mut windows) = self.windows.lock() {
+            *windows = Some(status);
+        }
+    }
+
+    /// The windows' state (traffic-agg only).
+    pub fn windows(&self) -> Option<crate::windows::WindowStatus> {
+        self.windows.lock().ok().and_then(|w| w.clone())
+    }
+
     /// Total lag, when every partition's lag is known.
     pub fn lag(&self) -> Option<i64> {
         let partitions = self.partitions();
@@ -524,6 +580,8 @@ impl StatusLine {
 pub struct Summary {
     pub read: u64,
     pub written: u64,
+    /// Aggregation jobs: events counted (`written` then counts results).
+    pub counted: Option<u64>,
     pub dead_lettered: u64,
     /// Read but not acknowledged when the job stopped: read again on restart.
     pub unfinished: u64,
@@ -537,6 +595,7 @@ impl Summary {
         Summary {
             read: totals.read,
             written: totals.written,
+            counted: totals.counted,
             dead_lettered: totals.dead_lettered,
             unfinished: totals.in_flight,
             elapsed,
@@ -548,11 +607,15 @@ impl Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let (done, counted_or_written) = match self.counted {
+            Some(counted) => ("counted", counted),
+            None => ("written", self.written),
+        };
         write!(
             f,
-            "read {} = written {} + dead-lettered {}",
+            "read {} = {done} {} + dead-lettered {}",
             group_thousands(self.read),
-            group_thousands(self.written),
+            group_thousands(counted_or_written),
             group_thousands(self.dead_lettered)
         )?;
         if self.unfinished > 0 {
@@ -568,6 +631,9 @@ impl fmt::Display for Summary {
             secs,
             group_thousands((self.read as f64 / secs).round() as u64)
         )?;
+        if self.counted.is_some() {
+            write!(f, "; {} results written", group_thousands(self.written))?;
+        }
         for (kind, rejected) in &self.rejections {
             write!(
                 f,
@@ -634,12 +700,17 @@ pub fn run_with_stats(
     };
     stats.set_phase(Phase::Running);
     let result = match &config.source {
-        Source::Files(files) => files::run(files, stats, cancel),
+        Source::Files(files) => files::run(files, &config.job, stats, cancel),
         Source::Kafka {
             cluster: Cluster::External(kafka),
             topics,
             print_keys,
-        } => worker::run(&runtime, config, kafka, topics, *print_keys, stats, cancel),
+        } => match &config.job {
+            Job::TrafficAgg(windows) => {
+                windowed::run(&runtime, config, windows, kafka, topics, stats, cancel)
+            }
+            _ => worker::run(&runtime, config, kafka, topics, *print_keys, stats, cancel),
+        },
         Source::Kafka {
             cluster: Cluster::Embedded(demo),
             topics,
@@ -757,7 +828,12 @@ fn run_embedded(
     let feed_stop = cancel.child_token();
     std::thread::scope(|scope| {
         let feed = scope.spawn(|| crate::datagen::run(&feed_config, &feed_stop));
-        let job = worker::run(runtime, config, &kafka, topics, print_keys, stats, cancel);
+        let job = match &config.job {
+            Job::TrafficAgg(windows) => {
+                windowed::run(runtime, config, windows, &kafka, topics, stats, cancel)
+            }
+            _ => worker::run(runtime, config, &kafka, topics, print_keys, stats, cancel),
+        };
         feed_stop.cancel();
         let fed = feed
             .join()

@@ -231,6 +231,50 @@ impl ProducerContext for AckRouter {
     }
 }
 
+/// A dead letter's headers: the error, its kind and the source position (and, for a
+/// reference, the size of the record left out). The input record's own headers
+/// (`inherited`) come first, then these.
+pub(super) fn dead_letter_headers(
+    inherited: Option<OwnedHeaders>,
+    input_topic: &str,
+    partition: i32,
+    offset: i64,
+    rejection: &Rejection,
+    omitted_size: Option<usize>,
+) -> OwnedHeaders {
+    let partition_text = partition.to_string();
+    let offset_text = offset.to_string();
+    let headers = inherited
+        .unwrap_or_default()
+        .insert(Header {
+            key: "error",
+            value: Some(rejection.reason.as_str()),
+        })
+        .insert(Header {
+            key: "error.kind",
+            value: Some(rejection.kind.as_str()),
+        })
+        .insert(Header {
+            key: "source.topic",
+            value: Some(input_topic),
+        })
+        .insert(Header {
+            key: "source.partition",
+            value: Some(partition_text.as_str()),
+        })
+        .insert(Header {
+            key: "source.offset",
+            value: Some(offset_text.as_str()),
+        });
+    match omitted_size {
+        None => headers,
+        Some(size) => headers.insert(Header {
+            key: "payload.omitted.size",
+            value: Some(size.to_string().as_str()),
+        }),
+    }
+}
+
 /// Runs the job's workers on `runtime` until the input ends (`bounded`) or `cancel` fires.
 pub(super) fn run(
     runtime: &tokio::runtime::Runtime,
@@ -1157,9 +1201,6 @@ impl Worker {
         }
     }
 
-    /// The dead letter's headers: the error, its kind and the source position (and, for a
-    /// reference, the size of the record left out).
-    /// The input record's own headers (`inherited`) come first, then these.
     fn dead_letter_headers(
         &self,
         inherited: Option<OwnedHeaders>,
@@ -1168,37 +1209,14 @@ impl Worker {
         rejection: &Rejection,
         omitted_size: Option<usize>,
     ) -> OwnedHeaders {
-        let partition_text = partition.to_string();
-        let offset_text = offset.to_string();
-        let headers = inherited
-            .unwrap_or_default()
-            .insert(Header {
-                key: "error",
-                value: Some(rejection.reason.as_str()),
-            })
-            .insert(Header {
-                key: "error.kind",
-                value: Some(rejection.kind.as_str()),
-            })
-            .insert(Header {
-                key: "source.topic",
-                value: Some(self.topics.input.as_str()),
-            })
-            .insert(Header {
-                key: "source.partition",
-                value: Some(partition_text.as_str()),
-            })
-            .insert(Header {
-                key: "source.offset",
-                value: Some(offset_text.as_str()),
-            });
-        match omitted_size {
-            None => headers,
-            Some(size) => headers.insert(Header {
-                key: "payload.omitted.size",
-                value: Some(size.to_string().as_str()),
-            }),
-        }
+        dead_letter_headers(
+            inherited,
+            &self.topics.input,
+            partition,
+            offset,
+            rejection,
+            omitted_size,
+        )
     }
 
     /// Dead-letters a record by reference: its headers, and a small JSON value naming where

@@ -1,0 +1,805 @@
+//! Event-time windows: the pure core of the seed repository's `traffic-agg` job (page views
+//! per user in fixed windows, aligned to the epoch) and of its batch `user-traffic` job
+//! (page views and bytes per user). No I/O: the pipeline's runners feed records in and
+//! write what comes out.
+//!
+//! **Time.** An event's time is its `event_datetime`, read as UTC (the original parses it
+//! as local time, which is only right on a machine set to UTC).
+//!
+//! **Watermarks.** Each input partition's watermark is the latest event time it has shown,
+//! less the bounded out-of-orderness. The job's watermark is the minimum over the
+//! partitions that are not idle (no record for longer than the idle timeout); when every
+//! partition is idle, it is their maximum, so a quiet input still closes its windows. It
+//! never goes back.
+//!
+//! **Firing.** One result per window and user, when the job's watermark passes the
+//! window's end plus the allowed lateness (Beam's default trigger, with the allowed
+//! lateness spent waiting rather than firing again). An event for a window already fired
+//! is late: the caller dead-letters it, and it is counted in [`WindowStatus::late`].
+//!
+//! **State** is kept per input partition, so that a revoked partition's share can be
+//! dropped and rebuilt by its next owner, and merged across the partitions of this process
+//! when a window fires. It grows with open windows × users, not with input. The offsets
+//! that open windows still need ([`Aggregator::hold`]) bound what the caller may commit.
+//!
+//! Limit: a window's count covers the partitions this process owns. It is exact when one
+//! process reads every partition (the default), or when all of a user's events are in one
+//! partition (an input keyed by user). Several processes reading an input keyed otherwise
+//! each emit their own share, as Kafka Streams would without a repartition topic.
+//!
+//! Hand-written: `event_time_ms` splits the fixed `YYYY-MM-DDTHH:MM:SS.fff` text itself and
+//! lets chrono validate and build the date: chrono's `parse_from_str` takes several times
+//! longer (`cargo run --release --example window_bench` prints both).
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, NaiveDateTime};
+
+/// The traffic-agg job's windows and watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Fixed window size (default 20 s, as in the original).
+    pub size: Duration,
+    /// How far behind the latest event time of a partition an event may be and still
+    /// count (default 5 s).
+    pub max_out_of_orderness: Duration,
+    /// How long after a window's end (in event time) it still takes events (default 0).
+    pub allowed_lateness: Duration,
+    /// A partition with no record for this long does not hold the watermark back.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            size: Duration::from_secs(20),
+            max_out_of_orderness: Duration::from_secs(5),
+            allowed_lateness: Duration::ZERO,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds since the epoch of an `event_datetime` (`YYYY-MM-DDTHH:MM:SS`, then
+/// optionally `.` and 1 to 9 digits), read as UTC. `None` for any other text or an
+/// impossible date.
+pub fn event_time_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let year = i32::try_from(digits(0..4)?).ok()?;
+    let date = NaiveDate::from_ymd_opt(year, digits(5..7)?, digits(8..10)?)?;
+    let mut nanos = 0;
+    if b.len() > 19 {
+        let fraction = &b[20..];
+        if b[19] != b'.' || fraction.is_empty() || fraction.len() > 9 {
+            return None;
+        }
+        nanos = digits(20..b.len())? * 10u32.pow(9 - fraction.len() as u32);
+    }
+    let time = date.and_hms_nano_opt(digits(11..13)?, digits(14..16)?, digits(17..19)?, nanos)?;
+    Some(time.and_utc().timestamp_millis())
+}
+
+/// An epoch-millisecond time as the original writes window bounds: UTC, to the second,
+/// without a zone (`2024-04-28T23:12:40`).
+pub fn format_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.naive_utc())
+        .unwrap_or(NaiveDateTime::MIN)
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
+
+/// The start of the window of `size_ms` that holds `event_ms` (windows are aligned to the
+/// epoch).
+pub fn window_start(event_ms: i64, size_ms: i64) -> i64 {
+    event_ms.div_euclid(size_ms.max(1)) * size_ms.max(1)
+}
+
+/// One fired window of one user.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WindowResult {
+    pub start_ms: i64,
+    pub id: String,
+    pub end_ms: i64,
+    pub page_views: u64,
+}
+
+impl WindowResult {
+    /// `{"event_id": <id>, "window_start": "<start>"}`, with Python's `json.dumps` spacing.
+    pub fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"event_id\": ");
+        write_json_string(&self.id, out);
+        out.extend_from_slice(b", \"window_start\": \"");
+        out.extend_from_slice(format_time(self.start_ms).as_bytes());
+        out.extend_from_slice(b"\"}");
+    }
+
+    /// `{"id", "window_start", "window_end", "page_views"}`, in that order, with Python's
+    /// `json.dumps` spacing.
+    pub fn write_value(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"id\": ");
+        write_json_string(&self.id, out);
+        out.extend_from_slice(b", \"window_start\": \"");
+        out.extend_from_slice(format_time(self.start_ms).as_bytes());
+        out.extend_from_slice(b"\", \"window_end\": \"");
+        out.extend_from_slice(format_time(self.end_ms).as_bytes());
+        out.extend_from_slice(b"\", \"page_views\": ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.page_views).as_bytes());
+        out.push(b'}');
+    }
+}
+
+/// A JSON string as Python's `json.dumps` writes it (ASCII, `\uXXXX` escapes).
+fn write_json_string(text: &str, out: &mut Vec<u8>) {
+    let mut serializer =
+        serde_json::Serializer::with_formatter(&mut *out, crate::schema::PythonFormatter);
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde::Serialize::serialize(text, &mut serializer);
+}
+
+/// What became of an event given to [`Aggregator::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Counted in its window.
+    Counted,
+    /// Its window has fired: the event is late by `behind_ms` past the window's end plus
+    /// the allowed lateness.
+    Late { window_end_ms: i64, behind_ms: i64 },
+}
+
+#[derive(Debug)]
+struct PartitionWindow {
+    counts: HashMap<Box<str>, u64>,
+    /// The first offset of this partition counted in the window.
+    first_offset: i64,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    /// The latest event time seen (`i64::MIN` before any).
+    max_event_ms: i64,
+    last_active: Instant,
+    windows: BTreeMap<i64, PartitionWindow>,
+}
+
+impl PartitionState {
+    fn watermark(&self, out_of_orderness_ms: i64) -> i64 {
+        self.max_event_ms.saturating_sub(out_of_orderness_ms)
+    }
+}
+
+/// A partition's place in the job's watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionWatermark {
+    pub partition: i32,
+    /// `None` before the partition's first event.
+    pub watermark_ms: Option<i64>,
+    pub idle: bool,
+    pub open_windows: usize,
+}
+
+/// The windows' state, for the dashboard.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct WindowStatus {
+    /// `None` until there is one.
+    pub watermark_ms: Option<i64>,
+    pub partitions: Vec<PartitionWatermark>,
+    /// Distinct windows not yet fired.
+    pub open_windows: usize,
+    /// (window, user) counts held.
+    pub open_counts: usize,
+    pub late: u64,
+    pub fired: u64,
+}
+
+/// Counts page views per user and window; see the module doc.
+#[derive(Debug)]
+pub struct Aggregator {
+    size_ms: i64,
+    out_of_orderness_ms: i64,
+    lateness_ms: i64,
+    idle_timeout: Duration,
+    partitions: BTreeMap<i32, PartitionState>,
+    /// The job's watermark (`i64::MIN` before any).
+    watermark: i64,
+    /// Every window whose end plus the allowed lateness is at or before this has fired.
+    fired_through: i64,
+    late: u64,
+    fired: u64,
+}
+
+impl Aggregator {
+    pub fn new(config: &WindowConfig) -> Self {
+        Aggregator {
+            size_ms: millis(config.size).max(1),
+            out_of_orderness_ms: millis(config.max_out_of_orderness),
+            lateness_ms: millis(config.allowed_lateness),
+            idle_timeout: config.idle_timeout,
+            partitions: BTreeMap::new(),
+            watermark: i64::MIN,
+            fired_through: i64::MIN,
+            late: 0,
+            fired: 0,
+        }
+    }
+
+    /// A partition this process starts to read; its idle clock starts `now`.
+    pub fn assign(&mut self, partition: i32, now: Instant) {
+        self.partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionState {
+                max_event_ms: i64::MIN,
+                last_active: now,
+                windows: BTreeMap::new(),
+            });
+    }
+
+    /// A partition this process no longer reads: its share of the open windows is dropped
+    /// (its next owner rebuilds it from the committed position).
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    /// Windows up to `fired_through` have fired before (a previous run's commit says so):
+    /// their events are not counted again.
+    pub fn restore(&mut self, fired_through: i64) {
+        self.fired_through = self.fired_through.max(fired_through);
+        self.watermark = self.watermark.max(fired_through);
+    }
+
+    /// Counts one event of `partition` at `offset`.
+    pub fn add(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        id: &str,
+        event_ms: i64,
+        now: Instant,
+    ) -> Verdict {
+        let start = window_start(event_ms, self.size_ms);
+        let end = start.saturating_add(self.size_ms);
+        let expiry = end.saturating_add(self.lateness_ms);
+        let state = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionState {
+                max_event_ms: i64::MIN,
+                last_active: now,
+                windows: BTreeMap::new(),
+            });
+        state.last_active = now;
+        state.max_event_ms = state.max_event_ms.max(event_ms);
+        if expiry <= self.fired_through {
+            self.late += 1;
+            return Verdict::Late {
+                window_end_ms: end,
+                behind_ms: self.fired_through - expiry,
+            };
+        }
+        let window = state
+            .windows
+            .entry(start)
+            .or_insert_with(|| PartitionWindow {
+                counts: HashMap::default(),
+                first_offset: offset,
+            });
+        window.first_offset = window.first_offset.min(offset);
+        match window.counts.get_mut(id) {
+            Some(count) => *count += 1,
+            None => {
+                window.counts.insert(id.into(), 1);
+            }
+        }
+        Verdict::Counted
+    }
+
+    /// The job's watermark now (see the module doc); it never goes back.
+    pub fn advance(&mut self, now: Instant) -> i64 {
+        let marks = self
+            .partitions
+            .values()
+            .filter(|p| p.max_event_ms != i64::MIN)
+            .map(|p| {
+                let idle = now.saturating_duration_since(p.last_active) > self.idle_timeout;
+                (p.watermark(self.out_of_orderness_ms), idle)
+            });
+        let mut active_min: Option<i64> = None;
+        let mut all_max: Option<i64> = None;
+        let mut waiting = false;
+        for (mark, idle) in marks {
+            all_max = Some(all_max.map_or(mark, |m: i64| m.max(mark)));
+            if !idle {
+                active_min = Some(active_min.map_or(mark, |m: i64| m.min(mark)));
+            }
+        }
+        // A partition with no event yet holds the watermark until it goes idle.
+        for p in self.partitions.values() {
+            if p.max_event_ms == i64::MIN
+                && now.saturating_duration_since(p.last_active) <= self.idle_timeout
+            {
+                waiting = true;
+            }
+        }
+        let candidate = if waiting {
+            None
+        } else {
+            active_min.or(all_max)
+        };
+        if let Some(mark) = candidate {
+            self.watermark = self.watermark.max(mark);
+        }
+        self.watermark
+    }
+
+    /// Fires every window the watermark has passed (its end plus the allowed lateness),
+    /// merged over this process's partitions, ordered by window then user.
+    pub fn fire(&mut self, now: Instant) -> Vec<WindowResult> {
+        let watermark = self.advance(now);
+        // Cheap when nothing is due: the earliest open window's expiry, per partition.
+        let due = self
+            .partitions
+            .values()
+            .filter_map(|p| p.windows.keys().next())
+            .min()
+            .map(|start| start + self.size_ms + self.lateness_ms);
+        if due.is_none_or(|due| due > watermark) {
+            self.fired_through = self.fired_through.max(watermark);
+            return Vec::new();
+        }
+        self.fire_through(watermark)
+    }
+
+    /// Fires every open window: the end of a bounded input, as Beam does.
+    pub fn fire_all(&mut self) -> Vec<WindowResult> {
+        let last = self
+            .partitions
+            .values()
+            .filter_map(|p| p.windows.keys().next_back())
+            .max()
+            .map(|start| start + self.size_ms + self.lateness_ms);
+        match last {
+            Some(through) => {
+                self.watermark = self.watermark.max(through);
+                self.fire_through(through)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn fire_through(&mut self, watermark: i64) -> Vec<WindowResult> {
+        // Windows whose end + lateness <= watermark: start <= watermark - size - lateness.
+        let last_start = watermark
+            .saturating_sub(self.size_ms)
+            .saturating_sub(self.lateness_ms);
+        let mut merged: Vec<WindowResult> = Vec::new();
+        let mut shared: HashMap<(i64, Box<str>), u64> = HashMap::default();
+        let several = self.partitions.len() > 1;
+        for state in self.partitions.values_mut() {
+            let open = state.windows.split_off(&last_start.saturating_add(1));
+            let closed = std::mem::replace(&mut state.windows, open);
+            for (start, window) in closed {
+                for (id, count) in window.counts {
+                    if several {
+                        *shared.entry((start, id)).or_default() += count;
+                    } else {
+                        merged.push(WindowResult {
+                            start_ms: start,
+                            end_ms: start + self.size_ms,
+                            id: id.into(),
+                            page_views: count,
+                        });
+                    }
+                }
+            }
+        }
+        merged.extend(
+            shared
+                .into_iter()
+                .map(|((start_ms, id), page_views)| WindowResult {
+                    start_ms,
+                    end_ms: start_ms + self.size_ms,
+                    id: id.into(),
+                    page_views,
+                }),
+        );
+        // By window, then user: the order does not depend on hashing.
+        merged.sort_unstable_by(|a, b| (a.start_ms, &a.id).cmp(&(b.start_ms, &b.id)));
+        self.fired_through = self.fired_through.max(watermark);
+        self.fired += merged.len() as u64;
+        merged
+    }
+
+    /// The first offset of `partition` that an open window still needs: a commit of that
+    /// partition must not pass it. `None` when no open window holds any.
+    pub fn hold(&self, partition: i32) -> Option<i64> {
+        self.partitions
+            .get(&partition)?
+            .windows
+            .values()
+            .map(|w| w.first_offset)
+            .min()
+    }
+
+    /// The end plus the allowed lateness of the window that holds `event_ms`: the window
+    /// has fired once [`fired_through`](Self::fired_through) reaches it.
+    pub fn expiry(&self, event_ms: i64) -> i64 {
+        window_start(event_ms, self.size_ms)
+            .saturating_add(self.size_ms)
+            .saturating_add(self.lateness_ms)
+    }
+
+    /// Every window at or before this (end plus lateness) has fired.
+    pub fn fired_through(&self) -> i64 {
+        self.fired_through
+    }
+
+    pub fn status(&self, now: Instant) -> WindowStatus {
+        let mut starts = std::collections::BTreeSet::new();
+        let mut counts = 0;
+        let partitions = self
+            .partitions
+            .iter()
+            .map(|(&partition, p)| {
+                starts.extend(p.windows.keys().copied());
+                counts += p.windows.values().map(|w| w.counts.len()).sum::<usize>();
+                PartitionWatermark {
+                    partition,
+                    watermark_ms: (p.max_event_ms != i64::MIN)
+                        .then(|| p.watermark(self.out_of_orderness_ms)),
+                    idle: now.saturating_duration_since(p.last_active) > self.idle_timeout,
+                    open_windows: p.windows.len(),
+                }
+            })
+            .collect();
+        WindowStatus {
+            watermark_ms: (self.watermark != i64::MIN).then_some(self.watermark),
+            partitions,
+            open_windows: starts.len(),
+            open_counts: counts,
+            late: self.late,
+            fired: self.fired,
+        }
+    }
+}
+
+/// One user's totals in the batch `user-traffic` job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserTotals {
+    pub page_views: u64,
+    pub total_bytes: i64,
+    pub max_bytes: i64,
+    pub min_bytes: i64,
+}
+
+/// Page views and bytes per user (`user_traffic.py`), in user order.
+#[derive(Debug, Default)]
+pub struct UserTraffic {
+    users: BTreeMap<Box<str>, UserTotals>,
+}
+
+impl UserTraffic {
+    pub fn add(&mut self, id: &str, file_size_bytes: i64) {
+        match self.users.get_mut(id) {
+            Some(t) => {
+                t.page_views += 1;
+                t.total_bytes = t.total_bytes.saturating_add(file_size_bytes);
+                t.max_bytes = t.max_bytes.max(file_size_bytes);
+                t.min_bytes = t.min_bytes.min(file_size_bytes);
+            }
+            None => {
+                self.users.insert(
+                    id.into(),
+                    UserTotals {
+                        page_views: 1,
+                        total_bytes: file_size_bytes,
+                        max_bytes: file_size_bytes,
+                        min_bytes: file_size_bytes,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// One JSON line per user, as the original's `json.dumps(UserTraffic._asdict())`.
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
+        for (id, t) in &self.users {
+            out.extend_from_slice(b"{\"id\": ");
+            write_json_string(id, out);
+            let mut number = itoa::Buffer::new();
+            for (name, value) in [
+                ("page_views", t.page_views as i64),
+                ("total_bytes", t.total_bytes),
+                ("max_bytes", t.max_bytes),
+                ("min_bytes", t.min_bytes),
+            ] {
+                out.extend_from_slice(b", \"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\": ");
+                out.extend_from_slice(number.format(value).as_bytes());
+            }
+            out.extend_from_slice(b"}\n");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(text: &str) -> i64 {
+        event_time_ms(text).unwrap()
+    }
+
+    fn config(size: u64, out_of_orderness: u64, lateness: u64) -> WindowConfig {
+        WindowConfig {
+            size: Duration::from_secs(size),
+            max_out_of_orderness: Duration::from_secs(out_of_orderness),
+            allowed_lateness: Duration::from_secs(lateness),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn results(fired: &[WindowResult]) -> Vec<(String, String, u64)> {
+        fired
+            .iter()
+            .map(|r| (r.id.clone(), format_time(r.start_ms), r.page_views))
+            .collect()
+    }
+
+    #[test]
+    fn the_original_test_three_events_give_two_windows() {
+        // traffic_agg's test: one id at 05:51:22.083, 05:51:32.083 and 05:51:52.083.
+        let mut agg = Aggregator::new(&config(20, 0, 0));
+        let now = Instant::now();
+        for (offset, at) in ["22.083", "32.083", "52.083"].iter().enumerate() {
+            let t = ms(&format!("2024-04-28T05:51:{at}"));
+            assert_eq!(agg.add(0, offset as i64, "id-1", t, now), Verdict::Counted);
+        }
+        let fired = agg.fire_all();
+        assert_eq!(
+            results(&fired),
+            [
+                ("id-1".into(), "2024-04-28T05:51:20".into(), 2),
+                ("id-1".into(), "2024-04-28T05:51:40".into(), 1)
+            ]
+        );
+        let mut key = Vec::new();
+        let mut value = Vec::new();
+        fired[0].write_key(&mut key);
+        fired[0].write_value(&mut value);
+        assert_eq!(
+            String::from_utf8(key).unwrap(),
+            r#"{"event_id": "id-1", "window_start": "2024-04-28T05:51:20"}"#
+        );
+        assert_eq!(
+            String::from_utf8(value).unwrap(),
+            r#"{"id": "id-1", "window_start": "2024-04-28T05:51:20", "window_end": "2024-04-28T05:51:40", "page_views": 2}"#
+        );
+    }
+
+    #[test]
+    fn the_original_user_traffic_test() {
+        let mut users = UserTraffic::default();
+        for size in [207, 446, 318] {
+            users.add("u", size);
+        }
+        users.add("v\"é", 5);
+        let mut out = Vec::new();
+        users.write_lines(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"id\": \"u\", \"page_views\": 3, \"total_bytes\": 971, \"max_bytes\": 446, \"min_bytes\": 207}\n\
+             {\"id\": \"v\\\"\\u00e9\", \"page_views\": 1, \"total_bytes\": 5, \"max_bytes\": 5, \"min_bytes\": 5}\n"
+        );
+    }
+
+    #[test]
+    fn event_times_are_utc_and_strict() {
+        assert_eq!(ms("1970-01-01T00:00:00"), 0);
+        assert_eq!(ms("1970-01-01T00:00:01.5"), 1500);
+        assert_eq!(ms("2024-04-28T05:51:22.083"), 1_714_283_482_083);
+        assert_eq!(ms("2024-02-29T23:59:59.999999999"), 1_709_251_199_999);
+        for bad in [
+            "",
+            "2024-04-28 05:51:22",
+            "2024-02-30T00:00:00",
+            "2024-04-28T24:00:00",
+            "2024-04-28T05:51:22.",
+            "2024-04-28T05:51:22Z",
+            "2024-04-28T05:51:22.0000000001",
+            "２024-04-28T05:51:22",
+        ] {
+            assert_eq!(event_time_ms(bad), None, "{bad}");
+        }
+        // The same instant as chrono's own parser reads it.
+        let chrono =
+            NaiveDateTime::parse_from_str("2026-11-27T00:21:12.287", "%Y-%m-%dT%H:%M:%S%.f")
+                .unwrap()
+                .and_utc()
+                .timestamp_millis();
+        assert_eq!(ms("2026-11-27T00:21:12.287"), chrono);
+        assert_eq!(format_time(1_714_283_480_000), "2024-04-28T05:51:20");
+    }
+
+    #[test]
+    fn window_boundaries_at_exact_multiples_of_the_size() {
+        let size = 20_000;
+        assert_eq!(window_start(40_000, size), 40_000);
+        assert_eq!(window_start(39_999, size), 20_000);
+        assert_eq!(window_start(-1, size), -20_000);
+        let mut agg = Aggregator::new(&config(20, 0, 0));
+        let now = Instant::now();
+        agg.add(0, 0, "a", 39_999, now);
+        agg.add(0, 1, "a", 40_000, now);
+        // The watermark is 40,000: [20 s, 40 s) has ended, [40 s, 60 s) has not.
+        let fired = agg.fire(now);
+        assert_eq!(fired.len(), 1);
+        assert_eq!(
+            (fired[0].start_ms, fired[0].end_ms, fired[0].page_views),
+            (20_000, 40_000, 1)
+        );
+        assert_eq!(agg.hold(0), Some(1), "the open window still needs offset 1");
+    }
+
+    #[test]
+    fn out_of_order_events_within_the_bound_count_and_later_ones_are_late() {
+        let mut agg = Aggregator::new(&config(10, 5, 0));
+        let now = Instant::now();
+        agg.add(0, 0, "a", 12_000, now);
+        agg.add(0, 1, "a", 14_000, now); // watermark 9 s: nothing fires
+        assert!(agg.fire(now).is_empty());
+        // 8 s is 6 s behind the latest, out of order beyond 5 s, but its window [0, 10) has
+        // not fired (the watermark is 9 s): it counts.
+        assert_eq!(agg.add(0, 2, "a", 8_000, now), Verdict::Counted);
+        agg.add(0, 3, "a", 16_000, now); // watermark 11 s: [0, 10) fires
+        let fired = agg.fire(now);
+        assert_eq!(
+            results(&fired),
+            [("a".into(), "1970-01-01T00:00:00".into(), 1)]
+        );
+        // Now an event of [0, 10) is late, by 1 s past its end.
+        assert_eq!(
+            agg.add(0, 4, "a", 9_999, now),
+            Verdict::Late {
+                window_end_ms: 10_000,
+                behind_ms: 1_000
+            }
+        );
+        assert_eq!(agg.status(now).late, 1);
+        assert_eq!(agg.hold(0), Some(0), "[10, 20) holds offset 0");
+    }
+
+    #[test]
+    fn allowed_lateness_keeps_a_window_open_past_its_end() {
+        let mut agg = Aggregator::new(&config(10, 0, 3));
+        let now = Instant::now();
+        agg.add(0, 0, "a", 5_000, now);
+        agg.add(0, 1, "b", 12_000, now); // watermark 12 s < 10 + 3
+        assert!(agg.fire(now).is_empty());
+        assert_eq!(agg.add(0, 2, "a", 9_000, now), Verdict::Counted);
+        agg.add(0, 3, "b", 13_000, now);
+        let fired = agg.fire(now);
+        assert_eq!(
+            results(&fired),
+            [("a".into(), "1970-01-01T00:00:00".into(), 2)]
+        );
+        assert!(matches!(
+            agg.add(0, 4, "a", 1_000, now),
+            Verdict::Late { .. }
+        ));
+    }
+
+    #[test]
+    fn an_idle_partition_stops_holding_the_watermark_back() {
+        let mut agg = Aggregator::new(&config(10, 0, 0));
+        let start = Instant::now();
+        agg.add(0, 0, "a", 1_000, start);
+        agg.add(1, 0, "b", 25_000, start);
+        // Partition 0 holds the watermark at 1 s.
+        assert!(agg.fire(start).is_empty());
+        let later = start + Duration::from_secs(11);
+        agg.add(1, 1, "b", 26_000, later);
+        // Partition 0 has been quiet for 11 s: partition 1 alone sets it (26 s).
+        let fired = agg.fire(later);
+        assert_eq!(
+            results(&fired),
+            [("a".into(), "1970-01-01T00:00:00".into(), 1),]
+        );
+        assert_eq!(agg.advance(later), 26_000);
+        let status = agg.status(later);
+        assert!(
+            status.partitions[0].idle && !status.partitions[1].idle,
+            "{status:?}"
+        );
+        // [10, 20) has fired empty; [20, 30) is open.
+        assert_eq!(agg.hold(1), Some(0));
+    }
+
+    #[test]
+    fn a_partition_without_events_holds_the_watermark_until_it_is_idle() {
+        let mut agg = Aggregator::new(&config(10, 0, 0));
+        let start = Instant::now();
+        agg.assign(1, start);
+        agg.add(0, 0, "a", 25_000, start);
+        assert!(agg.fire(start).is_empty());
+        agg.add(0, 1, "a", 26_000, start + Duration::from_secs(11));
+        assert_eq!(agg.fire(start + Duration::from_secs(11)).len(), 0);
+        assert_eq!(agg.advance(start + Duration::from_secs(11)), 26_000);
+    }
+
+    #[test]
+    fn counts_merge_across_partitions_and_a_revoked_partition_drops_its_share() {
+        let mut agg = Aggregator::new(&config(10, 0, 0));
+        let now = Instant::now();
+        agg.add(0, 7, "a", 1_000, now);
+        agg.add(1, 3, "a", 2_000, now);
+        agg.add(2, 9, "a", 3_000, now);
+        agg.revoke(2);
+        agg.add(0, 8, "z", 11_000, now);
+        agg.add(1, 4, "z", 11_000, now);
+        let fired = agg.fire(now);
+        assert_eq!(
+            results(&fired),
+            [("a".into(), "1970-01-01T00:00:00".into(), 2)]
+        );
+        assert_eq!(
+            (agg.hold(0), agg.hold(1), agg.hold(2)),
+            (Some(8), Some(4), None)
+        );
+    }
+
+    #[test]
+    fn a_restored_run_does_not_count_fired_windows_again() {
+        let mut agg = Aggregator::new(&config(10, 0, 0));
+        let now = Instant::now();
+        agg.restore(20_000);
+        assert!(matches!(
+            agg.add(0, 0, "a", 19_999, now),
+            Verdict::Late { .. }
+        ));
+        assert_eq!(agg.add(0, 1, "a", 20_000, now), Verdict::Counted);
+        assert_eq!(agg.fired_through(), 20_000);
+    }
+
+    #[test]
+    fn memory_holds_open_windows_only() {
+        let mut agg = Aggregator::new(&config(10, 0, 0));
+        let now = Instant::now();
+        for i in 0..100_000i64 {
+            agg.add(0, i, &format!("user-{}", i % 100), i * 10, now);
+            if i % 1000 == 0 {
+                agg.fire(now);
+            }
+        }
+        agg.fire(now);
+        let status = agg.status(now);
+        assert!(status.open_windows <= 2, "{status:?}");
+        assert!(status.open_counts <= 200, "{status:?}");
+    }
+}
