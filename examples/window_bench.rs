@@ -21,9 +21,7 @@ fn main() {
     let started = Instant::now();
     let mut fired = 0usize;
     for (offset, line) in lines.iter().enumerate() {
-        let event = streamkit::transform::decode(Some(line.as_bytes()))
-            .and_then(streamkit::transform::parse)
-            .expect("valid events");
+        let event = streamkit::transform::visit(Some(line.as_bytes())).expect("valid events");
         let at = event_time_ms(&event.event_datetime).expect("a valid time");
         aggregator.add(0, offset as i64, &event.id, at, now);
         if offset % 1024 == 0 {

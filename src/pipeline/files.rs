@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FileConfig, Job, Stats, StatusLine, run_stages};
 use crate::error::{Error, Result};
-use crate::transform::{self, RejectKind, Rejection};
+use crate::transform::{RejectKind, Rejection};
 use crate::windows::{Aggregator, UserTraffic, Verdict, WindowResult, event_time_ms};
 
 /// What an aggregation job holds between lines.
@@ -328,11 +328,7 @@ impl LineWriter<'_> {
     /// An aggregation job's line: counted (`Ok(false)`: nothing to write yet) or rejected.
     fn aggregate_line(&mut self, record: &[u8]) -> Result<bool, Rejection> {
         let stats = self.stats;
-        let text = transform::decode(Some(record)).inspect(|_| Stats::add(&stats.decoded));
-        let event = text
-            .and_then(transform::parse)
-            .inspect(|_| Stats::add(&stats.parsed))
-            .inspect_err(|r| stats.reject(r.kind, &r.reason))?;
+        let event = super::visit_stages(Some(record), stats)?;
         let number = self.number;
         match &mut self.aggregate {
             Some(Aggregate::Users(users)) => users.add(&event.id, event.file_size_bytes),
@@ -358,15 +354,9 @@ impl LineWriter<'_> {
                     behind_ms,
                 } = verdict
                 {
-                    let reason = format!(
-                        "late: its window ended at {} and had fired; the event is {behind_ms} ms behind the watermark less the allowed lateness",
-                        crate::windows::format_time(window_end_ms)
-                    );
-                    stats.reject(RejectKind::Late, &reason);
-                    return Err(Rejection {
-                        kind: RejectKind::Late,
-                        reason,
-                    });
+                    let rejection = super::windowed::late(window_end_ms, behind_ms);
+                    stats.reject(rejection.kind, &rejection.reason);
+                    return Err(rejection);
                 }
             }
             None => {}

@@ -768,6 +768,28 @@ fn run_stages(
     staged
 }
 
+/// Decode → Parse for the aggregation jobs ([`transform::visit`]), counting each
+/// operator's output in `stats` and each rejection.
+fn visit_stages<'a>(
+    payload: Option<&'a [u8]>,
+    stats: &Stats,
+) -> Result<transform::Visit<'a>, transform::Rejection> {
+    match transform::visit(payload) {
+        Ok(visit) => {
+            Stats::add(&stats.decoded);
+            Stats::add(&stats.parsed);
+            Ok(visit)
+        }
+        Err(rejection) => {
+            if !matches!(rejection.kind, RejectKind::Empty | RejectKind::NotUtf8) {
+                Stats::add(&stats.decoded);
+            }
+            stats.reject(rejection.kind, &rejection.reason);
+            Err(rejection)
+        }
+    }
+}
+
 /// The article's demo without any setup: a mock cluster and a generator, in process.
 #[allow(clippy::too_many_arguments)] // the job's parts, each used once
 fn run_embedded(

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use super::{MemberStatus, PipelineConfig, RebalanceRecord, STATUS_INTERVAL, Stats, Topics};
 use crate::error::{Error, Result};
 use crate::kafka::{self, ErrorLog, KafkaConfig};
-use crate::transform::{self, RejectKind, Rejection};
+use crate::transform::{RejectKind, Rejection};
 use crate::windows::{Aggregator, Verdict, WindowConfig, WindowResult, event_time_ms};
 
 /// How often windows are looked at (fired) and the dashboard's view refreshed.
@@ -77,6 +77,17 @@ fn parse_metadata(text: &str) -> Option<Restored> {
         fired_through,
         read,
     })
+}
+
+/// The dead letter's reason for a late event.
+pub(super) fn late(window_end_ms: i64, behind_ms: i64) -> Rejection {
+    Rejection {
+        kind: RejectKind::Late,
+        reason: format!(
+            "late: its window ended at {} and had fired; the event is {behind_ms} ms behind the watermark less the allowed lateness",
+            crate::windows::format_time(window_end_ms)
+        ),
+    }
 }
 
 /// Counts the producer's acknowledgements; the first failure stops the job.
@@ -546,10 +557,7 @@ impl Job<'_> {
         let (partition, offset) = (message.partition(), message.offset());
         Stats::add(&self.stats.read);
         let stats = &self.stats;
-        let parsed = transform::decode(message.payload())
-            .inspect(|_| Stats::add(&stats.decoded))
-            .and_then(transform::parse)
-            .inspect(|_| Stats::add(&stats.parsed));
+        let parsed = super::visit_stages(message.payload(), stats);
         let rejection = {
             let Ok(mut state) = self.state.lock() else {
                 return Err(Error::Kafka("state lock poisoned".into()));
@@ -557,15 +565,18 @@ impl Job<'_> {
             state.next_read.insert(partition, offset + 1);
             state.at_end.remove(&partition);
             match parsed {
-                Err(rejection) => Some(rejection),
+                Err(rejection) => Some((rejection, true)),
                 Ok(event) => match event_time_ms(&event.event_datetime) {
-                    None => Some(Rejection {
-                        kind: RejectKind::InvalidField,
-                        reason: format!(
-                            "event_datetime {:?} is not a time of the form YYYY-MM-DDTHH:MM:SS.fff",
-                            event.event_datetime
-                        ),
-                    }),
+                    None => Some((
+                        Rejection {
+                            kind: RejectKind::InvalidField,
+                            reason: format!(
+                                "event_datetime {:?} is not a time of the form YYYY-MM-DDTHH:MM:SS.fff",
+                                event.event_datetime
+                            ),
+                        },
+                        false,
+                    )),
                     Some(at) => {
                         let replayed = state.restored.get(&partition).is_some_and(|r| {
                             offset < r.read && state.aggregator.expiry(at) <= r.fired_through
@@ -590,21 +601,17 @@ impl Job<'_> {
                                 Verdict::Late {
                                     window_end_ms,
                                     behind_ms,
-                                } => Some(Rejection {
-                                    kind: RejectKind::Late,
-                                    reason: format!(
-                                        "late: its window ended at {} and had fired; the event is {behind_ms} ms behind the watermark less the allowed lateness",
-                                        crate::windows::format_time(window_end_ms)
-                                    ),
-                                }),
+                                } => Some((late(window_end_ms, behind_ms), false)),
                             }
                         }
                     }
                 },
             }
         };
-        if let Some(rejection) = rejection {
-            self.stats.reject(rejection.kind, &rejection.reason);
+        if let Some((rejection, counted)) = rejection {
+            if !counted {
+                self.stats.reject(rejection.kind, &rejection.reason);
+            }
             let headers = super::worker::dead_letter_headers(
                 message.headers().map(|h| h.detach()),
                 &self.topics.input,
