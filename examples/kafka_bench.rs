@@ -113,6 +113,7 @@ fn main() {
     for parallelism in 1..=3 {
         let config = streamkit::pipeline::PipelineConfig {
             job: streamkit::pipeline::Job::KafkaIo,
+            guarantee: streamkit::pipeline::Guarantee::AtLeastOnce,
             job_name: format!("bench-{run_id}-p{parallelism}"),
             parallelism,
             group: Default::default(),

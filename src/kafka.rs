@@ -357,6 +357,32 @@ pub fn pipeline_producer_config(
     config
 }
 
+/// Producer configuration of an exactly-once worker: the pipeline's, made transactional.
+pub fn transactional_producer_config(
+    kafka: &KafkaConfig,
+    job_name: &str,
+    transactional_id: &str,
+    max_message_bytes: Option<usize>,
+    transaction_timeout: Duration,
+) -> ClientConfig {
+    let mut config = pipeline_producer_config(kafka, job_name, max_message_bytes);
+    let timeout_ms = transaction_timeout.as_millis().to_string();
+    config
+        // Stable per worker slot of a process instance: a restart fences its predecessor
+        // and aborts the predecessor's open transaction at once.
+        .set("transactional.id", transactional_id)
+        // The broker aborts a silent producer's open transaction after 10 s (default 60 s):
+        // the longest a read_committed reader stalls on a process that is not restarted.
+        .set("transaction.timeout.ms", &timeout_ms)
+        // A transactional producer's records must be delivered within its transaction
+        // (librdkafka requires message.timeout.ms <= transaction.timeout.ms; the pipeline's
+        // default is infinite).
+        .set("message.timeout.ms", &timeout_ms);
+    // -X may still override any of these, last, as everywhere.
+    apply_properties(&mut config, kafka);
+    config
+}
+
 /// Room left for a record batch's own framing under a topic's `max.message.bytes`.
 const BATCH_FRAMING_BYTES: usize = 512;
 

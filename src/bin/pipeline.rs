@@ -10,7 +10,8 @@ use clap::{CommandFactory, Parser};
 use streamkit::cli::{KafkaArgs, parse_duration, parse_duration_or_zero, parse_rate};
 use streamkit::kafka::{GroupConfig, GroupProtocol, LOCAL_BOOTSTRAP_SERVERS};
 use streamkit::pipeline::{
-    self, Cluster, DemoConfig, FileConfig, Job, PipelineConfig, Source, Topics,
+    self, Cluster, DemoConfig, ExactlyOnce, FileConfig, Guarantee, Job, PipelineConfig, Source,
+    Topics,
 };
 use streamkit::windows::WindowConfig;
 
@@ -40,6 +41,26 @@ struct Args {
     /// Job name; also the consumer group its positions are committed under [default: the job]
     #[arg(long)]
     job_name: Option<String>,
+
+    /// at-least-once (the default) or exactly-once: transactions that commit the output,
+    /// the dead letters and the input positions together (Kafka Streams' names)
+    #[arg(long, value_enum, default_value_t = GuaranteeArg::AtLeastOnce)]
+    processing_guarantee: GuaranteeArg,
+
+    /// How often positions are committed, in milliseconds [default: 100 with exactly-once,
+    /// as in Kafka Streams; else --checkpointing-interval]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=86_400_000), allow_negative_numbers = true)]
+    commit_interval: Option<u64>,
+
+    /// Exactly-once: this process instance's name in its transactional ids
+    /// (<job>-<instance>-<worker>); give each process on a host its own, and keep it across
+    /// restarts so a restart fences its predecessor [default: the host name]
+    #[arg(long, value_name = "ID")]
+    instance_id: Option<String>,
+
+    /// Test hook: abort the first transaction that holds N records, once
+    #[arg(long, hide = true, value_name = "N")]
+    inject_abort_after: Option<u64>,
 
     /// traffic-agg: fixed window size, aligned to the epoch (e.g. 20s, 1m)
     #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
@@ -146,6 +167,21 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum GuaranteeArg {
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+/// The host's name, the default instance id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum JobArg {
     KafkaIo,
     TrafficAgg,
@@ -189,6 +225,36 @@ impl Args {
             }
             JobArg::UserTraffic => Job::UserTraffic,
         };
+        let guarantee = match self.processing_guarantee {
+            GuaranteeArg::AtLeastOnce if self.inject_abort_after.is_some() => {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--inject-abort-after needs --processing-guarantee exactly-once",
+                ));
+            }
+            GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+            GuaranteeArg::ExactlyOnce if self.input.is_some() => {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--processing-guarantee exactly-once needs Kafka: files have no transactions",
+                ));
+            }
+            GuaranteeArg::ExactlyOnce if matches!(job, Job::TrafficAgg(_)) => {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--processing-guarantee exactly-once applies to --job kafka-io",
+                ));
+            }
+            GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce(ExactlyOnce {
+                instance_id: self.instance_id.clone().unwrap_or_else(host_name),
+                inject_abort_after: self.inject_abort_after,
+            }),
+        };
+        let commit_interval = match (self.commit_interval, &guarantee) {
+            (Some(ms), _) => ms,
+            (None, Guarantee::ExactlyOnce(_)) => 100,
+            (None, Guarantee::AtLeastOnce) => self.checkpointing_interval,
+        };
         let without_kafka = self.input.is_some().then_some("file mode (--input)");
         if let Err(message) = self.kafka.check(without_kafka) {
             return Err(Args::command().error(clap::error::ErrorKind::InvalidValue, message));
@@ -224,9 +290,21 @@ impl Args {
             }
             GroupProtocolArg::Consumer => GroupProtocol::Consumer,
         };
+        // Exactly-once: static membership under the instance id unless told otherwise, so a
+        // restarted process takes its members' places (and partitions) at once instead of
+        // waiting out its predecessor's session, while its transactional ids fence the
+        // predecessor's producers.
+        let instance_id = match &guarantee {
+            Guarantee::ExactlyOnce(eos) if self.group_instance_id.is_none() => Some(format!(
+                "{}-{}",
+                self.job_name.as_deref().unwrap_or(job.name()),
+                eos.instance_id
+            )),
+            _ => self.group_instance_id.clone(),
+        };
         let group = GroupConfig {
             protocol,
-            instance_id: self.group_instance_id.clone(),
+            instance_id,
         };
         let topics = Topics {
             input: self.input_topic,
@@ -282,10 +360,11 @@ impl Args {
         };
         Ok(PipelineConfig {
             job,
+            guarantee,
             job_name: self.job_name.unwrap_or_else(|| job.name().to_string()),
             parallelism: usize::from(self.parallelism),
             group,
-            checkpointing_interval: Duration::from_millis(self.checkpointing_interval),
+            checkpointing_interval: Duration::from_millis(commit_interval),
             bounded: self.bounded,
             source,
             ui: (!self.no_ui).then_some(self.ui_addr),

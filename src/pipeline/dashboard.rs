@@ -49,6 +49,7 @@ const OPERATOR_LABELS: [&str; 6] = [
 
 pub(super) struct JobView {
     name: String,
+    guarantee: &'static str,
     /// (consumer-group protocol) in Kafka modes.
     group: Option<&'static str>,
     mode: &'static str,
@@ -104,14 +105,23 @@ impl JobView {
         );
         registry.register_collector(Box::new(JobMetrics {
             job: config.job_name.clone(),
+            guarantee: config.guarantee.as_str(),
             input: topics
                 .as_ref()
                 .map_or_else(|| "file".to_string(), |t| t.0.clone()),
             started,
             stats: Arc::clone(&stats),
         }));
+        if matches!(config.guarantee, super::Guarantee::ExactlyOnce(_)) {
+            registry.register(
+                "streamkit_pipeline_transaction_duration_seconds",
+                "From a transaction's first record to its commit",
+                stats.transactions().durations(),
+            );
+        }
         JobView {
             name: config.job_name.clone(),
+            guarantee: config.guarantee.as_str(),
             group: topics.as_ref().map(|_| config.group.protocol.as_str()),
             mode,
             parallelism,
@@ -214,7 +224,11 @@ impl JobView {
                 state: self.stats.phase().as_str(),
                 mode: self.mode,
                 parallelism: self.parallelism,
-                delivery_guarantee: "at-least-once",
+                delivery_guarantee: self.guarantee,
+                transactions: (self.guarantee == "exactly-once").then(|| TransactionSnapshot {
+                    committed: Stats::get(&self.stats.transactions().committed),
+                    aborted: Stats::get(&self.stats.transactions().aborted),
+                }),
                 started_at_ms: epoch_ms(self.started_at),
                 uptime_seconds: self.started.elapsed().as_secs_f64(),
                 input: self.topics.as_ref().map(|t| t.0.clone()),
@@ -330,6 +344,7 @@ fn epoch_ms(at: SystemTime) -> u64 {
 #[derive(Debug)]
 struct JobMetrics {
     job: String,
+    guarantee: &'static str,
     /// The input topic, or `file`.
     input: String,
     started: Instant,
@@ -473,6 +488,30 @@ impl Collector for JobMetrics {
         }
         encode_samples(
             &mut encoder,
+            "streamkit_pipeline_processing_guarantee",
+            "The job's processing guarantee (always 1).",
+            MetricType::Gauge,
+            [(
+                [("job", job), ("guarantee", self.guarantee)],
+                ConstGauge::new(1i64),
+            )],
+        )?;
+        if self.guarantee == "exactly-once" {
+            let tx = self.stats.transactions();
+            encode_samples(
+                &mut encoder,
+                "streamkit_pipeline_transactions",
+                "Transactions ended, by outcome.",
+                MetricType::Counter,
+                [
+                    ("committed", Stats::get(&tx.committed)),
+                    ("aborted", Stats::get(&tx.aborted)),
+                ]
+                .map(|(outcome, n)| ([("job", job), ("outcome", outcome)], ConstCounter::new(n))),
+            )?;
+        }
+        encode_samples(
+            &mut encoder,
             "streamkit_pipeline_uptime_seconds",
             "Seconds since the job started.",
             MetricType::Gauge,
@@ -506,6 +545,8 @@ struct JobInfo {
     mode: &'static str,
     parallelism: usize,
     delivery_guarantee: &'static str,
+    /// Exactly-once: transactions committed and aborted (`null` otherwise).
+    transactions: Option<TransactionSnapshot>,
     started_at_ms: u64,
     uptime_seconds: f64,
     input: Option<String>,
@@ -513,6 +554,12 @@ struct JobInfo {
     dead_letter: Option<String>,
     /// The job's consumer group, in Kafka modes.
     group: Option<GroupInfo>,
+}
+
+#[derive(Debug, Serialize)]
+struct TransactionSnapshot {
+    committed: u64,
+    aborted: u64,
 }
 
 #[derive(Debug, Serialize)]

@@ -24,8 +24,11 @@
 mod dashboard;
 mod files;
 mod group;
+mod transactional;
 mod windowed;
 mod worker;
+
+pub use transactional::{ExactlyOnce, TRANSACTION_TIMEOUT, TransactionStats};
 
 pub use files::{MAX_LINE_BYTES, check_distinct as check_files};
 pub use worker::{IN_FLIGHT_BUDGET, PREFETCH_BUDGET_KBYTES, REVOKE_TIMEOUT};
@@ -59,6 +62,8 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 pub struct PipelineConfig {
     /// Which job: the article's, or one of the seed repository's aggregations.
     pub job: Job,
+    /// At-least-once (the default), or exactly-once with transactions.
+    pub guarantee: Guarantee,
     /// Also the consumer group under which positions are committed.
     pub job_name: String,
     /// Workers in this process; each is a member of the job's consumer group.
@@ -72,6 +77,23 @@ pub struct PipelineConfig {
     pub source: Source,
     /// Serve the dashboard, the JSON and /metrics here (the next free port if taken).
     pub ui: Option<std::net::SocketAddr>,
+}
+
+/// `--processing-guarantee`, named as in Kafka Streams.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Guarantee {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce(ExactlyOnce),
+}
+
+impl Guarantee {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => "at-least-once",
+            Guarantee::ExactlyOnce(_) => "exactly-once",
+        }
+    }
 }
 
 /// The jobs of the seed repository.
@@ -175,6 +197,8 @@ pub struct Stats {
     aggregating: std::sync::atomic::AtomicBool,
     /// Aggregation jobs: the windows' state, for the dashboard.
     windows: Mutex<Option<crate::windows::WindowStatus>>,
+    /// Exactly-once: transactions committed and aborted, and their durations.
+    transactions: TransactionStats,
 }
 
 /// One member of the job's consumer group in this process: a worker, and what it owns.
@@ -513,6 +537,11 @@ impl Stats {
         &self.end_to_end
     }
 
+    /// Exactly-once: the job's transactions.
+    pub fn transactions(&self) -> &TransactionStats {
+        &self.transactions
+    }
+
     /// Aggregation jobs: the windows' state now.
     pub fn set_windows(&self, status: crate::windows::WindowStatus) {
         if let Ok(mut windows) = self.windows.lock() {
@@ -705,9 +734,12 @@ pub fn run_with_stats(
             cluster: Cluster::External(kafka),
             topics,
             print_keys,
-        } => match &config.job {
-            Job::TrafficAgg(windows) => {
+        } => match (&config.job, &config.guarantee) {
+            (Job::TrafficAgg(windows), _) => {
                 windowed::run(&runtime, config, windows, kafka, topics, stats, cancel)
+            }
+            (_, Guarantee::ExactlyOnce(eos)) => {
+                transactional::run(&runtime, config, eos, kafka, topics, stats, cancel)
             }
             _ => worker::run(&runtime, config, kafka, topics, *print_keys, stats, cancel),
         },
@@ -850,9 +882,15 @@ fn run_embedded(
     let feed_stop = cancel.child_token();
     std::thread::scope(|scope| {
         let feed = scope.spawn(|| crate::datagen::run(&feed_config, &feed_stop));
-        let job = match &config.job {
-            Job::TrafficAgg(windows) => {
+        let job = match (&config.job, &config.guarantee) {
+            (Job::TrafficAgg(windows), _) => {
                 windowed::run(runtime, config, windows, &kafka, topics, stats, cancel)
+            }
+            (_, Guarantee::ExactlyOnce(eos)) => {
+                log::warn!(
+                    "exactly-once on the embedded cluster: transactions run, but the in-process cluster does not enforce read_committed, so its output cannot prove the guarantee (use --use-own with Apache Kafka)"
+                );
+                transactional::run(runtime, config, eos, &kafka, topics, stats, cancel)
             }
             _ => worker::run(runtime, config, &kafka, topics, print_keys, stats, cancel),
         };

@@ -44,10 +44,22 @@ pub struct Record {
     pub headers: std::collections::BTreeMap<String, String>,
 }
 
-/// Reads every partition of `topic` from the beginning to its end.
+/// Reads every partition of `topic` from the beginning to its end, as a `read_committed`
+/// consumer (librdkafka's default) sees it.
 pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
+    read_topic_as(bootstrap, topic, partitions, "read_committed")
+}
+
+/// As [`read_topic`], with `isolation` (`read_committed` or `read_uncommitted`).
+pub fn read_topic_as(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+) -> Vec<Record> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
+        .set("isolation.level", isolation)
         .set("group.id", "streamkit-tests")
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Prints the cost of exactly-once on stderr: on the local cluster (Apache Kafka, started if
+# down; transactions need it) or BOOTSTRAP_SERVERS, one backlog of 2,000,000 events (or
+# EVENTS) on 6 partitions drained by `pipeline --bounded` (one process, 3 workers) at
+# least once, then exactly once with transactions every 100 ms, 1 s and 10 s, then at
+# least once again; records/s and CPU seconds per million records for each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+events=${EVENTS:-2000000}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/streamkit-target}
+cargo build --quiet --release --bins
+source bench/lib.sh
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+topic() {
+  local name
+  name="bench-$1-$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  "$SETUP_DIR/kafka.sh" topics --bootstrap-server "$servers" --create --topic "$name" --partitions 6 >/dev/null
+  echo "$name"
+}
+
+input=$(topic eos-in)
+"$release/datagen" -s streaming -e "$events" --seed 1 --bootstrap-servers "$servers" --topic "$input" -q
+echo "== $events events on 6 partitions at $servers; pipeline --bounded, 3 workers" >&2
+run() {
+  local label=$1
+  shift
+  local out dlq
+  out=$(topic eos-out)
+  dlq=$(topic eos-dlq)
+  /usr/bin/time -f "%e %U %S" -o "$work/time" "$release/pipeline" --bounded --use-own \
+    --bootstrap-servers "$servers" --job-name "bench-$label-$out" --input-topic "$input" \
+    --output-topic "$out" --dead-letter-topic "$dlq" --no-ui "$@" 2> "$work/log" \
+    || { cat "$work/log" >&2; exit 1; }
+  read -r elapsed user sys < "$work/time"
+  awk -v label="$label" -v n="$events" -v e="$elapsed" -v u="$user" -v s="$sys" 'BEGIN {
+    printf "%-26s %8.0f records/s in %6.2f s, %.2f CPU-s per million records\n",
+      label, n / e, e, (u + s) * 1e6 / n }' >&2
+  grep "^pipeline: read" "$work/log" >&2
+}
+run "at-least-once"
+run "exactly-once, 100 ms" --processing-guarantee exactly-once --instance-id bench
+run "exactly-once, 1 s" --processing-guarantee exactly-once --instance-id bench --commit-interval 1000
+run "exactly-once, 10 s" --processing-guarantee exactly-once --instance-id bench --commit-interval 10000
+run "at-least-once (again)"

@@ -1,0 +1,239 @@
+//! `--processing-guarantee exactly-once` on Apache Kafka (`setup/start-env.sh --backend
+//! kafka`): every count is taken by a `read_committed` consumer, by key, against the input
+//! fed. Run with `cargo test --features e2e --test exactly_once_e2e -- --test-threads=1`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::broker::{BOOTSTRAP, Job, job, loss_and_duplicates, partition_count, script};
+use common::{produce, read_topic, read_topic_as, signal, stderr, wait_with_timeout};
+
+const PARTITIONS: i32 = 6;
+
+fn eos(job: &Job, instance: &str, extra: &[&str]) -> Child {
+    // One worker per process (`Job::process`), each with its own transactional producer.
+    let mut command: Command = job.process(&[
+        "--processing-guarantee",
+        "exactly-once",
+        "--instance-id",
+        instance,
+    ]);
+    command
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn stop(child: Child, what: &str) -> String {
+    signal(&child, "TERM");
+    let output = wait_with_timeout(child, Duration::from_secs(60));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{what}: {err}");
+    err
+}
+
+/// Output records (read_committed) so far.
+fn committed_count(job: &Job) -> usize {
+    read_topic(BOOTSTRAP, &job.output, partition_count(&job.output)).len()
+}
+
+#[test]
+fn a_process_killed_mid_run_and_restarted_loses_and_duplicates_nothing() {
+    let job = job("eos-crash", PARTITIONS);
+    let expected = job.feed(300_000, 11);
+    let a = eos(&job, "a", &[]);
+    let b = eos(&job, "b", &[]);
+    let started = Instant::now();
+    while committed_count(&job) < 30_000 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(&a, "KILL");
+    let killed = Instant::now();
+    let _ = wait_with_timeout(a, Duration::from_secs(10));
+    let at_kill = committed_count(&job);
+    // Restarted under the same instance id: it fences its predecessor's producers and
+    // aborts their open transactions at once.
+    let a = eos(&job, "a", &[]);
+    assert!(
+        at_kill < expected.len(),
+        "the kill came after the end: make the backlog larger"
+    );
+    let stall = loop {
+        if committed_count(&job) > at_kill {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > Duration::from_secs(60) {
+            signal(&a, "TERM");
+            signal(&b, "TERM");
+            let a = wait_with_timeout(a, Duration::from_secs(30));
+            let b = wait_with_timeout(b, Duration::from_secs(30));
+            panic!(
+                "read_committed output stalled for 60 s after the kill ({at_kill} records then)\nrestarted: {}\nother: {}",
+                stderr(&a),
+                stderr(&b)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("read_committed output grew again {stall:?} after the kill -9");
+    assert!(stall < Duration::from_secs(15), "stalled {stall:?}");
+    let counts = job.wait_for_all(&expected, Duration::from_secs(240));
+    stop(a, "restarted process");
+    stop(b, "other process");
+    let counts_after = job.output_counts();
+    assert_eq!(counts_after, counts, "nothing more after the stop");
+    assert_eq!(loss_and_duplicates(&expected, &counts), (0, 0));
+}
+
+#[test]
+fn a_zombie_process_is_fenced_and_nothing_is_lost_or_duplicated() {
+    let job = job("eos-zombie", PARTITIONS);
+    let expected = job.feed(150_000, 12);
+    let session = ["--session-timeout", "6000"];
+    let a = eos(&job, "a", &session);
+    let b = eos(&job, "b", &session);
+    let started = Instant::now();
+    while committed_count(&job) < 10_000 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Frozen past its session: the group moves its partitions to b.
+    signal(&a, "STOP");
+    std::thread::sleep(Duration::from_secs(15));
+    signal(&a, "CONT");
+    let counts = job.wait_for_all(&expected, Duration::from_secs(240));
+    // The zombie's late transaction is fenced: it either stops with that message or goes
+    // on as a new member; nothing it wrote after losing its partitions is visible.
+    signal(&a, "TERM");
+    let zombie = wait_with_timeout(a, Duration::from_secs(60));
+    let zombie_log = stderr(&zombie);
+    stop(b, "the live process");
+    assert_eq!(
+        loss_and_duplicates(&expected, &job.output_counts()),
+        (0, 0),
+        "zombie: {zombie_log}"
+    );
+    assert_eq!(loss_and_duplicates(&expected, &counts), (0, 0));
+    assert!(
+        zombie_log.contains("lost")
+            || zombie_log.contains("fenced")
+            || zombie_log.contains("zombie"),
+        "the zombie noticed: {zombie_log}"
+    );
+}
+
+#[test]
+fn a_broker_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
+    let job = job("eos-broker", PARTITIONS);
+    let expected = job.feed(100_000, 13);
+    let a = eos(&job, "a", &[]);
+    let started = Instant::now();
+    while committed_count(&job) < 5_000 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".state/kafka/broker.pid"),
+    )
+    .expect("the broker's pid");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    script("start-env.sh", &["-k"]);
+    let counts = job.wait_for_all(&expected, Duration::from_secs(240));
+    let err = stop(a, "the job");
+    assert_eq!(loss_and_duplicates(&expected, &counts), (0, 0), "{err}");
+}
+
+#[test]
+fn each_bad_record_is_dead_lettered_exactly_once_with_its_reason() {
+    let job = job("eos-bad", PARTITIONS);
+    let expected = job.feed(20_000, 14);
+    let bad: Vec<common::RawRecord> = (0..200)
+        .map(|i| {
+            (
+                Some(format!("bad-{i}").into_bytes()),
+                Some(if i % 2 == 0 {
+                    b"not json".to_vec()
+                } else {
+                    b"[1, 2]".to_vec()
+                }),
+            )
+        })
+        .collect();
+    produce(BOOTSTRAP, &job.input, &bad);
+    let a = eos(&job, "a", &[]);
+    let counts = job.wait_for_all(&expected, Duration::from_secs(120));
+    let started = Instant::now();
+    let dead = loop {
+        let dead = read_topic(BOOTSTRAP, &job.dead, PARTITIONS);
+        if dead.len() >= 200 || started.elapsed() > Duration::from_secs(60) {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    stop(a, "the job");
+    assert_eq!(loss_and_duplicates(&expected, &counts), (0, 0));
+    let keys: BTreeSet<String> = dead
+        .iter()
+        .map(|r| String::from_utf8(r.key.clone()).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 200, "each bad record once");
+    assert_eq!(keys.len(), 200);
+    for record in &dead {
+        let kind = record.headers.get("error.kind").map(String::as_str);
+        assert!(
+            matches!(kind, Some("not_json") | Some("not_object")),
+            "{kind:?}"
+        );
+        assert!(!record.headers["error"].is_empty());
+    }
+}
+
+#[test]
+fn an_aborted_transaction_is_invisible_to_read_committed_and_visible_to_read_uncommitted() {
+    let job = job("eos-abort", PARTITIONS);
+    let expected = job.feed(20_000, 15);
+    // One worker, and a commit interval long enough for 2,000 records in one transaction.
+    let mut command = job.process(&[
+        "--processing-guarantee",
+        "exactly-once",
+        "--instance-id",
+        "a",
+        "--commit-interval",
+        "5000",
+        "--inject-abort-after",
+        "2000",
+    ]);
+    let a = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let counts = job.wait_for_all(&expected, Duration::from_secs(120));
+    let err = stop(a, "the job");
+    assert!(
+        err.contains("aborted a transaction of 2000 records"),
+        "{err}"
+    );
+    assert_eq!(loss_and_duplicates(&expected, &counts), (0, 0), "{err}");
+    let uncommitted = read_topic_as(BOOTSTRAP, &job.output, PARTITIONS, "read_uncommitted");
+    assert!(
+        uncommitted.len() >= expected.len() + 2000,
+        "the aborted records are in the log: {} records for {} keys",
+        uncommitted.len(),
+        expected.len()
+    );
+}
