@@ -260,6 +260,9 @@ pub fn verify_consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         // Nothing is committed: every run reads from the ends it found at its start.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // Only committed records count, as a downstream consumer of an exactly-once job
+        // must read (librdkafka's default, stated: an aborted transaction is not an arrival).
+        .set("isolation.level", "read_committed")
         // Answer within 100 ms (default 500) when the output is quiet, so that the last
         // arrivals are seen soon after they land.
         .set("fetch.wait.max.ms", "100")
