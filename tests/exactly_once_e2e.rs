@@ -14,6 +14,28 @@ use common::{produce, read_topic, read_topic_as, signal, stderr, wait_with_timeo
 
 const PARTITIONS: i32 = 6;
 
+/// Kills the processes it was given when dropped: a failing test leaves none behind.
+#[derive(Default)]
+struct Reaper(std::cell::RefCell<Vec<u32>>);
+
+impl Reaper {
+    fn watch(&self, child: Child) -> Child {
+        self.0.borrow_mut().push(child.id());
+        child
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in self.0.borrow().iter() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 fn eos(job: &Job, instance: &str, extra: &[&str]) -> Child {
     // One worker per process (`Job::process`), each with its own transactional producer.
     let mut command: Command = job.process(&[
@@ -45,10 +67,11 @@ fn committed_count(job: &Job) -> usize {
 
 #[test]
 fn a_process_killed_mid_run_and_restarted_loses_and_duplicates_nothing() {
+    let reaper = Reaper::default();
     let job = job("eos-crash", PARTITIONS);
     let expected = job.feed(300_000, 11);
-    let a = eos(&job, "a", &[]);
-    let b = eos(&job, "b", &[]);
+    let a = reaper.watch(eos(&job, "a", &[]));
+    let b = reaper.watch(eos(&job, "b", &[]));
     let started = Instant::now();
     while committed_count(&job) < 30_000 {
         assert!(started.elapsed() < Duration::from_secs(120), "no progress");
@@ -60,7 +83,7 @@ fn a_process_killed_mid_run_and_restarted_loses_and_duplicates_nothing() {
     let at_kill = committed_count(&job);
     // Restarted under the same instance id: it fences its predecessor's producers and
     // aborts their open transactions at once.
-    let a = eos(&job, "a", &[]);
+    let a = reaper.watch(eos(&job, "a", &[]));
     assert!(
         at_kill < expected.len(),
         "the kill came after the end: make the backlog larger"
@@ -94,11 +117,12 @@ fn a_process_killed_mid_run_and_restarted_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_zombie_process_is_fenced_and_nothing_is_lost_or_duplicated() {
+    let reaper = Reaper::default();
     let job = job("eos-zombie", PARTITIONS);
     let expected = job.feed(150_000, 12);
     let session = ["--session-timeout", "6000"];
-    let a = eos(&job, "a", &session);
-    let b = eos(&job, "b", &session);
+    let a = reaper.watch(eos(&job, "a", &session));
+    let b = reaper.watch(eos(&job, "b", &session));
     let started = Instant::now();
     while committed_count(&job) < 10_000 {
         assert!(started.elapsed() < Duration::from_secs(120), "no progress");
@@ -131,9 +155,10 @@ fn a_zombie_process_is_fenced_and_nothing_is_lost_or_duplicated() {
 
 #[test]
 fn a_broker_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
+    let reaper = Reaper::default();
     let job = job("eos-broker", PARTITIONS);
     let expected = job.feed(100_000, 13);
-    let a = eos(&job, "a", &[]);
+    let a = reaper.watch(eos(&job, "a", &[]));
     let started = Instant::now();
     while committed_count(&job) < 5_000 {
         assert!(started.elapsed() < Duration::from_secs(120), "no progress");
@@ -159,6 +184,7 @@ fn a_broker_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
 
 #[test]
 fn each_bad_record_is_dead_lettered_exactly_once_with_its_reason() {
+    let reaper = Reaper::default();
     let job = job("eos-bad", PARTITIONS);
     let expected = job.feed(20_000, 14);
     let bad: Vec<common::RawRecord> = (0..200)
@@ -174,7 +200,7 @@ fn each_bad_record_is_dead_lettered_exactly_once_with_its_reason() {
         })
         .collect();
     produce(BOOTSTRAP, &job.input, &bad);
-    let a = eos(&job, "a", &[]);
+    let a = reaper.watch(eos(&job, "a", &[]));
     let counts = job.wait_for_all(&expected, Duration::from_secs(120));
     let started = Instant::now();
     let dead = loop {
@@ -204,6 +230,7 @@ fn each_bad_record_is_dead_lettered_exactly_once_with_its_reason() {
 
 #[test]
 fn an_aborted_transaction_is_invisible_to_read_committed_and_visible_to_read_uncommitted() {
+    let reaper = Reaper::default();
     let job = job("eos-abort", PARTITIONS);
     let expected = job.feed(20_000, 15);
     // One worker, and a commit interval long enough for 2,000 records in one transaction.
@@ -217,11 +244,13 @@ fn an_aborted_transaction_is_invisible_to_read_committed_and_visible_to_read_unc
         "--inject-abort-after",
         "2000",
     ]);
-    let a = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let a = reaper.watch(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let counts = job.wait_for_all(&expected, Duration::from_secs(120));
     let err = stop(a, "the job");
     assert!(

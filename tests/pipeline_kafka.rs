@@ -1032,12 +1032,23 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         (&["--demo-rate", "0"], "--demo-rate"),
         (&["--frobnicate"], "--frobnicate"),
         (&["--job", "nope"], "--job"),
-        (&["--processing-guarantee", "maybe"], "--processing-guarantee"),
         (
-            &["--processing-guarantee", "exactly-once", "--input", "x.jsonl"],
+            &["--processing-guarantee", "maybe"],
+            "--processing-guarantee",
+        ),
+        (
+            &[
+                "--processing-guarantee",
+                "exactly-once",
+                "--input",
+                "x.jsonl",
+            ],
             "files have no transactions",
         ),
-        (&["--inject-abort-after", "5"], "needs --processing-guarantee"),
+        (
+            &["--inject-abort-after", "5"],
+            "needs --processing-guarantee",
+        ),
         (&["--commit-interval", "0"], "--commit-interval"),
         (&["--job", "user-traffic"], "give --input"),
         (&["--job", "traffic-agg", "--window", "0"], "--window"),

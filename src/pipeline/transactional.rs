@@ -464,7 +464,6 @@ pub(super) fn run(
                 let stop = stop.clone();
                 let injected = Arc::clone(&injected);
                 let done_partitions = Arc::clone(&done_partitions);
-                let facts = facts;
                 scope.spawn(move || {
                     let result = run_worker(
                         worker,
