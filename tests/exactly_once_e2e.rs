@@ -177,7 +177,20 @@ fn a_broker_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
     );
     std::thread::sleep(Duration::from_secs(3));
     script("start-env.sh", &["-k"]);
-    let counts = job.wait_for_all(&expected, Duration::from_secs(240));
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        job.wait_for_all(&expected, Duration::from_secs(240))
+    }));
+    let counts = match waited {
+        Ok(counts) => counts,
+        Err(_) => {
+            signal(&a, "KILL");
+            let output = wait_with_timeout(a, Duration::from_secs(10));
+            panic!(
+                "the job did not finish after the broker came back; its log:\n{}",
+                stderr(&output)
+            );
+        }
+    };
     let err = stop(a, "the job");
     assert_eq!(loss_and_duplicates(&expected, &counts), (0, 0), "{err}");
 }
@@ -264,5 +277,40 @@ fn an_aborted_transaction_is_invisible_to_read_committed_and_visible_to_read_unc
         "the aborted records are in the log: {} records for {} keys",
         uncommitted.len(),
         expected.len()
+    );
+}
+
+#[test]
+fn a_record_too_large_for_the_output_is_dead_lettered_by_reference_and_the_job_goes_on() {
+    let reaper = Reaper::default();
+    let job = job("eos-poison", PARTITIONS);
+    common::broker::allow_records_of(&job.input, 10 << 20);
+    let too_large = common::padded_event(1_500_000, "too-large");
+    let key = b"oversized".to_vec();
+    let positions = produce(
+        BOOTSTRAP,
+        &job.input,
+        &[(Some(key.clone()), Some(too_large.clone()))],
+    );
+    let expected = job.feed(10_000, 16);
+    let a = reaper.watch(eos(&job, "a", &[]));
+    let counts = job.wait_for_all(&expected, Duration::from_secs(120));
+    let started = Instant::now();
+    let dead = loop {
+        let dead = read_topic(BOOTSTRAP, &job.dead, PARTITIONS);
+        if !dead.is_empty() || started.elapsed() > Duration::from_secs(30) {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let err = stop(a, "the job");
+    assert_eq!(loss_and_duplicates(&expected, &counts), (0, 0), "{err}");
+    assert_eq!(dead.len(), 1, "{err}");
+    common::assert_dead_letter_reference(
+        &dead[0],
+        &job.input,
+        "too_large",
+        positions[0],
+        too_large.len() + key.len(),
     );
 }

@@ -296,27 +296,6 @@ fn a_static_member_restarted_within_its_session_gets_its_partitions_back() {
     assert_eq!(loss_and_duplicates(&keys, &job.output_counts()), (0, 0));
 }
 
-/// Lets `topic` take records of up to `bytes`.
-fn allow_records_of(topic: &str, bytes: usize) {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::broker::BOOTSTRAP)
-        .create()
-        .unwrap();
-    let limit = bytes.to_string();
-    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", &limit);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for result in runtime
-        .block_on(admin.alter_configs(&[change], &AdminOptions::new()))
-        .unwrap()
-    {
-        result.unwrap_or_else(|(resource, code)| panic!("{resource:?}: {code}"));
-    }
-}
-
 /// Issue 17's poison pills on the broker users run: a 1.5 MB valid record and a 5 MB
 /// malformed one among 10,000 good ones. Every good record is written, both big ones are
 /// dead-lettered (by reference: the dead-letter topic takes 1 MB), and the job exits 0. A
@@ -326,7 +305,7 @@ fn allow_records_of(topic: &str, bytes: usize) {
 fn big_records_are_dead_lettered_and_every_good_record_is_written() {
     apache_kafka();
     let job = job("poison", 3);
-    allow_records_of(&job.input, 10 << 20);
+    common::broker::allow_records_of(&job.input, 10 << 20);
     let fits = common::padded_event(1_019_800, "fits");
     let too_large = common::padded_event(1_500_000, "too-large");
     let malformed = vec![b'{'; 5 << 20];

@@ -18,6 +18,10 @@
 //! **Rebalances.** Before partitions are revoked, the open transaction commits, so the new
 //! owner starts from a consistent position.
 //!
+//! **No record stops the job.** A record the output refuses for what it is (too large,
+//! invalid) is dead-lettered in the same transaction, by reference when the dead-letter
+//! topic refuses it too, as in at-least-once mode.
+//!
 //! **Errors.** An abortable error aborts the transaction, rewinds every owned partition to
 //! its last committed position and goes on; nothing of the aborted transaction is ever
 //! visible to a `read_committed` reader. A fatal one (fenced, unauthorized) stops the
@@ -53,6 +57,9 @@ pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a worker looks at its callback's errors, its transaction's age and (bounded)
 /// its ends.
 const LOOK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Producers renewed in a row without a commit before a fencing is taken as final.
+const MAX_RENEWALS: u64 = 5;
 
 /// Longest wait for a transactional call (init, commit, abort, offsets).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,7 +136,14 @@ struct Member {
     worker: usize,
     input: String,
     stats: Arc<Stats>,
-    producer: Arc<ThreadedProducer<TxProducer>>,
+    /// The worker's transactional producer; replaced by a fresh one with the same id when
+    /// the broker bumps its epoch (see [`Member::renew`]).
+    producer: Mutex<Arc<ThreadedProducer<TxProducer>>>,
+    /// How to build another.
+    producer_config: rdkafka::ClientConfig,
+    kafka: KafkaConfig,
+    /// Renewals since the last commit; past [`MAX_RENEWALS`], fencing is fatal.
+    renewals: AtomicU64,
     open: Mutex<Open>,
     /// A fatal error met inside the callback.
     failure: Mutex<Option<String>>,
@@ -256,6 +270,21 @@ fn fatal(error: &KafkaError) -> bool {
     }
 }
 
+/// Fenced by its own epoch, not by another owner: the broker aborted the transaction
+/// itself (it outlived `transaction.timeout.ms`, say through a broker outage) and bumped
+/// the producer's epoch. A fresh producer with the same id takes over; a real zombie is
+/// then stopped by the group generation when it commits offsets.
+fn renewable(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
+}
+
 fn describe(error: &KafkaError) -> String {
     match error {
         KafkaError::Transaction(e) => transaction_error(e),
@@ -302,7 +331,7 @@ impl Member {
             Some(metadata) => metadata,
             None if offsets.count() == 0 => {
                 return self
-                    .producer
+                    .producer()
                     .commit_transaction(CALL_TIMEOUT)
                     .map(|()| *open = Open::default())
                     .map_err(|e| Error::Kafka(describe(&e)));
@@ -314,12 +343,13 @@ impl Member {
                 )));
             }
         };
+        let producer = self.producer();
         let result = if offsets.count() == 0 {
-            self.producer.commit_transaction(CALL_TIMEOUT)
+            producer.commit_transaction(CALL_TIMEOUT)
         } else {
-            self.producer
+            producer
                 .send_offsets_to_transaction(&offsets, &metadata, CALL_TIMEOUT)
-                .and_then(|()| self.producer.commit_transaction(CALL_TIMEOUT))
+                .and_then(|()| producer.commit_transaction(CALL_TIMEOUT))
         };
         match result {
             Ok(()) => {
@@ -339,7 +369,12 @@ impl Member {
                     self.stats.record_checkpoint(started.elapsed(), &positions);
                 }
                 *open = Open::default();
+                self.renewals.store(0, Ordering::Relaxed);
                 Ok(())
+            }
+            Err(e) if renewable(&e) && self.renewals.load(Ordering::Relaxed) < MAX_RENEWALS => {
+                drop(open);
+                self.renew(consumer, &describe(&e))
             }
             Err(e) if fatal(&e) => Err(Error::Kafka(format!(
                 "worker {}: the transaction cannot commit: {}",
@@ -368,7 +403,11 @@ impl Member {
         if open.started.is_none() {
             return Ok(());
         }
-        if let Err(e) = self.producer.abort_transaction(CALL_TIMEOUT) {
+        if let Err(e) = self.producer().abort_transaction(CALL_TIMEOUT) {
+            if renewable(&e) && self.renewals.load(Ordering::Relaxed) < MAX_RENEWALS {
+                drop(open);
+                return self.renew(consumer, &describe(&e));
+            }
             return Err(Error::Kafka(format!(
                 "worker {}: cannot abort the transaction ({why}): {}",
                 self.worker,
@@ -386,6 +425,11 @@ impl Member {
         );
         *open = Open::default();
         drop(open);
+        self.rewind(consumer)
+    }
+
+    /// Seeks every owned partition back to its committed position.
+    fn rewind(&self, consumer: &BaseConsumer<Self>) -> Result<()> {
         let assignment = consumer.assignment().unwrap_or_default();
         let committed = consumer
             .committed_offsets(assignment, CALL_TIMEOUT)
@@ -407,6 +451,52 @@ impl Member {
         Ok(())
     }
 
+    /// The worker's producer now.
+    fn producer(&self) -> Arc<ThreadedProducer<TxProducer>> {
+        match self.producer.lock() {
+            Ok(producer) => Arc::clone(&producer),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Replaces a producer whose epoch the broker bumped with a fresh one under the same
+    /// transactional id (`init_transactions` fences the old one), drops the open
+    /// transaction's bookkeeping, and rewinds to the committed positions.
+    fn renew(&self, consumer: &BaseConsumer<Self>, why: &str) -> Result<()> {
+        self.renewals.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "worker {}: the producer was fenced ({why}); a new one with the same transactional id takes over, and the open transaction's records are read again",
+            self.worker
+        );
+        let fresh: ThreadedProducer<TxProducer> = kafka::create(
+            &self.producer_config,
+            TxProducer {
+                errors: ErrorLog::new(&self.kafka.bootstrap_servers),
+            },
+            &self.kafka,
+        )?;
+        fresh.init_transactions(CALL_TIMEOUT).map_err(|e| {
+            Error::Kafka(format!(
+                "worker {}: cannot initialise a new producer: {}",
+                self.worker,
+                describe(&e)
+            ))
+        })?;
+        if let Ok(mut slot) = self.producer.lock() {
+            *slot = Arc::new(fresh);
+        }
+        if let Ok(mut open) = self.open.lock() {
+            if open.started.is_some() {
+                self.stats
+                    .transactions()
+                    .aborted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            *open = Open::default();
+        }
+        self.rewind(consumer)
+    }
+
     /// Opens a transaction if none is open.
     fn begin(&self) -> Result<()> {
         let mut open = self
@@ -414,7 +504,7 @@ impl Member {
             .lock()
             .map_err(|_| Error::Kafka("transaction state poisoned".into()))?;
         if open.started.is_none() {
-            self.producer.begin_transaction().map_err(|e| {
+            self.producer().begin_transaction().map_err(|e| {
                 Error::Kafka(format!(
                     "worker {}: cannot begin a transaction: {}",
                     self.worker,
@@ -512,14 +602,15 @@ fn run_worker(
     done_partitions: &AtomicUsize,
 ) -> Result<()> {
     let transactional_id = format!("{}-{}-{worker}", config.job_name, eos.instance_id);
+    let producer_config = kafka::transactional_producer_config(
+        kafka,
+        &config.job_name,
+        &transactional_id,
+        facts.max_record_bytes,
+        TRANSACTION_TIMEOUT,
+    );
     let producer: Arc<ThreadedProducer<TxProducer>> = Arc::new(kafka::create(
-        &kafka::transactional_producer_config(
-            kafka,
-            &config.job_name,
-            &transactional_id,
-            facts.max_record_bytes,
-            TRANSACTION_TIMEOUT,
-        ),
+        &producer_config,
         TxProducer {
             errors: ErrorLog::new(&kafka.bootstrap_servers),
         },
@@ -549,7 +640,10 @@ fn run_worker(
         worker,
         input: topics.input.clone(),
         stats: Arc::clone(stats),
-        producer: Arc::clone(&producer),
+        producer: Mutex::new(producer),
+        producer_config,
+        kafka: kafka.clone(),
+        renewals: AtomicU64::new(0),
         open: Mutex::new(Open::default()),
         failure: Mutex::new(None),
         ends: Mutex::new(BTreeMap::new()),
@@ -560,7 +654,6 @@ fn run_worker(
         .map_err(|e| Error::Kafka(format!("cannot subscribe to {}: {e}", topics.input)))?;
     let mut worker_loop = Worker {
         consumer: &consumer,
-        producer: &producer,
         topics,
         stats,
         key: Vec::new(),
@@ -647,7 +740,6 @@ fn run_worker(
 
 struct Worker<'a> {
     consumer: &'a BaseConsumer<Member>,
-    producer: &'a ThreadedProducer<TxProducer>,
     topics: &'a Topics,
     stats: &'a Arc<Stats>,
     key: Vec<u8>,
@@ -698,10 +790,26 @@ impl Worker<'_> {
                 if let Some(headers) = message.headers() {
                     record = record.headers(headers.detach());
                 }
-                self.send(record).map(|()| true)
+                match self.send(record)? {
+                    None => true,
+                    // Refused for what it is (too large, say): dead-lettered, as at least once.
+                    Some((kind, error)) => {
+                        let reason = format!(
+                            "the output record ({} bytes) cannot go to {}: {error}",
+                            self.key.len() + self.value.len(),
+                            self.topics.output
+                        );
+                        self.stats.reject(kind, &reason);
+                        self.dead_letter(message, &Rejection { kind, reason })?;
+                        false
+                    }
+                }
             }
-            Err(rejection) => self.dead_letter(message, &rejection).map(|()| false),
-        }?;
+            Err(rejection) => {
+                self.dead_letter(message, &rejection)?;
+                false
+            }
+        };
         let abort_now = {
             let mut open = context
                 .open
@@ -720,12 +828,14 @@ impl Worker<'_> {
         if abort_now {
             // Let the transaction's records reach the broker first, so that a
             // read_uncommitted reader can see what the abort hides.
-            let _ = self.producer.flush(CALL_TIMEOUT);
+            let _ = context.producer().flush(CALL_TIMEOUT);
             context.abort(self.consumer, "injected failure (--inject-abort-after)")?;
         }
         Ok(())
     }
 
+    /// Dead-letters `message`; when the dead-letter topic refuses it too (too large), by
+    /// reference: its headers and where it is, in place of its payload.
     fn dead_letter(&self, message: &BorrowedMessage<'_>, rejection: &Rejection) -> Result<()> {
         let headers = super::worker::dead_letter_headers(
             message.headers().map(|h| h.detach()),
@@ -742,18 +852,68 @@ impl Worker<'_> {
         if let Some(value) = message.payload() {
             record = record.payload(value);
         }
-        self.send(record)
+        let Some((_, error)) = self.send(record)? else {
+            return Ok(());
+        };
+        let size = message.payload_len() + message.key().map_or(0, <[u8]>::len);
+        let reference = serde_json::json!({
+            "omitted_payload": {
+                "topic": self.topics.input,
+                "partition": message.partition(),
+                "offset": message.offset(),
+                "size": size,
+            }
+        })
+        .to_string();
+        let why = Rejection {
+            kind: rejection.kind,
+            reason: format!("{}; the dead letter too: {error}", rejection.reason),
+        };
+        let headers = super::worker::dead_letter_headers(
+            message.headers().map(|h| h.detach()),
+            &self.topics.input,
+            message.partition(),
+            message.offset(),
+            &why,
+            Some(size),
+        );
+        let record = BaseRecord::to(&self.topics.dead_letter)
+            .headers(headers)
+            .payload(reference.as_bytes());
+        match self.send(record)? {
+            None => Ok(()),
+            Some((_, error)) => Err(Error::Kafka(format!(
+                "cannot dead-letter {} partition {} offset {} even by reference: {error}",
+                self.topics.input,
+                message.partition(),
+                message.offset()
+            ))),
+        }
     }
 
-    fn send(&self, mut record: BaseRecord<'_, [u8], [u8], ()>) -> Result<()> {
+    /// Sends a record into the open transaction: `Ok(None)` once queued, `Ok(Some(..))`
+    /// when the record itself was refused (too large, invalid), an error otherwise.
+    fn send(
+        &self,
+        mut record: BaseRecord<'_, [u8], [u8], ()>,
+    ) -> Result<Option<(crate::transform::RejectKind, String)>> {
+        let producer = self.consumer.context().producer();
         loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
+            match producer.send(record) {
+                Ok(()) => return Ok(None),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((e, _)) => return Err(Error::Kafka(format!("cannot send: {e}"))),
+                Err((e, _)) => {
+                    return match e
+                        .rdkafka_error_code()
+                        .and_then(super::worker::record_refusal)
+                    {
+                        Some(kind) => Ok(Some((kind, e.to_string()))),
+                        None => Err(Error::Kafka(format!("cannot send: {e}"))),
+                    };
+                }
             }
         }
     }

@@ -113,7 +113,7 @@ const REFERENCE_KEY_BYTES: usize = 1024;
 
 /// The dead-letter kind for an error that is about one record, not the cluster: the record
 /// goes to the dead-letter topic and the job goes on.
-fn record_refusal(code: RDKafkaErrorCode) -> Option<RejectKind> {
+pub(super) fn record_refusal(code: RDKafkaErrorCode) -> Option<RejectKind> {
     match code {
         RDKafkaErrorCode::MessageSizeTooLarge => Some(RejectKind::TooLarge),
         RDKafkaErrorCode::InvalidRecord => Some(RejectKind::OutputRejected),

@@ -300,3 +300,24 @@ pub fn ever_assigned(output: &Output) -> BTreeSet<String> {
         .filter(|p| !p.is_empty())
         .collect()
 }
+
+/// Lets `topic` take records of up to `bytes`.
+pub fn allow_records_of(topic: &str, bytes: usize) {
+    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .create()
+        .unwrap();
+    let limit = bytes.to_string();
+    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", &limit);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for result in runtime
+        .block_on(admin.alter_configs(&[change], &AdminOptions::new()))
+        .unwrap()
+    {
+        result.unwrap_or_else(|(resource, code)| panic!("{resource:?}: {code}"));
+    }
+}
