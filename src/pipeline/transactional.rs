@@ -27,6 +27,11 @@
 //! visible to a `read_committed` reader. A fatal one (fenced, unauthorized) stops the
 //! worker with a message saying why.
 //!
+//! **Broker outages.** A transaction that outlives `transaction.timeout.ms` (a broker
+//! outage, say) is aborted by the broker, which bumps the producer's epoch: the worker
+//! then replaces its producer with a fresh one under the same id, rewinds and goes on,
+//! as Kafka Streams does, up to [`MAX_RENEWALS`] times in a row without a commit.
+//!
 //! Limits: `--bounded` assumes one process owns every partition. Readers downstream must
 //! read with `isolation.level=read_committed`, or they also see aborted records.
 
