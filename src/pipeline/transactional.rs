@@ -275,19 +275,33 @@ fn fatal(error: &KafkaError) -> bool {
     }
 }
 
-/// Fenced by its own epoch, not by another owner: the broker aborted the transaction
-/// itself (it outlived `transaction.timeout.ms`, say through a broker outage) and bumped
-/// the producer's epoch. A fresh producer with the same id takes over; a real zombie is
-/// then stopped by the group generation when it commits offsets.
+/// Worth a fresh producer under the same id: fenced by its own epoch rather than by
+/// another owner (the broker aborted a transaction that outlived `transaction.timeout.ms`,
+/// say through a broker outage, and bumped the epoch), or any other fatal producer state
+/// after such an outage (`INVALID_TXN_STATE`), but never an authorization failure. A real
+/// zombie is still stopped by the group generation when it commits offsets, and
+/// [`MAX_RENEWALS`] bounds the retries.
 fn renewable(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
+    let code = error.rdkafka_error_code();
+    let unauthorized = matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::GroupAuthorizationFailed
+        )
+    );
+    let fenced = matches!(
+        code,
         Some(
             RDKafkaErrorCode::Fenced
                 | RDKafkaErrorCode::ProducerFenced
                 | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::InvalidTransactionalState
         )
-    )
+    );
+    !unauthorized && (fenced || fatal(error))
 }
 
 fn describe(error: &KafkaError) -> String {
