@@ -24,7 +24,6 @@
 //! (see [`crate::windows`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,7 +94,6 @@ struct Deliveries {
     errors: ErrorLog,
     stats: Arc<Stats>,
     failed: Mutex<Option<String>>,
-    pending: AtomicU64,
 }
 
 /// Which topic a record went to.
@@ -118,7 +116,6 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = Box<Destination>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, destination: Box<Destination>) {
-        self.pending.fetch_sub(1, Ordering::Relaxed);
         match result {
             Ok(_) => Stats::add(match *destination {
                 Destination::Output => &self.stats.written,
@@ -382,7 +379,6 @@ pub(super) fn run(
             errors: ErrorLog::new(&kafka.bootstrap_servers),
             stats: Arc::clone(stats),
             failed: Mutex::new(None),
-            pending: AtomicU64::new(0),
         },
         kafka,
     )?);
@@ -679,27 +675,13 @@ impl Job<'_> {
 
     fn send(&self, mut record: BaseRecord<'_, [u8], [u8], Box<Destination>>) -> Result<()> {
         loop {
-            self.producer
-                .context()
-                .pending
-                .fetch_add(1, Ordering::Relaxed);
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    self.producer
-                        .context()
-                        .pending
-                        .fetch_sub(1, Ordering::Relaxed);
                     record = returned;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err((e, _)) => {
-                    self.producer
-                        .context()
-                        .pending
-                        .fetch_sub(1, Ordering::Relaxed);
-                    return Err(Error::Kafka(format!("cannot send: {e}")));
-                }
+                Err((e, _)) => return Err(Error::Kafka(format!("cannot send: {e}"))),
             }
         }
     }
