@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use streamkit::windows::{Aggregator, WindowConfig, event_time_ms};
+use streamkit::windows::{Aggregator, Now, WindowConfig, event_time_ms};
 
 fn main() {
     let path = std::env::args()
@@ -17,7 +17,7 @@ fn main() {
     let lines: Vec<&str> = text.lines().collect();
 
     let mut aggregator = Aggregator::new(&WindowConfig::default());
-    let now = Instant::now();
+    let now = Now::current();
     let started = Instant::now();
     let mut fired = 0usize;
     for (offset, line) in lines.iter().enumerate() {

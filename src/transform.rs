@@ -36,6 +36,8 @@ pub enum RejectKind {
     OutputRejected,
     /// An event for an event-time window that has already fired (traffic-agg).
     Late,
+    /// An event whose time is too far past the wall clock (traffic-agg).
+    Future,
 }
 
 impl RejectKind {
@@ -49,6 +51,7 @@ impl RejectKind {
             RejectKind::TooLarge => "too_large",
             RejectKind::OutputRejected => "output_rejected",
             RejectKind::Late => "late",
+            RejectKind::Future => "future",
         }
     }
 }

@@ -8,9 +8,24 @@
 //!
 //! **Watermarks.** Each input partition's watermark is the latest event time it has shown,
 //! less the bounded out-of-orderness. The job's watermark is the minimum over the
-//! partitions that are not idle (no record for longer than the idle timeout); when every
-//! partition is idle, it is their maximum, so a quiet input still closes its windows. It
-//! never goes back.
+//! partitions that are not idle (no record for longer than the idle timeout). When every
+//! partition is idle, event time is taken to move on with the wall clock: the watermark is
+//! the maximum over the partitions of their watermark plus their silence (Beam's
+//! limited-delay policy advances a caught-up reader's watermark with the clock), so a
+//! quiet input closes all its windows and its committed positions reach its ends. It never
+//! goes back.
+//!
+//! **Event time is data, and bounded.** No single event can hijack the watermark:
+//! - an event more than [`WindowConfig::max_event_time_ahead`] past the wall clock is
+//!   refused ([`Verdict::Future`]: the caller dead-letters it as `future`); it moves no
+//!   watermark and opens no window, so it pins no committed position;
+//! - the job's watermark never passes the wall clock less the out-of-orderness (as Beam's
+//!   `CustomTimestampPolicyWithLimitedDelay`), idle partitions or not. An event within the
+//!   bound but ahead of the clock opens a window that fires when the clock gets there;
+//!   events stamped now are never made late by it;
+//! - a restored `fired_through` (a commit's metadata) is capped at the wall clock.
+//!
+//! A replay of old data is untouched by both bounds: its event times are behind the clock.
 //!
 //! **Firing.** One result per window and user, when the job's watermark passes the
 //! window's end plus the allowed lateness (Beam's default trigger, with the allowed
@@ -50,6 +65,9 @@ pub struct WindowConfig {
     pub allowed_lateness: Duration,
     /// A partition with no record for this long does not hold the watermark back.
     pub idle_timeout: Duration,
+    /// An event whose time is further than this past the wall clock is refused as
+    /// `future` (default 1 h).
+    pub max_event_time_ahead: Duration,
 }
 
 impl Default for WindowConfig {
@@ -59,6 +77,33 @@ impl Default for WindowConfig {
             max_out_of_orderness: Duration::from_secs(5),
             allowed_lateness: Duration::ZERO,
             idle_timeout: Duration::from_secs(10),
+            max_event_time_ahead: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// When something happens: a monotonic instant (idleness) and the wall clock in epoch
+/// milliseconds (the bound on event time). The core reads no clock itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub instant: Instant,
+    pub wall_ms: i64,
+}
+
+impl Now {
+    /// The clocks as they are.
+    pub fn current() -> Self {
+        Now {
+            instant: Instant::now(),
+            wall_ms: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+
+    /// `after` later on both clocks.
+    pub fn after(self, after: Duration) -> Self {
+        Now {
+            instant: self.instant + after,
+            wall_ms: self.wall_ms.saturating_add(millis(after)),
         }
     }
 }
@@ -182,6 +227,13 @@ pub enum Verdict {
     /// Its window has fired: the event is late by `behind_ms` past the window's end plus
     /// the allowed lateness.
     Late { window_end_ms: i64, behind_ms: i64 },
+    /// Its time is more than the allowed `bound_ms` past the wall clock (`ahead_ms`
+    /// ahead): refused, untouched by the watermark and the windows.
+    Future {
+        event_ms: i64,
+        ahead_ms: i64,
+        bound_ms: i64,
+    },
 }
 
 #[derive(Debug)]
@@ -236,6 +288,7 @@ pub struct Aggregator {
     out_of_orderness_ms: i64,
     lateness_ms: i64,
     idle_timeout: Duration,
+    ahead_ms: i64,
     partitions: BTreeMap<i32, PartitionState>,
     /// The job's watermark (`i64::MIN` before any).
     watermark: i64,
@@ -252,6 +305,7 @@ impl Aggregator {
             out_of_orderness_ms: millis(config.max_out_of_orderness),
             lateness_ms: millis(config.allowed_lateness),
             idle_timeout: config.idle_timeout,
+            ahead_ms: millis(config.max_event_time_ahead),
             partitions: BTreeMap::new(),
             watermark: i64::MIN,
             fired_through: i64::MIN,
@@ -278,21 +332,34 @@ impl Aggregator {
     }
 
     /// Windows up to `fired_through` have fired before (a previous run's commit says so):
-    /// their events are not counted again.
-    pub fn restore(&mut self, fired_through: i64) {
+    /// their events are not counted again. Capped at the wall clock: a commit cannot have
+    /// fired windows the clock had not reached (one written before event time was bounded
+    /// might say year 9999).
+    pub fn restore(&mut self, fired_through: i64, wall_ms: i64) {
+        let fired_through = fired_through.min(wall_ms);
         self.fired_through = self.fired_through.max(fired_through);
         self.watermark = self.watermark.max(fired_through);
     }
 
-    /// Counts one event of `partition` at `offset`.
+    /// Counts one event of `partition` at `offset`, unless its time is too far ahead of
+    /// the wall clock ([`Verdict::Future`]) or its window has fired ([`Verdict::Late`]).
     pub fn add(
         &mut self,
         partition: i32,
         offset: i64,
         id: &str,
         event_ms: i64,
-        now: Instant,
+        now: Now,
     ) -> Verdict {
+        let ahead_ms = event_ms.saturating_sub(now.wall_ms);
+        if ahead_ms > self.ahead_ms {
+            return Verdict::Future {
+                event_ms,
+                ahead_ms,
+                bound_ms: self.ahead_ms,
+            };
+        }
+        let now = now.instant;
         let start = window_start(event_ms, self.size_ms);
         let end = start.saturating_add(self.size_ms);
         let expiry = end.saturating_add(self.lateness_ms);
@@ -330,21 +397,31 @@ impl Aggregator {
         Verdict::Counted
     }
 
-    /// The job's watermark now (see the module doc); it never goes back.
-    pub fn advance(&mut self, now: Instant) -> i64 {
+    /// The job's watermark now (see the module doc); it never goes back, and never passes
+    /// the wall clock less the out-of-orderness.
+    pub fn advance(&mut self, now: Now) -> i64 {
+        let ceiling = now.wall_ms.saturating_sub(self.out_of_orderness_ms);
+        let now = now.instant;
         let marks = self
             .partitions
             .values()
             .filter(|p| p.max_event_ms != i64::MIN)
             .map(|p| {
-                let idle = now.saturating_duration_since(p.last_active) > self.idle_timeout;
-                (p.watermark(self.out_of_orderness_ms), idle)
+                let quiet = now.saturating_duration_since(p.last_active);
+                let mark = p.watermark(self.out_of_orderness_ms);
+                (
+                    mark,
+                    mark.saturating_add(millis(quiet)),
+                    quiet > self.idle_timeout,
+                )
             });
         let mut active_min: Option<i64> = None;
         let mut all_max: Option<i64> = None;
         let mut waiting = false;
-        for (mark, idle) in marks {
-            all_max = Some(all_max.map_or(mark, |m: i64| m.max(mark)));
+        for (mark, moved_on, idle) in marks {
+            // Used only when every partition is idle: event time is taken to have moved on
+            // with the wall clock since the partition's last record.
+            all_max = Some(all_max.map_or(moved_on, |m: i64| m.max(moved_on)));
             if !idle {
                 active_min = Some(active_min.map_or(mark, |m: i64| m.min(mark)));
             }
@@ -363,14 +440,14 @@ impl Aggregator {
             active_min.or(all_max)
         };
         if let Some(mark) = candidate {
-            self.watermark = self.watermark.max(mark);
+            self.watermark = self.watermark.max(mark.min(ceiling));
         }
         self.watermark
     }
 
     /// Fires every window the watermark has passed (its end plus the allowed lateness),
     /// merged over this process's partitions, ordered by window then user.
-    pub fn fire(&mut self, now: Instant) -> Vec<WindowResult> {
+    pub fn fire(&mut self, now: Now) -> Vec<WindowResult> {
         let watermark = self.advance(now);
         // Cheap when nothing is due: the earliest open window's expiry, per partition.
         let due = self
@@ -470,7 +547,8 @@ impl Aggregator {
         self.fired_through
     }
 
-    pub fn status(&self, now: Instant) -> WindowStatus {
+    pub fn status(&self, now: Now) -> WindowStatus {
+        let now = now.instant;
         let mut starts = std::collections::BTreeSet::new();
         let mut counts = 0;
         let partitions = self
@@ -581,6 +659,7 @@ mod tests {
             max_out_of_orderness: Duration::from_secs(out_of_orderness),
             allowed_lateness: Duration::from_secs(lateness),
             idle_timeout: Duration::from_secs(10),
+            max_event_time_ahead: Duration::from_secs(3600),
         }
     }
 
@@ -595,7 +674,7 @@ mod tests {
     fn the_original_test_three_events_give_two_windows() {
         // traffic_agg's test: one id at 05:51:22.083, 05:51:32.083 and 05:51:52.083.
         let mut agg = Aggregator::new(&config(20, 0, 0));
-        let now = Instant::now();
+        let now = Now::current();
         for (offset, at) in ["22.083", "32.083", "52.083"].iter().enumerate() {
             let t = ms(&format!("2024-04-28T05:51:{at}"));
             assert_eq!(agg.add(0, offset as i64, "id-1", t, now), Verdict::Counted);
@@ -684,7 +763,7 @@ mod tests {
         assert_eq!(window_start(39_999, size), 20_000);
         assert_eq!(window_start(-1, size), -20_000);
         let mut agg = Aggregator::new(&config(20, 0, 0));
-        let now = Instant::now();
+        let now = Now::current();
         agg.add(0, 0, "a", 39_999, now);
         agg.add(0, 1, "a", 40_000, now);
         // The watermark is 40,000: [20 s, 40 s) has ended, [40 s, 60 s) has not.
@@ -700,7 +779,7 @@ mod tests {
     #[test]
     fn out_of_order_events_within_the_bound_count_and_later_ones_are_late() {
         let mut agg = Aggregator::new(&config(10, 5, 0));
-        let now = Instant::now();
+        let now = Now::current();
         agg.add(0, 0, "a", 12_000, now);
         agg.add(0, 1, "a", 14_000, now); // watermark 9 s: nothing fires
         assert!(agg.fire(now).is_empty());
@@ -728,7 +807,7 @@ mod tests {
     #[test]
     fn allowed_lateness_keeps_a_window_open_past_its_end() {
         let mut agg = Aggregator::new(&config(10, 0, 3));
-        let now = Instant::now();
+        let now = Now::current();
         agg.add(0, 0, "a", 5_000, now);
         agg.add(0, 1, "b", 12_000, now); // watermark 12 s < 10 + 3
         assert!(agg.fire(now).is_empty());
@@ -748,12 +827,12 @@ mod tests {
     #[test]
     fn an_idle_partition_stops_holding_the_watermark_back() {
         let mut agg = Aggregator::new(&config(10, 0, 0));
-        let start = Instant::now();
+        let start = Now::current();
         agg.add(0, 0, "a", 1_000, start);
         agg.add(1, 0, "b", 25_000, start);
         // Partition 0 holds the watermark at 1 s.
         assert!(agg.fire(start).is_empty());
-        let later = start + Duration::from_secs(11);
+        let later = start.after(Duration::from_secs(11));
         agg.add(1, 1, "b", 26_000, later);
         // Partition 0 has been quiet for 11 s: partition 1 alone sets it (26 s).
         let fired = agg.fire(later);
@@ -774,19 +853,19 @@ mod tests {
     #[test]
     fn a_partition_without_events_holds_the_watermark_until_it_is_idle() {
         let mut agg = Aggregator::new(&config(10, 0, 0));
-        let start = Instant::now();
-        agg.assign(1, start);
+        let start = Now::current();
+        agg.assign(1, start.instant);
         agg.add(0, 0, "a", 25_000, start);
         assert!(agg.fire(start).is_empty());
-        agg.add(0, 1, "a", 26_000, start + Duration::from_secs(11));
-        assert_eq!(agg.fire(start + Duration::from_secs(11)).len(), 0);
-        assert_eq!(agg.advance(start + Duration::from_secs(11)), 26_000);
+        agg.add(0, 1, "a", 26_000, start.after(Duration::from_secs(11)));
+        assert_eq!(agg.fire(start.after(Duration::from_secs(11))).len(), 0);
+        assert_eq!(agg.advance(start.after(Duration::from_secs(11))), 26_000);
     }
 
     #[test]
     fn counts_merge_across_partitions_and_a_revoked_partition_drops_its_share() {
         let mut agg = Aggregator::new(&config(10, 0, 0));
-        let now = Instant::now();
+        let now = Now::current();
         agg.add(0, 7, "a", 1_000, now);
         agg.add(1, 3, "a", 2_000, now);
         agg.add(2, 9, "a", 3_000, now);
@@ -807,8 +886,8 @@ mod tests {
     #[test]
     fn a_restored_run_does_not_count_fired_windows_again() {
         let mut agg = Aggregator::new(&config(10, 0, 0));
-        let now = Instant::now();
-        agg.restore(20_000);
+        let now = Now::current();
+        agg.restore(20_000, now.wall_ms);
         assert!(matches!(
             agg.add(0, 0, "a", 19_999, now),
             Verdict::Late { .. }
@@ -820,7 +899,7 @@ mod tests {
     #[test]
     fn memory_holds_open_windows_only() {
         let mut agg = Aggregator::new(&config(10, 0, 0));
-        let now = Instant::now();
+        let now = Now::current();
         for i in 0..100_000i64 {
             agg.add(0, i, &format!("user-{}", i % 100), i * 10, now);
             if i % 1000 == 0 {
@@ -831,5 +910,191 @@ mod tests {
         let status = agg.status(now);
         assert!(status.open_windows <= 2, "{status:?}");
         assert!(status.open_counts <= 200, "{status:?}");
+    }
+
+    /// The poison event of issue 23: `9999-12-31T23:59:59.999`.
+    fn poison() -> i64 {
+        ms("9999-12-31T23:59:59.999")
+    }
+
+    #[test]
+    fn a_far_future_event_is_refused_and_stalls_nothing() {
+        // One partition, 2 s windows, 1 s out-of-orderness: 10 events stamped now, the
+        // poison event, then 40 more stamped now, 0.3 s apart.
+        let config = WindowConfig {
+            size: Duration::from_secs(2),
+            max_out_of_orderness: Duration::from_secs(1),
+            ..WindowConfig::default()
+        };
+        let mut agg = Aggregator::new(&config);
+        let mut now = Now::current();
+        let mut offset = 0;
+        for _ in 0..10 {
+            assert_eq!(agg.add(0, offset, "u", now.wall_ms, now), Verdict::Counted);
+            offset += 1;
+            now = now.after(Duration::from_millis(300));
+            agg.fire(now);
+        }
+        let verdict = agg.add(0, offset, "u", poison(), now);
+        assert!(
+            matches!(verdict, Verdict::Future { event_ms, bound_ms: 3_600_000, .. } if event_ms == poison()),
+            "{verdict:?}"
+        );
+        offset += 1;
+        let mut late = 0;
+        for _ in 0..40 {
+            if matches!(
+                agg.add(0, offset, "u", now.wall_ms, now),
+                Verdict::Late { .. }
+            ) {
+                late += 1;
+            }
+            offset += 1;
+            now = now.after(Duration::from_millis(300));
+            agg.fire(now);
+        }
+        assert_eq!(late, 0, "no event stamped now is late");
+        // Past the idle timeout every window has fired: nothing pins the position.
+        now = now.after(Duration::from_secs(11));
+        let fired = agg.fire(now);
+        assert!(!fired.is_empty());
+        assert_eq!(agg.hold(0), None, "no open window holds a commit back");
+        assert!(agg.advance(now) <= now.wall_ms);
+        assert_eq!(agg.status(now).late, 0);
+    }
+
+    #[test]
+    fn three_partitions_a_poison_on_one_and_silence_leave_no_event_late() {
+        let config = WindowConfig {
+            size: Duration::from_secs(2),
+            max_out_of_orderness: Duration::from_secs(1),
+            ..WindowConfig::default()
+        };
+        let mut agg = Aggregator::new(&config);
+        let mut now = Now::current();
+        let mut offsets = [0i64; 3];
+        let mut late = 0;
+        let mut add = |agg: &mut Aggregator, partition: i32, at: i64, now: Now| {
+            let offset = offsets[partition as usize];
+            offsets[partition as usize] += 1;
+            agg.add(partition, offset, "u", at, now)
+        };
+        for round in 0..30 {
+            for partition in 0..3 {
+                if round == 10 && partition == 1 {
+                    assert!(matches!(
+                        add(&mut agg, 1, poison(), now),
+                        Verdict::Future { .. }
+                    ));
+                }
+                if matches!(
+                    add(&mut agg, partition, now.wall_ms, now),
+                    Verdict::Late { .. }
+                ) {
+                    late += 1;
+                }
+            }
+            now = now.after(Duration::from_millis(300));
+            agg.fire(now);
+        }
+        // 13 s of silence: every partition goes idle, and the watermark stays behind the
+        // wall clock.
+        now = now.after(Duration::from_secs(13));
+        agg.fire(now);
+        assert!(agg.advance(now) <= now.wall_ms - 1_000);
+        for _ in 0..20 {
+            for partition in 0..3 {
+                if matches!(
+                    add(&mut agg, partition, now.wall_ms, now),
+                    Verdict::Late { .. }
+                ) {
+                    late += 1;
+                }
+            }
+            now = now.after(Duration::from_millis(300));
+            agg.fire(now);
+        }
+        assert_eq!(late, 0, "no normal event is late");
+        now = now.after(Duration::from_secs(13));
+        agg.fire(now);
+        assert_eq!(
+            (agg.hold(0), agg.hold(1), agg.hold(2)),
+            (None, None, None),
+            "every window fired: the positions drain"
+        );
+    }
+
+    #[test]
+    fn an_event_within_the_bound_waits_for_the_clock_and_makes_nothing_late() {
+        let mut agg = Aggregator::new(&config(10, 0, 0));
+        let now = Now::current();
+        let ahead = now.wall_ms + 30 * 60 * 1000;
+        assert_eq!(agg.add(0, 0, "early", ahead, now), Verdict::Counted);
+        // Idle: the idle rule would take this partition's mark, 30 min ahead; the clock
+        // caps it.
+        let later = now.after(Duration::from_secs(11));
+        agg.fire(later);
+        assert!(agg.advance(later) <= later.wall_ms);
+        assert_eq!(agg.add(0, 1, "now", later.wall_ms, later), Verdict::Counted);
+        assert_eq!(
+            agg.hold(0),
+            Some(0),
+            "the early window is open, and fires in time"
+        );
+        // Half an hour on, both have fired.
+        let after = later.after(Duration::from_secs(31 * 60));
+        let fired = agg.fire(after);
+        assert_eq!(fired.len(), 2, "{fired:?}");
+        assert_eq!(agg.hold(0), None);
+        // Exactly at the bound still counts; a millisecond past it does not.
+        let at = after.wall_ms + 3_600_000;
+        assert_eq!(agg.add(0, 2, "x", at, after), Verdict::Counted);
+        assert!(matches!(
+            agg.add(0, 3, "x", at + 1, after),
+            Verdict::Future {
+                ahead_ms: 3_600_001,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_restored_position_past_the_clock_is_capped() {
+        let mut agg = Aggregator::new(&config(10, 0, 0));
+        let now = Now::current();
+        agg.restore(poison(), now.wall_ms);
+        assert_eq!(agg.fired_through(), now.wall_ms);
+        assert_eq!(
+            agg.add(0, 0, "a", now.wall_ms + 20_000, now),
+            Verdict::Counted,
+            "an event stamped after the clock is not late"
+        );
+    }
+
+    #[test]
+    fn a_replay_of_old_data_is_untouched_by_the_bounds() {
+        // datagen --start-time 2024-...: event times two years behind the clock.
+        let mut agg = Aggregator::new(&config(20, 5, 0));
+        let mut now = Now::current();
+        let start = ms("2024-04-28T05:51:00");
+        let mut late = 0;
+        for i in 0..600i64 {
+            // A minute of 2024 per real second, on three partitions, with a 15 s pause.
+            if i == 300 {
+                now = now.after(Duration::from_secs(15));
+                agg.fire(now);
+            }
+            let verdict = agg.add((i % 3) as i32, i / 3, "u", start + i * 1_000, now);
+            late += u64::from(matches!(verdict, Verdict::Late { .. }));
+            now = now.after(Duration::from_millis(10));
+            agg.fire(now);
+        }
+        assert_eq!(late, 0);
+        let fired: u64 = agg.fire_all().iter().map(|r| r.page_views).sum();
+        assert_eq!(agg.status(now).fired, 30);
+        assert!(
+            fired > 0 && fired < 600,
+            "the open windows fire at the end: {fired}"
+        );
     }
 }

@@ -10,31 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::broker::{BOOTSTRAP, Job, job, loss_and_duplicates, partition_count, script};
-use common::{produce, read_topic, read_topic_as, signal, stderr, wait_with_timeout};
+use common::{Reaper, produce, read_topic, read_topic_as, signal, stderr, wait_with_timeout};
 
 const PARTITIONS: i32 = 6;
-
-/// Kills the processes it was given when dropped: a failing test leaves none behind.
-#[derive(Default)]
-struct Reaper(std::cell::RefCell<Vec<u32>>);
-
-impl Reaper {
-    fn watch(&self, child: Child) -> Child {
-        self.0.borrow_mut().push(child.id());
-        child
-    }
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        for pid in self.0.borrow().iter() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
 
 fn eos(job: &Job, instance: &str, extra: &[&str]) -> Child {
     // One worker per process (`Job::process`), each with its own transactional producer.

@@ -80,6 +80,11 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     idle_timeout: Duration,
 
+    /// traffic-agg: an event stamped further than this past the wall clock is dead-lettered
+    /// as `future` and moves no watermark (the watermark itself never passes the clock)
+    #[arg(long, default_value = "1h", value_parser = parse_duration_or_zero, value_name = "DURATION")]
+    max_event_time_ahead: Duration,
+
     /// Workers in this process, each a member of the job's consumer group (more processes
     /// with the same --job-name share the partitions)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true)]
@@ -215,6 +220,7 @@ impl Args {
                     max_out_of_orderness: self.max_out_of_orderness,
                     allowed_lateness: self.allowed_lateness,
                     idle_timeout: self.idle_timeout,
+                    max_event_time_ahead: self.max_event_time_ahead,
                 })
             }
             JobArg::UserTraffic if self.input.is_none() => {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::{FileConfig, Job, Stats, StatusLine, run_stages};
 use crate::error::{Error, Result};
 use crate::transform::{RejectKind, Rejection};
-use crate::windows::{Aggregator, UserTraffic, Verdict, WindowResult, event_time_ms};
+use crate::windows::{Aggregator, Now, UserTraffic, Verdict, WindowResult, event_time_ms};
 
 /// What an aggregation job holds between lines.
 enum Aggregate {
@@ -344,17 +344,24 @@ impl LineWriter<'_> {
                         reason,
                     });
                 };
-                let now = std::time::Instant::now();
+                let now = Now::current();
                 let verdict = windows.add(0, number as i64, &event.id, at, now);
                 // Windows fire as soon as this line moves the watermark past them: in a
                 // file, lateness depends on the order of lines only.
                 self.fired.extend(windows.fire(now));
-                if let Verdict::Late {
-                    window_end_ms,
-                    behind_ms,
-                } = verdict
-                {
-                    let rejection = super::windowed::late(window_end_ms, behind_ms);
+                let rejection = match verdict {
+                    Verdict::Counted => None,
+                    Verdict::Late {
+                        window_end_ms,
+                        behind_ms,
+                    } => Some(super::windowed::late(window_end_ms, behind_ms)),
+                    Verdict::Future {
+                        event_ms,
+                        ahead_ms,
+                        bound_ms,
+                    } => Some(super::windowed::future(event_ms, ahead_ms, bound_ms)),
+                };
+                if let Some(rejection) = rejection {
                     stats.reject(rejection.kind, &rejection.reason);
                     return Err(rejection);
                 }
@@ -382,7 +389,7 @@ impl LineWriter<'_> {
     /// pauses).
     fn fire(&mut self) -> Result<()> {
         if let Some(Aggregate::Windows(windows)) = &mut self.aggregate {
-            let now = std::time::Instant::now();
+            let now = Now::current();
             let results = windows.fire(now);
             self.stats.set_windows(windows.status(now));
             self.write_results(results)?;
@@ -450,8 +457,7 @@ impl LineWriter<'_> {
         match self.aggregate.take() {
             Some(Aggregate::Windows(mut windows)) => {
                 let results = windows.fire_all();
-                self.stats
-                    .set_windows(windows.status(std::time::Instant::now()));
+                self.stats.set_windows(windows.status(Now::current()));
                 self.write_results(results)?;
             }
             Some(Aggregate::Users(users)) => {

@@ -39,7 +39,7 @@ use super::{MemberStatus, PipelineConfig, RebalanceRecord, STATUS_INTERVAL, Stat
 use crate::error::{Error, Result};
 use crate::kafka::{self, ErrorLog, KafkaConfig};
 use crate::transform::{RejectKind, Rejection};
-use crate::windows::{Aggregator, Verdict, WindowConfig, WindowResult, event_time_ms};
+use crate::windows::{Aggregator, Now, Verdict, WindowConfig, WindowResult, event_time_ms};
 
 /// How often windows are looked at (fired) and the dashboard's view refreshed.
 const FIRE_INTERVAL: Duration = Duration::from_millis(100);
@@ -85,6 +85,19 @@ pub(super) fn late(window_end_ms: i64, behind_ms: i64) -> Rejection {
         reason: format!(
             "late: its window ended at {} and had fired; the event is {behind_ms} ms behind the watermark less the allowed lateness",
             crate::windows::format_time(window_end_ms)
+        ),
+    }
+}
+
+/// The dead letter's reason for an event too far ahead of the wall clock.
+pub(super) fn future(event_ms: i64, ahead_ms: i64, bound_ms: i64) -> Rejection {
+    Rejection {
+        kind: RejectKind::Future,
+        reason: format!(
+            "future: its time {} is {} ahead of the wall clock, beyond --max-event-time-ahead {}; it moves no watermark",
+            crate::windows::format_time(event_ms),
+            humantime::format_duration(Duration::from_millis(ahead_ms.max(0) as u64)),
+            humantime::format_duration(Duration::from_millis(bound_ms.max(0) as u64)),
         ),
     }
 }
@@ -299,7 +312,9 @@ impl Member {
                 state.bounds.insert(partition, (start, high));
             }
             if let Some(restored) = parse_metadata(element.metadata()) {
-                state.aggregator.restore(restored.fired_through);
+                state
+                    .aggregator
+                    .restore(restored.fired_through, Now::current().wall_ms);
                 state.restored.insert(partition, restored);
             }
         }
@@ -588,7 +603,7 @@ impl Job<'_> {
                                 offset,
                                 &event.id,
                                 at,
-                                Instant::now(),
+                                Now::current(),
                             ) {
                                 Verdict::Counted => {
                                     Stats::add(&stats.counted);
@@ -598,6 +613,11 @@ impl Job<'_> {
                                     window_end_ms,
                                     behind_ms,
                                 } => Some((late(window_end_ms, behind_ms), false)),
+                                Verdict::Future {
+                                    event_ms,
+                                    ahead_ms,
+                                    bound_ms,
+                                } => Some((future(event_ms, ahead_ms, bound_ms), false)),
                             }
                         }
                     }
@@ -635,7 +655,7 @@ impl Job<'_> {
     /// Fires what the watermark has passed (or everything, at the end of a bounded run)
     /// and writes the results; refreshes the dashboard's view.
     fn fire(&mut self, all: bool) -> Result<()> {
-        let now = Instant::now();
+        let now = Now::current();
         let results: Vec<WindowResult> = {
             let Ok(mut state) = self.state.lock() else {
                 return Err(Error::Kafka("state lock poisoned".into()));

@@ -460,3 +460,26 @@ pub fn metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {metric} {labels:?} in:\n{text}"))
 }
+
+/// Kills the processes it was given when dropped: a failing test leaves none behind. It
+/// signals each process itself (SIGKILL by pid), never a shell around it.
+#[derive(Default)]
+pub struct Reaper(std::cell::RefCell<Vec<u32>>);
+
+impl Reaper {
+    pub fn watch(&self, child: std::process::Child) -> std::process::Child {
+        self.0.borrow_mut().push(child.id());
+        child
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in self.0.borrow().iter() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
