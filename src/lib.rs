@@ -17,6 +17,7 @@ pub mod latency;
 pub mod logging;
 pub mod offsets;
 pub mod pacing;
+pub mod paths;
 pub mod pipeline;
 pub mod progress;
 pub mod schema;

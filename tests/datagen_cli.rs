@@ -440,3 +440,162 @@ fn a_closed_pipe_stops_the_run_cleanly() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// `datagen` with `args`, run to its end (at most a minute).
+fn datagen_run(args: &[&str]) -> std::process::Output {
+    common::output_within(datagen().args(args), Duration::from_secs(60))
+}
+
+#[test]
+fn outputs_that_would_overwrite_each_other_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(path("run.json"), "the data\n").unwrap();
+    std::fs::write(path("data.jsonl"), "the data\n").unwrap();
+    std::os::unix::fs::symlink(path("data.jsonl"), path("linked.json")).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        // The report's JSON, beside it, would be the events file.
+        (
+            &["-o", &path("run.json"), "--report", &path("run.html")],
+            "run.json",
+        ),
+        // The report would be the events file.
+        (
+            &["-o", &path("run.json"), "--report", &path("run.json")],
+            "report",
+        ),
+        // Through a link: the report's JSON is the events file by inode.
+        (
+            &["-o", &path("data.jsonl"), "--report", &path("linked.html")],
+            "same file",
+        ),
+        // Not created yet, spelled differently.
+        (
+            &[
+                "-o",
+                &path("new/x.json"),
+                "--report",
+                &path("new/../new/x.html"),
+            ],
+            "same file",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = datagen_run(&[&["-s", "batch", "-e", "1000", "-q"], *args].concat());
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(expected),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert_eq!(
+            std::fs::read_to_string(path("run.json")).unwrap(),
+            "the data\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(path("data.jsonl")).unwrap(),
+            "the data\n"
+        );
+        assert!(!dir.path().join("new").exists(), "nothing is created");
+    }
+    // Distinct files: the run writes all three.
+    let output = datagen_run(&[
+        "-s",
+        "batch",
+        "-e",
+        "1000",
+        "-q",
+        "-o",
+        &path("events.jsonl"),
+        "--report",
+        &path("report.html"),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_to_string(path("events.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        1000
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("report.json")).unwrap()).unwrap();
+    assert_eq!(json["records"], 1000);
+}
+
+#[test]
+fn a_report_path_that_cannot_be_written_is_refused_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let events = events.to_str().unwrap();
+    let folder = dir.path().to_str().unwrap().to_string();
+    let missing = format!("{folder}/nonexistent/r.html");
+    for (report, expected) in [
+        (missing.as_str(), "folder does not exist"),
+        (folder.as_str(), "is a folder"),
+    ] {
+        let output = datagen_run(&[
+            "-s", "batch", "-e", "1000", "-q", "-o", events, "--report", report,
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{report}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(expected),
+            "{report}: {}",
+            stderr(&output)
+        );
+        assert!(
+            !std::path::Path::new(events).exists(),
+            "no event was generated"
+        );
+    }
+    assert!(
+        !dir.path().with_extension("json").exists(),
+        "no dir.json beside the folder"
+    );
+}
+
+#[test]
+fn the_summary_is_printed_even_when_the_report_fails_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("reports");
+    std::fs::create_dir(&reports).unwrap();
+    let report = reports.join("r.html");
+    let mut child = datagen()
+        .args([
+            "-s", "batch", "-e", "20", "--rate", "10", "-q", "-o", "-", "--report",
+        ])
+        .arg(&report)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The folder goes away while the run is under way (2 s): the report cannot be written.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_dir(&reports).unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "datagen did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("datagen: 20 events"),
+        "the summary is printed: {err}"
+    );
+    assert!(err.contains("the report was not written"), "{err}");
+}

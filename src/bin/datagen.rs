@@ -329,6 +329,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(usage) => usage.exit(),
     };
+    if let Err(e) = datagen::check_outputs(&config) {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e.to_string())
+            .exit();
+    }
     if let Output::File(path) = &config.output {
         log::info!("writing to {}", path.display());
     }
@@ -336,7 +341,10 @@ fn main() -> ExitCode {
         Ok(summary) => {
             eprintln!("datagen: {summary}");
             let lost = summary.verification.as_ref().map_or(0, |v| v.lost);
-            if summary.delivery_failures > 0 {
+            if let Some(error) = &summary.report_error {
+                log::error!("the report was not written: {error}");
+                ExitCode::FAILURE
+            } else if summary.delivery_failures > 0 {
                 log::error!("{} events were not delivered", summary.delivery_failures);
                 ExitCode::FAILURE
             } else if lost > 0 {

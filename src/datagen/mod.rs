@@ -108,6 +108,30 @@ pub struct DatagenConfig {
     pub report: Option<PathBuf>,
 }
 
+/// Refuses, before anything is generated or written, a run whose files would overwrite
+/// each other (the events file, the report and the report's JSON, compared as files) and
+/// a report that cannot be written.
+pub fn check_outputs(config: &DatagenConfig) -> Result<()> {
+    let Some(report) = &config.report else {
+        return Ok(());
+    };
+    let json = report::json_path(report);
+    if json == *report {
+        return Err(crate::error::Error::InvalidConfig(format!(
+            "--report {}: its JSON goes beside it with the extension .json, which is the report itself; name the report .html",
+            report.display()
+        )));
+    }
+    let mut files: Vec<(&str, &std::path::Path)> =
+        vec![("--report", report), ("the report's JSON", &json)];
+    if let Output::File(path) = &config.output {
+        files.insert(0, ("--output", path));
+    }
+    crate::paths::check_distinct(&files)?;
+    crate::paths::check_writable("--report", report)?;
+    crate::paths::check_writable("--report (its JSON)", &json)
+}
+
 /// Generates events as configured until the count, the duration or `cancel` ends the run.
 pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary> {
     let source = EventSource::new(&config.generator)?;
@@ -208,6 +232,7 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
     };
     let points = sampler.map(report::Sampler::finish).unwrap_or_default();
     let summary = Summary {
+        report_error: None,
         latency,
         dirt,
         verification,
@@ -218,13 +243,17 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
         first_failure: delivery.first_failure,
         destination: config.output.to_string(),
     };
+    let mut summary = summary;
     if let Some(path) = &config.report {
-        report::write(path, &summary, &points)?;
-        log::info!(
-            "report: {} and {}",
-            path.display(),
-            report::json_path(path).display()
-        );
+        // A report that fails to write still leaves the summary to print.
+        match report::write(path, &summary, &points) {
+            Ok(()) => log::info!(
+                "report: {} and {}",
+                path.display(),
+                report::json_path(path).display()
+            ),
+            Err(e) => summary.report_error = Some(e.to_string()),
+        }
     }
     Ok(summary)
 }

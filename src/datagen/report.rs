@@ -443,6 +443,7 @@ mod tests {
             })
             .collect();
         let summary = Summary {
+            report_error: None,
             events: 5000,
             bytes: 2_500_000,
             elapsed: Duration::from_secs(5),

@@ -30,6 +30,8 @@ pub struct Summary {
     pub dirt: DirtCounts,
     /// What `--verify-topic` found.
     pub verification: Option<VerifyReport>,
+    /// Why `--report` could not be written, if it could not.
+    pub report_error: Option<String>,
 }
 
 impl Summary {

@@ -54,25 +54,19 @@ const CHUNKS_AHEAD: usize = 4;
 /// How long input may pause before the output is flushed and cancellation is checked.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
-/// Refuses an output or dead-letter file that is the input file (same device and inode,
-/// whatever the path says), or a dead-letter file that is the output.
+/// Refuses an output or dead-letter file that is the input file, or a dead-letter file
+/// that is the output, compared as files (see [`crate::paths::same_file`]), whatever the
+/// paths say.
 pub fn check_distinct(config: &FileConfig) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let identity = |path: &Path| {
-        std::fs::metadata(path)
-            .ok()
-            .map(|meta| (meta.dev(), meta.ino()))
-    };
+    use crate::paths::same_file;
     let outputs = [
         ("--output", config.output.as_deref()),
         ("--dead-letter-file", Some(config.dead_letter.as_path())),
     ];
-    if let Some(input) = config.input.as_deref()
-        && let Some(input_id) = identity(input)
-    {
+    if let Some(input) = config.input.as_deref() {
         for (flag, path) in outputs {
             if let Some(path) = path
-                && identity(path) == Some(input_id)
+                && same_file(path, input)
             {
                 return Err(Error::InvalidConfig(format!(
                     "{flag} {} is the input file {}; writing it would destroy the input",
@@ -83,8 +77,7 @@ pub fn check_distinct(config: &FileConfig) -> Result<()> {
         }
     }
     if let Some(output) = config.output.as_deref()
-        && let Some(output_id) = identity(output)
-        && identity(&config.dead_letter) == Some(output_id)
+        && same_file(output, &config.dead_letter)
     {
         return Err(Error::InvalidConfig(format!(
             "--dead-letter-file {} is the --output file",
