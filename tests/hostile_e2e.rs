@@ -256,3 +256,42 @@ fn a_poison_on_one_of_three_partitions_then_silence_leaves_no_event_late() {
     assert_eq!(counted, sent);
     stop(child, log);
 }
+
+#[test]
+fn an_exactly_once_bounded_run_over_a_drained_input_ends() {
+    let job = job("eos-drained", 6);
+    job.feed(1_000, 3);
+    let bounded = |instance: &str| {
+        let mut command = job.process(&[
+            "--processing-guarantee",
+            "exactly-once",
+            "--bounded",
+            "--instance-id",
+            instance,
+        ]);
+        common::output_within(&mut command, Duration::from_secs(90))
+    };
+    let first = bounded("a");
+    assert_eq!(first.status.code(), Some(0), "{}", common::stderr(&first));
+    assert!(
+        common::stderr(&first).contains("read 1,000"),
+        "{}",
+        common::stderr(&first)
+    );
+    // Drained: the same command again, and under another instance id, end at once.
+    for instance in ["a", "b"] {
+        let started = Instant::now();
+        let again = bounded(instance);
+        assert_eq!(again.status.code(), Some(0), "{}", common::stderr(&again));
+        assert!(
+            common::stderr(&again).contains("read 0"),
+            "{}",
+            common::stderr(&again)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -152,8 +152,9 @@ struct Member {
     open: Mutex<Open>,
     /// A fatal error met inside the callback.
     failure: Mutex<Option<String>>,
-    /// Per owned partition: the end offset when it was assigned (bounded runs).
-    ends: Mutex<BTreeMap<i32, i64>>,
+    /// Per owned partition: where reading starts (its committed position, or the log's
+    /// start) and its end offset when it was assigned (bounded runs).
+    ends: Mutex<BTreeMap<i32, (i64, i64)>>,
 }
 
 impl ClientContext for Member {
@@ -195,12 +196,24 @@ impl ConsumerContext for Member {
                     self.fail(format!("cannot take partitions {numbers:?}: {e}"));
                     return;
                 }
+                // Where each partition starts: a partition already read to its end has no
+                // position until a record arrives, and none will.
+                let committed = consumer
+                    .committed_offsets(partitions.clone(), Duration::from_secs(10))
+                    .unwrap_or_default();
                 if let Ok(mut ends) = self.ends.lock() {
                     for &p in &numbers {
-                        if let Ok((_, high)) =
+                        if let Ok((low, high)) =
                             consumer.fetch_watermarks(&self.input, p, Duration::from_secs(10))
                         {
-                            ends.insert(p, high);
+                            let start = match committed
+                                .find_partition(&self.input, p)
+                                .map(|e| e.offset())
+                            {
+                                Some(Offset::Offset(o)) => o.max(low),
+                                _ => low,
+                            };
+                            ends.insert(p, (start, high));
                         }
                     }
                 }
@@ -679,6 +692,8 @@ fn run_worker(
         value: Vec::new(),
         inject_abort_after: eos.inject_abort_after,
         injected,
+        worker,
+        eof: std::collections::BTreeSet::new(),
     };
     let mut counted_done = false;
     let mut last_look = Instant::now();
@@ -688,12 +703,7 @@ fn run_worker(
             // at every few milliseconds, not per record: `position` is a round trip to
             // librdkafka's main thread, and a perf profile showed it at a third of the time.
             if last_look.elapsed() < LOOK_INTERVAL {
-                match consumer.poll(Duration::from_millis(20)) {
-                    None => {}
-                    Some(Ok(message)) => worker_loop.record(&message)?,
-                    Some(Err(KafkaError::PartitionEOF(_))) => {}
-                    Some(Err(e)) => log::debug!("worker {worker}: {e}"),
-                }
+                worker_loop.poll()?;
                 continue;
             }
             last_look = Instant::now();
@@ -706,12 +716,7 @@ fn run_worker(
             {
                 return Err(Error::Kafka(failure));
             }
-            match consumer.poll(Duration::from_millis(20)) {
-                None => {}
-                Some(Ok(message)) => worker_loop.record(&message)?,
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => log::debug!("worker {worker}: {e}"),
-            }
+            worker_loop.poll()?;
             let due = consumer
                 .context()
                 .open
@@ -758,6 +763,9 @@ fn run_worker(
 }
 
 struct Worker<'a> {
+    worker: usize,
+    /// Partitions whose last poll said end of partition (and no record since).
+    eof: std::collections::BTreeSet<i32>,
     consumer: &'a BaseConsumer<Member>,
     topics: &'a Topics,
     stats: &'a Arc<Stats>,
@@ -768,6 +776,24 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
+    /// One poll: a record into the open transaction, or an end of partition noted.
+    fn poll(&mut self) -> Result<()> {
+        match self.consumer.poll(Duration::from_millis(20)) {
+            None => {}
+            Some(Ok(message)) => {
+                if !self.eof.is_empty() {
+                    self.eof.remove(&message.partition());
+                }
+                self.record(&message)?;
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                self.eof.insert(partition);
+            }
+            Some(Err(e)) => log::debug!("worker {}: {e}", self.worker),
+        }
+        Ok(())
+    }
+
     /// Every owned partition is read to the end it had when it was assigned.
     fn at_ends(&self) -> bool {
         let ends = match self.consumer.context().ends.lock() {
@@ -778,13 +804,18 @@ impl Worker<'_> {
             return false;
         }
         let positions = self.consumer.position().unwrap_or_default();
-        ends.iter().all(|(&p, &end)| {
+        ends.iter().all(|(&p, &(start, end))| {
+            // An end of partition (after a transaction marker, say) is an end too.
+            if self.eof.contains(&p) {
+                return true;
+            }
             match positions
                 .find_partition(&self.topics.input, p)
                 .map(|e| e.offset())
             {
                 Some(Offset::Offset(at)) => at >= end,
-                _ => end == 0,
+                // Nothing read yet: done if it starts at its end.
+                _ => start >= end,
             }
         })
     }
