@@ -129,6 +129,8 @@ fn main() {
                 print_keys: false,
             },
             ui: None,
+            topic_browser: None,
+            browse_internal_topics: false,
         };
         let stats = std::sync::Arc::new(streamkit::pipeline::Stats::default());
         let started = std::time::SystemTime::now();

@@ -16,6 +16,14 @@
 //!   a client property; the details go to the log.
 //! - Topic names, partitions and limits are validated before any client is built: a bad
 //!   one is a [`BrowseError::BadRequest`] (400), an unknown one [`BrowseError::NotFound`].
+//! - **The cluster's internal topics** (names starting with `__`: `__consumer_offsets`,
+//!   `__transaction_state`, which names transactional ids) are neither listed nor read
+//!   unless the browser was built to show them: to a request they do not exist (404).
+//! - **The newest messages.** "The last N" are read back from the end in batches of 1, 2,
+//!   4, ... messages; whatever stops reading (the time or byte cap) leaves the newest
+//!   shown, with no gap before the end.
+//! - **Every cut is marked:** a value, a key, a header's name or value cut at its cap has
+//!   its `*_truncated` flag set in the JSON, and the page says so.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -94,7 +102,8 @@ pub struct MessagePage {
     pub start_offset: i64,
     pub end_offset: i64,
     pub limit: usize,
-    /// Newest last.
+    /// The newest `limit` (or fewer, when a cap stopped reading), oldest first, with no
+    /// gap before the end.
     pub messages: Vec<BrowsedMessage>,
     /// Why reading stopped before `limit` messages or the end: `"byte cap"`, `"time cap"`.
     pub stopped_by: Option<&'static str>,
@@ -106,7 +115,10 @@ pub struct BrowsedMessage {
     pub timestamp_ms: Option<i64>,
     /// `create_time` or `log_append_time`.
     pub timestamp_type: Option<&'static str>,
+    /// The key's first [`TEXT_CAP`] bytes, as text.
     pub key: Option<String>,
+    /// True when `key` was cut.
+    pub key_truncated: bool,
     /// The value's first [`VALUE_CAP`] bytes, as text (invalid UTF-8 replaced).
     pub value: Option<String>,
     /// The value's whole size.
@@ -118,8 +130,12 @@ pub struct BrowsedMessage {
 
 #[derive(Debug, Serialize)]
 pub struct BrowsedHeader {
+    /// The header's name, its first [`TEXT_CAP`] bytes.
     pub key: String,
+    pub key_truncated: bool,
+    /// Its value, the first [`TEXT_CAP`] bytes.
     pub value: Option<String>,
+    pub value_truncated: bool,
 }
 
 /// Reads topics for a dashboard. Built before the cluster is known (the embedded cluster
@@ -127,15 +143,19 @@ pub struct BrowsedHeader {
 #[derive(Debug)]
 pub struct TopicBrowser {
     client_id: String,
+    /// Show the cluster's internal topics (`__...`).
+    internal: bool,
     kafka: OnceLock<KafkaConfig>,
     reads: tokio::sync::Semaphore,
 }
 
 impl TopicBrowser {
-    /// A browser whose clients call themselves `client_id`.
-    pub fn new(client_id: &str) -> Self {
+    /// A browser whose clients call themselves `client_id`; it shows the cluster's
+    /// internal topics only when `internal`.
+    pub fn new(client_id: &str, internal: bool) -> Self {
         TopicBrowser {
             client_id: client_id.to_string(),
+            internal,
             kafka: OnceLock::new(),
             reads: tokio::sync::Semaphore::new(CONCURRENT_READS),
         }
@@ -169,6 +189,11 @@ impl TopicBrowser {
         Ok((consumer, kafka))
     }
 
+    /// Whether `topic` is one of the cluster's internal topics that this browser hides.
+    fn hidden(&self, topic: &str) -> bool {
+        topic.starts_with("__") && !self.internal
+    }
+
     /// Every topic but the cluster's internal ones (`__consumer_offsets`, ...), by name,
     /// with its partitions' offsets. Blocking: call it from a blocking thread.
     pub fn list(&self) -> Result<TopicList, BrowseError> {
@@ -180,7 +205,7 @@ impl TopicBrowser {
         let mut topics: Vec<TopicInfo> = metadata
             .topics()
             .iter()
-            .filter(|t| !t.name().starts_with("__") && t.error().is_none())
+            .filter(|t| !self.hidden(t.name()) && t.error().is_none())
             .map(|t| {
                 let mut partitions: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
                 partitions.sort_unstable();
@@ -241,6 +266,9 @@ impl TopicBrowser {
     ) -> Result<MessagePage, BrowseError> {
         let deadline = Instant::now() + READ_TIMEOUT;
         let limit = limit.clamp(1, MAX_LIMIT);
+        if self.hidden(topic) {
+            return Err(BrowseError::NotFound(format!("no topic {topic}")));
+        }
         let (consumer, _) = self.consumer()?;
         let metadata = consumer
             .fetch_metadata(None, READ_TIMEOUT)
@@ -274,45 +302,84 @@ impl TopicBrowser {
         if start >= high {
             return Ok(page);
         }
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(start))
-            .map_err(|e| unavailable("start reading", &e))?;
-        consumer
-            .assign(&assignment)
-            .map_err(|e| unavailable("start reading", &e))?;
+        // Back from the end in batches of 1, 2, 4, ...: the newest come first, so a cap
+        // that stops reading leaves the newest shown. A batch cut short by the time cap is
+        // dropped (it would leave a gap before the newer ones).
+        let mut batches: Vec<Vec<BrowsedMessage>> = Vec::new();
         let mut shown = 0usize;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        let mut upper = high;
+        let mut size = 1i64;
+        while upper > start {
+            let lower = (upper - size).max(start);
+            let Some(batch) = read_batch(&consumer, topic, partition, lower, upper, deadline)?
+            else {
                 page.stopped_by = Some("time cap");
                 break;
+            };
+            shown += batch.iter().map(BrowsedMessage::shown_bytes).sum::<usize>();
+            batches.push(batch);
+            if shown >= RESPONSE_CAP {
+                // Drop the oldest of this batch until the answer fits (the newest stay).
+                if let Some(last) = batches.last_mut() {
+                    while shown > RESPONSE_CAP && !last.is_empty() {
+                        shown -= last.remove(0).shown_bytes();
+                    }
+                }
+                page.stopped_by = Some("byte cap");
+                break;
             }
-            match consumer.poll(left.min(Duration::from_millis(200))) {
-                None => continue,
-                Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
-                    break;
+            upper = lower;
+            size = size.saturating_mul(2);
+        }
+        page.messages = batches.into_iter().rev().flatten().collect();
+        Ok(page)
+    }
+}
+
+/// The messages of `topic` `partition` at offsets `lower..upper`, or `None` when the
+/// deadline passes before the batch is whole.
+fn read_batch(
+    consumer: &BaseConsumer<ErrorLog>,
+    topic: &str,
+    partition: i32,
+    lower: i64,
+    upper: i64,
+    deadline: Instant,
+) -> Result<Option<Vec<BrowsedMessage>>, BrowseError> {
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(lower))
+        .map_err(|e| unavailable("start reading", &e))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|e| unavailable("start reading", &e))?;
+    let mut batch = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        match consumer.poll(left.min(Duration::from_millis(200))) {
+            None => continue,
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
+                return Ok(Some(batch));
+            }
+            Some(Err(e)) => {
+                log::debug!("topic browser: reading {topic} partition {partition}: {e}");
+            }
+            Some(Ok(message)) => {
+                // Past the batch (a gap: compaction, a transaction marker): it is whole.
+                if message.offset() >= upper {
+                    return Ok(Some(batch));
                 }
-                Some(Err(e)) => {
-                    log::debug!("topic browser: reading {topic} partition {partition}: {e}");
-                    continue;
+                if message.offset() >= lower {
+                    batch.push(browsed(&message));
                 }
-                Some(Ok(message)) => {
-                    let browsed = browsed(&message);
-                    shown += browsed.shown_bytes();
-                    let last = message.offset() >= high - 1;
-                    page.messages.push(browsed);
-                    if last || page.messages.len() >= limit {
-                        break;
-                    }
-                    if shown >= RESPONSE_CAP {
-                        page.stopped_by = Some("byte cap");
-                        break;
-                    }
+                if message.offset() >= upper - 1 {
+                    return Ok(Some(batch));
                 }
             }
         }
-        Ok(page)
     }
 }
 
@@ -354,18 +421,32 @@ fn browsed<M: Message>(message: &M) -> BrowsedMessage {
         .map(|headers| {
             headers
                 .iter()
-                .map(|h| BrowsedHeader {
-                    key: capped_text(h.key.as_bytes(), TEXT_CAP).0,
-                    value: h.value.map(|v| capped_text(v, TEXT_CAP).0),
+                .map(|h| {
+                    let (key, key_truncated) = capped_text(h.key.as_bytes(), TEXT_CAP);
+                    let (value, value_truncated) = match h.value.map(|v| capped_text(v, TEXT_CAP)) {
+                        Some((text, cut)) => (Some(text), cut),
+                        None => (None, false),
+                    };
+                    BrowsedHeader {
+                        key,
+                        key_truncated,
+                        value,
+                        value_truncated,
+                    }
                 })
                 .collect()
         })
         .unwrap_or_default();
+    let (key, key_truncated) = match message.key().map(|k| capped_text(k, TEXT_CAP)) {
+        Some((text, cut)) => (Some(text), cut),
+        None => (None, false),
+    };
     BrowsedMessage {
         offset: message.offset(),
         timestamp_ms,
         timestamp_type,
-        key: message.key().map(|k| capped_text(k, TEXT_CAP).0),
+        key,
+        key_truncated,
         value,
         value_bytes: message.payload().map_or(0, <[u8]>::len),
         value_truncated,
@@ -483,7 +564,7 @@ mod tests {
 
     #[test]
     fn a_browser_with_no_cluster_yet_says_it_is_starting() {
-        let browser = TopicBrowser::new("test");
+        let browser = TopicBrowser::new("test", false);
         assert!(
             matches!(browser.list(), Err(BrowseError::Unavailable(m)) if m.contains("starting"))
         );

@@ -295,3 +295,142 @@ fn an_exactly_once_bounded_run_over_a_drained_input_ends() {
         );
     }
 }
+
+/// `pipeline --use-own` on `job`'s topics with `ui` as its dashboard address and `extra`
+/// flags (not [`common::pipeline`], which sets a loopback `--ui-addr` of its own), and the
+/// dashboard's port.
+fn dashboard(reaper: &Reaper, job: &Job, ui: &str, extra: &[&str]) -> (String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+    command
+        .env_remove("BOOTSTRAP_SERVERS")
+        .env_remove("RUST_LOG")
+        .args(["--use-own", "--job-name", &job.name, "--parallelism", "1"])
+        .args(common::broker::topic_args(
+            &job.input,
+            &job.output,
+            &job.dead,
+        ))
+        .args(["--ui-addr", ui])
+        .args(extra);
+    let (child, addr, line, _rest) = common::spawn_with_address_line(command, "dashboard at");
+    reaper.watch(child);
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    (format!("127.0.0.1:{port}"), line)
+}
+
+fn status(addr: &str, path: &str) -> u16 {
+    common::http("GET", addr, path).0
+}
+
+#[test]
+fn the_topic_browser_hides_internal_topics_and_is_off_on_a_public_address() {
+    let job = job("browser-gates", 1);
+    let reaper = Reaper::default();
+    let offsets = "/api/topics/__consumer_offsets/partitions/0/messages?limit=1";
+    let transactions = "/api/topics/__transaction_state/partitions/0/messages?limit=1";
+
+    // Loopback, by default: the browser is on, and internal topics do not exist for it.
+    let (addr, _) = dashboard(&reaper, &job, "127.0.0.1:0", &[]);
+    let (code, list) = common::http("GET", &addr, "/api/topics");
+    assert_eq!(code, 200, "{list}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = list["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&job.input.as_str()), "{names:?}");
+    assert!(names.iter().all(|n| !n.starts_with("__")), "{names:?}");
+    assert_eq!(status(&addr, offsets), 404);
+    assert_eq!(status(&addr, transactions), 404);
+    let own = format!("/api/topics/{}/partitions/0/messages", job.input);
+    assert_eq!(status(&addr, &own), 200);
+
+    // --browse-internal-topics: readable.
+    let (addr, _) = dashboard(&reaper, &job, "127.0.0.1:0", &["--browse-internal-topics"]);
+    assert_eq!(status(&addr, offsets), 200);
+
+    // --no-topic-browser: the browser is gone, the dashboard and /metrics stay.
+    let (addr, _) = dashboard(&reaper, &job, "127.0.0.1:0", &["--no-topic-browser"]);
+    assert_eq!(status(&addr, "/topics"), 404);
+    assert_eq!(status(&addr, "/api/topics"), 404);
+    assert_eq!(status(&addr, &own), 404);
+    assert_eq!(status(&addr, "/api/job"), 200);
+    assert_eq!(status(&addr, "/metrics"), 200);
+    assert_eq!(status(&addr, "/"), 200);
+
+    // Every address: off unless asked for, and the start-up line says so.
+    let (addr, line) = dashboard(&reaper, &job, "0.0.0.0:0", &[]);
+    assert!(
+        line.contains("topic browser off") && line.contains("--topic-browser"),
+        "{line}"
+    );
+    assert_eq!(status(&addr, "/api/topics"), 404);
+    assert_eq!(status(&addr, &own), 404);
+    assert_eq!(status(&addr, "/metrics"), 200);
+    let (addr, line) = dashboard(&reaper, &job, "0.0.0.0:0", &["--topic-browser"]);
+    assert!(line.contains("topics at /topics"), "{line}");
+    assert_eq!(status(&addr, &own), 200);
+}
+
+#[test]
+fn the_topic_browser_shows_the_newest_messages_under_its_time_cap_and_marks_every_cut() {
+    let job = job("browser-newest", 1);
+    common::broker::allow_records_of(&job.input, 10_000_000);
+    let big = vec![b'x'; 9_000_000];
+    let records: Vec<common::RawRecord> = (0..20).map(|_| (None, Some(big.clone()))).collect();
+    common::produce(BOOTSTRAP, &job.input, &records);
+    // A record whose header name (200 KB), header value and key pass the text cap.
+    let name = "h".repeat(200_000);
+    let value = "v".repeat(5_000);
+    common::produce_with_headers(
+        BOOTSTRAP,
+        &job.input,
+        &[(Some(vec![b'k'; 5_000]), Some(b"{}".to_vec()))],
+        &[(name.as_str(), value.as_str())],
+    );
+    let reaper = Reaper::default();
+    let (addr, _) = dashboard(&reaper, &job, "127.0.0.1:0", &[]);
+    let (code, page) = common::http(
+        "GET",
+        &addr,
+        &format!("/api/topics/{}/partitions/0/messages?limit=500", job.input),
+    );
+    assert_eq!(code, 200, "{page}");
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let offsets: Vec<i64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].as_i64().unwrap())
+        .collect();
+    eprintln!(
+        "shown offsets {offsets:?}, stopped by {}",
+        page["stopped_by"]
+    );
+    assert_eq!(
+        offsets.last(),
+        Some(&20),
+        "the newest is shown: {offsets:?}"
+    );
+    assert!(
+        offsets.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap before the end: {offsets:?}"
+    );
+    if offsets.len() < 21 {
+        assert_eq!(page["stopped_by"], "time cap", "{offsets:?}");
+    }
+    let marked = &page["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(marked["key_truncated"], true, "{marked}");
+    assert_eq!(marked["key"].as_str().unwrap().len(), 1024);
+    let header = &marked["headers"][0];
+    assert_eq!(header["key_truncated"], true);
+    assert_eq!(header["key"].as_str().unwrap().len(), 1024);
+    assert_eq!(header["value_truncated"], true);
+    if offsets.len() > 1 {
+        let big = &page["messages"][offsets.len() - 2];
+        assert_eq!(big["value_truncated"], true);
+        assert_eq!(big["key_truncated"], false);
+    }
+}

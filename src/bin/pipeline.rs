@@ -167,6 +167,19 @@ struct Args {
     #[arg(long, conflicts_with = "ui_addr")]
     no_ui: bool,
 
+    /// Serve the topic browser (/topics) even when --ui-addr is not a loopback address [default: on for loopback addresses only]
+    #[arg(long, conflicts_with = "no_topic_browser")]
+    topic_browser: bool,
+
+    /// No topic browser; the dashboard and /metrics stay
+    #[arg(long)]
+    no_topic_browser: bool,
+
+    /// Let the topic browser read the cluster's internal topics (__consumer_offsets,
+    /// __transaction_state, ...), which it otherwise treats as absent
+    #[arg(long)]
+    browse_internal_topics: bool,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 }
@@ -374,6 +387,12 @@ impl Args {
             bounded: self.bounded,
             source,
             ui: (!self.no_ui).then_some(self.ui_addr),
+            topic_browser: match (self.topic_browser, self.no_topic_browser) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            browse_internal_topics: self.browse_internal_topics,
         })
     }
 }

@@ -63,7 +63,8 @@ pub(super) struct JobView {
     /// When the history's last point was taken (commits after it go in the next one).
     last_point: Mutex<SystemTime>,
     history: History,
-    browser: Arc<TopicBrowser>,
+    /// `None`: the topic browser is off.
+    browser: Option<Arc<TopicBrowser>>,
     /// `/metrics`: build info, the commit-duration histogram and [`JobMetrics`].
     registry: Registry,
 }
@@ -72,7 +73,7 @@ impl JobView {
     pub(super) fn new(
         config: &PipelineConfig,
         stats: Arc<Stats>,
-        browser: Arc<TopicBrowser>,
+        browser: Option<Arc<TopicBrowser>>,
     ) -> Self {
         let (mode, parallelism, topics) = match &config.source {
             Source::Files(_) => ("files", 1, None),
@@ -322,10 +323,10 @@ impl View for JobView {
     }
 
     fn topics(&self) -> Topics {
-        if self.topics.is_some() {
-            Topics::Browse(Arc::clone(&self.browser))
-        } else {
-            Topics::None("This job reads and writes files: there are no topics.")
+        match (&self.topics, &self.browser) {
+            (None, _) => Topics::None("This job reads and writes files: there are no topics."),
+            (Some(_), None) => Topics::Absent,
+            (Some(_), Some(browser)) => Topics::Browse(Arc::clone(browser)),
         }
     }
 

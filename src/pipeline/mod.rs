@@ -77,6 +77,11 @@ pub struct PipelineConfig {
     pub source: Source,
     /// Serve the dashboard, the JSON and /metrics here (the next free port if taken).
     pub ui: Option<std::net::SocketAddr>,
+    /// The dashboard's topic browser: on, off, or (`None`) on only when the dashboard
+    /// listens on a loopback address, since it shows every topic's data unauthenticated.
+    pub topic_browser: Option<bool>,
+    /// The topic browser shows the cluster's internal topics (`__consumer_offsets`, ...).
+    pub browse_internal_topics: bool,
 }
 
 /// `--processing-guarantee`, named as in Kafka Streams.
@@ -695,10 +700,10 @@ pub fn run_with_stats(
         .build()
         .map_err(|e| Error::Kafka(format!("cannot start the runtime: {e}")))?;
     // The topic browser reads the job's cluster; the embedded one is known once it runs.
-    let browser = Arc::new(crate::browse::TopicBrowser::new(&format!(
-        "streamkit-pipeline-{}-browser",
-        config.job_name
-    )));
+    let browser = Arc::new(crate::browse::TopicBrowser::new(
+        &format!("streamkit-pipeline-{}-browser", config.job_name),
+        config.browse_internal_topics,
+    ));
     if let Source::Kafka {
         cluster: Cluster::External(kafka),
         ..
@@ -709,18 +714,28 @@ pub fn run_with_stats(
     // The dashboard lives as long as the job: dropping it stops the server.
     let dashboard = match config.ui {
         Some(addr) => {
+            let browsing = config
+                .topic_browser
+                .unwrap_or_else(|| addr.ip().is_loopback());
             let server = crate::web::serve(
                 "dashboard",
                 addr,
                 Arc::new(dashboard::JobView::new(
                     config,
                     Arc::clone(stats),
-                    Arc::clone(&browser),
+                    browsing.then(|| Arc::clone(&browser)),
                 )),
                 runtime.handle(),
             )?;
+            let topics = if browsing {
+                "topics at /topics"
+            } else if config.topic_browser.is_none() {
+                "topic browser off: it shows every topic's data unauthenticated, and this address is not loopback (--topic-browser turns it on)"
+            } else {
+                "topic browser off"
+            };
             log::info!(
-                "dashboard at http://{}/ (topics at /topics, JSON at /api/job, Prometheus at /metrics)",
+                "dashboard at http://{}/ ({topics}; JSON at /api/job, Prometheus at /metrics)",
                 server.addr()
             );
             Some(server)

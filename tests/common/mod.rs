@@ -261,9 +261,23 @@ pub fn spawn_with_address(command: Command, marker: &str) -> (std::process::Chil
 /// As [`spawn_with_address`], and the rest of the child's stderr (from the marker line
 /// on, that line included), to be joined once the child has exited.
 pub fn spawn_with_address_and_stderr(
-    mut command: Command,
+    command: Command,
     marker: &str,
 ) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    let (child, addr, _line, rest) = spawn_with_address_line(command, marker);
+    (child, addr, rest)
+}
+
+/// As [`spawn_with_address_and_stderr`], also returning the line with the address.
+pub fn spawn_with_address_line(
+    mut command: Command,
+    marker: &str,
+) -> (
+    std::process::Child,
+    String,
+    String,
+    std::thread::JoinHandle<String>,
+) {
     use std::io::{BufRead, Read};
     let mut child = command
         .stdout(std::process::Stdio::null())
@@ -288,12 +302,13 @@ pub fn spawn_with_address_and_stderr(
                 .trim()
                 .to_string();
             // Keep draining stderr so the child never blocks on a full pipe.
+            let first = line.clone();
             let rest = std::thread::spawn(move || {
                 let mut rest = line;
                 let _ = stderr.read_to_string(&mut rest);
                 rest
             });
-            return (child, addr, rest);
+            return (child, addr, first, rest);
         }
         seen.push_str(&line);
     }
