@@ -434,3 +434,128 @@ fn the_topic_browser_shows_the_newest_messages_under_its_time_cap_and_marks_ever
         assert_eq!(big["key_truncated"], false);
     }
 }
+
+fn delete_topic(name: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", BOOTSTRAP)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for result in runtime
+        .block_on(admin.delete_topics(&[name], &AdminOptions::new()))
+        .unwrap()
+    {
+        result.unwrap_or_else(|(name, code)| panic!("cannot delete {name}: {code}"));
+    }
+}
+
+/// `/api/job` of the dashboard at `addr`, or `None` once it is gone.
+fn api_job(addr: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET /api/job HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Whether `child` has not exited yet (without reaping it).
+fn child_running(child: &std::process::Child) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .is_ok_and(|status| !status.contains("State:\tZ"))
+}
+
+/// A job under load (datagen in the background) whose `role` topic is deleted once output
+/// flows: the job must stop within 30 s with exit 1, naming the topic, showing what is
+/// undelivered until then, and committing nothing past what was delivered.
+fn topic_deleted_under_load(role: &str, guarantee: &str) {
+    let job = job(&format!("deleted-{role}"), 3);
+    let reaper = Reaper::default();
+    let command = job.process(&[
+        "--checkpointing-interval",
+        "500",
+        "--processing-guarantee",
+        guarantee,
+        "--instance-id",
+        "deleted",
+    ]);
+    let (child, addr, log) = common::spawn_with_address_and_stderr(command, "dashboard at");
+    let child = reaper.watch(child);
+    let _feed = reaper.watch(
+        common::datagen()
+            .args(["-s", "streaming", "-q", "--topic", &job.input])
+            .args(["--rate", "2000", "--duration", "40s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::broker::wait_for_output(&job.output);
+    let topic = match role {
+        "input" => &job.input,
+        "output" => &job.output,
+        _ => &job.dead,
+    };
+    delete_topic(topic);
+    let deleted = Instant::now();
+    let mut last = None;
+    let mut undelivered = 0;
+    while child_running(&child) && deleted.elapsed() < Duration::from_secs(40) {
+        if let Some(job) = api_job(&addr) {
+            undelivered = undelivered.max(job["job"]["undelivered"].as_u64().unwrap_or(0));
+            last = Some(job);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = deleted.elapsed();
+    let (output, log) = wait_with_log(child, Duration::from_secs(10), log);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(
+        took < Duration::from_secs(30),
+        "stopped after {took:?}: {log}"
+    );
+    assert!(
+        log.contains(&format!("the {role} topic {topic} was deleted")),
+        "{log}"
+    );
+    if role == "output" {
+        assert!(
+            undelivered > 0,
+            "/api/job showed nothing undelivered: {last:?}"
+        );
+        // Nothing read is committed past what was delivered.
+        let last = last.unwrap();
+        let done = last["totals"]["written"].as_u64().unwrap()
+            + last["totals"]["dead_lettered"].as_u64().unwrap();
+        let committed: i64 = committed(&job.name, &job.input, 3).values().sum();
+        assert!(
+            committed as u64 <= done,
+            "committed {committed} positions, but only {done} records were delivered"
+        );
+    }
+}
+
+#[test]
+fn a_deleted_output_topic_stops_the_job_naming_it() {
+    topic_deleted_under_load("output", "at-least-once");
+}
+
+#[test]
+fn a_deleted_dead_letter_topic_stops_the_job_naming_it() {
+    topic_deleted_under_load("dead-letter", "at-least-once");
+}
+
+#[test]
+fn a_deleted_input_topic_stops_the_job_naming_it() {
+    topic_deleted_under_load("input", "at-least-once");
+}
+
+#[test]
+fn a_deleted_output_topic_stops_an_exactly_once_job_naming_it() {
+    topic_deleted_under_load("output", "exactly-once");
+}

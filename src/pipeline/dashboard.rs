@@ -241,6 +241,8 @@ impl JobView {
                     rebalances: self.stats.rebalance_count(),
                     assigned_partitions: self.stats.assigned_partitions(),
                 }),
+                undelivered: self.stats.totals().in_flight,
+                problem: self.stats.failure(),
             },
             members,
             rebalances,
@@ -555,6 +557,11 @@ struct JobInfo {
     dead_letter: Option<String>,
     /// The job's consumer group, in Kafka modes.
     group: Option<GroupInfo>,
+    /// Records read and neither written nor dead-lettered yet (deliveries in flight, or
+    /// stuck).
+    undelivered: u64,
+    /// Why the job is stopping, when something outside it stops it (a deleted topic).
+    problem: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

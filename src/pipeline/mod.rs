@@ -25,6 +25,7 @@ mod dashboard;
 mod files;
 mod group;
 mod transactional;
+mod watch;
 mod windowed;
 mod worker;
 
@@ -204,6 +205,11 @@ pub struct Stats {
     windows: Mutex<Option<crate::windows::WindowStatus>>,
     /// Exactly-once: transactions committed and aborted, and their durations.
     transactions: TransactionStats,
+    /// Why the job is stopping, when something outside it stops it (a deleted topic).
+    failure: Mutex<Option<String>>,
+    /// Exactly-once: records read into open transactions (counted in `read` only when
+    /// their transaction commits).
+    pub in_transaction: AtomicU64,
 }
 
 /// One member of the job's consumer group in this process: a worker, and what it owns.
@@ -313,6 +319,9 @@ pub struct Totals {
     /// Aggregation jobs: events counted (then `read = counted + dead_lettered + in_flight`,
     /// and `written` counts results); `null` otherwise.
     pub counted: Option<u64>,
+    /// Read and neither written nor dead-lettered yet: deliveries in flight (or stuck)
+    /// and, under exactly-once, the records of open transactions (which count in `read`
+    /// once their transaction commits).
     pub in_flight: u64,
 }
 
@@ -358,7 +367,8 @@ impl Stats {
             written,
             dead_lettered,
             counted,
-            in_flight: read.saturating_sub(counted.unwrap_or(written) + dead_lettered),
+            in_flight: read.saturating_sub(counted.unwrap_or(written) + dead_lettered)
+                + Self::get(&self.in_transaction),
         }
     }
 
@@ -542,6 +552,18 @@ impl Stats {
         &self.end_to_end
     }
 
+    /// Records why the job must stop (the first reason stays).
+    pub fn fail(&self, reason: String) {
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert(reason);
+        }
+    }
+
+    /// Why the job is stopping, if something outside it stops it.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
     /// Exactly-once: the job's transactions.
     pub fn transactions(&self) -> &TransactionStats {
         &self.transactions
@@ -572,11 +594,13 @@ impl Stats {
         let lag = self
             .lag()
             .map_or_else(|| "unknown".to_string(), |lag| group_thousands(lag as u64));
+        let totals = self.totals();
         format!(
-            "read {}, written {}, dead-lettered {}, {} records/s, lag {}",
-            group_thousands(Self::get(&self.read)),
-            group_thousands(Self::get(&self.written)),
-            group_thousands(Self::get(&self.dead_lettered)),
+            "read {}, written {}, dead-lettered {}, undelivered {}, {} records/s, lag {}",
+            group_thousands(totals.read),
+            group_thousands(totals.written),
+            group_thousands(totals.dead_lettered),
+            group_thousands(totals.in_flight),
             group_thousands(rate.round() as u64),
             lag,
         )
@@ -749,15 +773,7 @@ pub fn run_with_stats(
             cluster: Cluster::External(kafka),
             topics,
             print_keys,
-        } => match (&config.job, &config.guarantee) {
-            (Job::TrafficAgg(windows), _) => {
-                windowed::run(&runtime, config, windows, kafka, topics, stats, cancel)
-            }
-            (_, Guarantee::ExactlyOnce(eos)) => {
-                transactional::run(&runtime, config, eos, kafka, topics, stats, cancel)
-            }
-            _ => worker::run(&runtime, config, kafka, topics, *print_keys, stats, cancel),
-        },
+        } => run_kafka(&runtime, config, kafka, topics, *print_keys, stats, cancel),
         Source::Kafka {
             cluster: Cluster::Embedded(demo),
             topics,
@@ -784,6 +800,43 @@ pub fn run_with_stats(
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     result?;
     Ok(Summary::from_stats(stats, started.elapsed()))
+}
+
+/// Runs the job on a Kafka cluster, its topics watched (see [`watch`]): the one place that
+/// picks the engine for a job and a guarantee.
+#[allow(clippy::too_many_arguments)] // the job's parts, each used once
+fn run_kafka(
+    runtime: &tokio::runtime::Runtime,
+    config: &PipelineConfig,
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    print_keys: bool,
+    stats: &Arc<Stats>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let cancel = cancel.child_token();
+    let watch = watch::start(
+        kafka,
+        &config.job_name,
+        topics,
+        Arc::clone(stats),
+        cancel.clone(),
+    )?;
+    let result = match (&config.job, &config.guarantee) {
+        (Job::TrafficAgg(windows), _) => {
+            windowed::run(runtime, config, windows, kafka, topics, stats, &cancel)
+        }
+        (_, Guarantee::ExactlyOnce(eos)) => {
+            transactional::run(runtime, config, eos, kafka, topics, stats, &cancel)
+        }
+        _ => worker::run(runtime, config, kafka, topics, print_keys, stats, &cancel),
+    };
+    drop(watch);
+    // A deleted topic is the reason, whatever the engine made of the stop.
+    match stats.failure() {
+        Some(reason) => Err(Error::Kafka(reason)),
+        None => result,
+    }
 }
 
 /// Decode → Parse → Create messages, counting each operator's output in `stats`.
@@ -897,18 +950,12 @@ fn run_embedded(
     let feed_stop = cancel.child_token();
     std::thread::scope(|scope| {
         let feed = scope.spawn(|| crate::datagen::run(&feed_config, &feed_stop));
-        let job = match (&config.job, &config.guarantee) {
-            (Job::TrafficAgg(windows), _) => {
-                windowed::run(runtime, config, windows, &kafka, topics, stats, cancel)
-            }
-            (_, Guarantee::ExactlyOnce(eos)) => {
-                log::warn!(
-                    "exactly-once on the embedded cluster: transactions run, but the in-process cluster does not enforce read_committed, so its output cannot prove the guarantee (use --use-own with Apache Kafka)"
-                );
-                transactional::run(runtime, config, eos, &kafka, topics, stats, cancel)
-            }
-            _ => worker::run(runtime, config, &kafka, topics, print_keys, stats, cancel),
-        };
+        if matches!(config.guarantee, Guarantee::ExactlyOnce(_)) {
+            log::warn!(
+                "exactly-once on the embedded cluster: transactions run, but the in-process cluster does not enforce read_committed, so its output cannot prove the guarantee (use --use-own with Apache Kafka)"
+            );
+        }
+        let job = run_kafka(runtime, config, &kafka, topics, print_keys, stats, cancel);
         feed_stop.cancel();
         let fed = feed
             .join()

@@ -340,6 +340,14 @@ fn transaction_error(error: &RDKafkaError) -> String {
 }
 
 impl Member {
+    /// Ends the open transaction's bookkeeping (committed, aborted or dropped).
+    fn clear(&self, open: &mut Open) {
+        self.stats
+            .in_transaction
+            .fetch_sub(open.read, Ordering::Relaxed);
+        *open = Open::default();
+    }
+
     fn fail(&self, message: String) {
         if let Ok(mut failure) = self.failure.lock() {
             failure.get_or_insert(message);
@@ -365,7 +373,7 @@ impl Member {
                 return self
                     .producer()
                     .commit_transaction(CALL_TIMEOUT)
-                    .map(|()| *open = Open::default())
+                    .map(|()| self.clear(&mut open))
                     .map_err(|e| Error::Kafka(describe(&e)));
             }
             None => {
@@ -400,7 +408,7 @@ impl Member {
                 if !positions.is_empty() {
                     self.stats.record_checkpoint(started.elapsed(), &positions);
                 }
-                *open = Open::default();
+                self.clear(&mut open);
                 self.renewals.store(0, Ordering::Relaxed);
                 Ok(())
             }
@@ -455,7 +463,7 @@ impl Member {
             self.worker,
             open.read
         );
-        *open = Open::default();
+        self.clear(&mut open);
         drop(open);
         self.rewind(consumer)
     }
@@ -524,7 +532,7 @@ impl Member {
                     .aborted
                     .fetch_add(1, Ordering::Relaxed);
             }
-            *open = Open::default();
+            self.clear(&mut open);
         }
         self.rewind(consumer)
     }
@@ -742,9 +750,12 @@ fn run_worker(
         Ok(())
     })();
     // Stop: commit what is open (abort it if the worker failed), then leave the group.
-    let finished = match &result {
-        Ok(()) => consumer.context().commit(&consumer),
-        Err(_) => consumer.context().abort(&consumer, "the worker failed"),
+    // A topic deleted under the job (see `watch`): the open transaction cannot commit.
+    let failure = stats.failure();
+    let finished = match (&result, failure) {
+        (Ok(()), None) => consumer.context().commit(&consumer),
+        (Ok(()), Some(why)) => consumer.context().abort(&consumer, &why),
+        (Err(_), _) => consumer.context().abort(&consumer, "the worker failed"),
     };
     // Leaving the group revokes the partitions through the rebalance callback, which runs
     // inside `poll`: serve it (briefly) before the consumer closes, or the close waits for
@@ -867,6 +878,7 @@ impl Worker<'_> {
                 .map_err(|_| Error::Kafka("transaction state poisoned".into()))?;
             open.positions.insert(partition, offset + 1);
             open.read += 1;
+            self.stats.in_transaction.fetch_add(1, Ordering::Relaxed);
             if outcome {
                 open.written += 1;
             } else {

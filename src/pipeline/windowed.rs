@@ -324,9 +324,18 @@ impl Member {
     /// first offset an open window still needs, or where reading is.
     fn commit(&self, consumer: &BaseConsumer<Self>, only: Option<&[i32]>) -> Result<()> {
         let started = Instant::now();
-        self.producer
-            .flush(FLUSH_TIMEOUT)
-            .map_err(|e| Error::Kafka(format!("acknowledgements did not arrive: {e}")))?;
+        // In slices, so that a deleted output topic (see `watch`) does not hold it up.
+        loop {
+            match self.producer.flush(Duration::from_millis(500)) {
+                Ok(()) => break,
+                Err(e) if started.elapsed() >= FLUSH_TIMEOUT || self.stats.failure().is_some() => {
+                    return Err(Error::Kafka(format!(
+                        "acknowledgements did not arrive: {e}"
+                    )));
+                }
+                Err(_) => {}
+            }
+        }
         if let Some(error) = self
             .producer
             .context()
@@ -451,10 +460,13 @@ pub(super) fn run(
         value: Vec::new(),
     };
     let result = job.run(config, facts.input_partitions, cancel);
-    // Stop: what was acknowledged is committed; open windows are rebuilt on restart.
-    let committed = consumer.context().commit(&consumer, None);
-    if let Err(e) = &committed {
-        log::warn!("final commit: {e}; a restart replays from the last commit");
+    // Stop: what was acknowledged is committed; open windows are rebuilt on restart. A
+    // topic deleted under the job (see `watch`) leaves the last commit as it is.
+    if stats.failure().is_none() {
+        let committed = consumer.context().commit(&consumer, None);
+        if let Err(e) = &committed {
+            log::warn!("final commit: {e}; a restart replays from the last commit");
+        }
     }
     result
 }
