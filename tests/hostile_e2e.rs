@@ -559,3 +559,116 @@ fn a_deleted_input_topic_stops_the_job_naming_it() {
 fn a_deleted_output_topic_stops_an_exactly_once_job_naming_it() {
     topic_deleted_under_load("output", "exactly-once");
 }
+
+/// The instance id a process logged (`transactional ids <job>-<instance>-N`).
+fn logged_instance(log: &str, job: &Job) -> String {
+    let prefix = format!("transactional ids {}-", job.name);
+    let rest = log.split(&prefix).nth(1).unwrap_or_else(|| panic!("{log}"));
+    rest[..rest.find("-N").unwrap()].to_string()
+}
+
+#[test]
+fn two_plain_exactly_once_processes_on_one_host_share_the_job() {
+    let job = job("eos-slots", 6);
+    let reaper = Reaper::default();
+    let eos = ["--processing-guarantee", "exactly-once"];
+    let (a, a_log) = spawn_assigned(job.process(&eos), 6, Duration::from_secs(100));
+    let a = reaper.watch(a);
+    let (b, b_log) = spawn_assigned(job.process(&eos), 1, Duration::from_secs(100));
+    let b = reaper.watch(b);
+    let expected = job.feed(20_000, 5);
+    let counts = job.wait_for_all(&expected, Duration::from_secs(180));
+    assert!(child_running(&a) && child_running(&b), "both stay up");
+    common::signal(&a, "TERM");
+    common::signal(&b, "TERM");
+    let (a_out, a_log) = wait_with_log(a, Duration::from_secs(60), a_log);
+    let (b_out, b_log) = wait_with_log(b, Duration::from_secs(60), b_log);
+    assert_eq!(a_out.status.code(), Some(0), "{a_log}");
+    assert_eq!(b_out.status.code(), Some(0), "{b_log}");
+    let (a_id, b_id) = (logged_instance(&a_log, &job), logged_instance(&b_log, &job));
+    assert_ne!(a_id, b_id, "distinct instance ids");
+    let counts = {
+        // Both committed their last transactions on the way out: count again.
+        let _ = counts;
+        job.output_counts()
+    };
+    assert_eq!(
+        common::broker::loss_and_duplicates(&expected, &counts),
+        (0, 0),
+        "read_committed: lost, duplicated"
+    );
+    for (name, log) in [("first", &a_log), ("second", &b_log)] {
+        assert!(
+            log.contains("assigned [") && !log.contains("fenced"),
+            "the {name} process owned partitions and was never fenced: {log}"
+        );
+    }
+}
+
+#[test]
+fn a_named_instance_id_in_use_on_this_host_is_refused_naming_its_process() {
+    let job = job("eos-named", 3);
+    let reaper = Reaper::default();
+    let named = [
+        "--processing-guarantee",
+        "exactly-once",
+        "--instance-id",
+        "x",
+    ];
+    let (a, a_log) = spawn_assigned(job.process(&named), 3, Duration::from_secs(100));
+    let a = reaper.watch(a);
+    let second = common::output_within(&mut job.process(&named), Duration::from_secs(30));
+    assert_eq!(second.status.code(), Some(1), "{}", common::stderr(&second));
+    let err = common::stderr(&second);
+    assert!(
+        err.contains("--instance-id x is in use by process") && err.contains(&a.id().to_string()),
+        "{err}"
+    );
+    assert!(child_running(&a), "the first one is untouched");
+    stop(a, a_log);
+}
+
+#[test]
+fn two_hosts_under_one_instance_id_stop_the_fenced_process_with_a_reason() {
+    // Two state folders stand for two hosts: the locks do not see each other, the broker
+    // does.
+    let job = job("eos-hosts", 3);
+    let reaper = Reaper::default();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let process = |dir: &tempfile::TempDir| {
+        job.process(&[
+            "--processing-guarantee",
+            "exactly-once",
+            "--instance-id",
+            "shared",
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ])
+    };
+    let (a, a_log) = spawn_assigned(process(&dir_a), 3, Duration::from_secs(100));
+    let a = reaper.watch(a);
+    let _feed = reaper.watch(
+        common::datagen()
+            .args(["-s", "streaming", "-q", "--topic", &job.input])
+            .args(["--rate", "500", "--duration", "60s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::broker::wait_for_output(&job.output);
+    let b = reaper.watch(
+        process(&dir_b)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (a_out, a_log) = wait_with_log(a, Duration::from_secs(60), a_log);
+    assert_eq!(a_out.status.code(), Some(1), "{a_log}");
+    assert!(
+        a_log.contains("another process runs under instance id shared"),
+        "{a_log}"
+    );
+    assert!(child_running(&b), "the newer process stays up");
+}

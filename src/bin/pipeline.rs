@@ -10,8 +10,8 @@ use clap::{CommandFactory, Parser};
 use streamkit::cli::{KafkaArgs, parse_duration, parse_duration_or_zero, parse_rate};
 use streamkit::kafka::{GroupConfig, GroupProtocol, LOCAL_BOOTSTRAP_SERVERS};
 use streamkit::pipeline::{
-    self, Cluster, DemoConfig, ExactlyOnce, FileConfig, Guarantee, Job, PipelineConfig, Source,
-    Topics,
+    self, Cluster, DemoConfig, ExactlyOnce, FileConfig, Guarantee, InstanceId, Job, PipelineConfig,
+    Source, Topics,
 };
 use streamkit::windows::WindowConfig;
 
@@ -53,10 +53,16 @@ struct Args {
     commit_interval: Option<u64>,
 
     /// Exactly-once: this process instance's name in its transactional ids
-    /// (<job>-<instance>-<worker>); give each process on a host its own, and keep it across
-    /// restarts so a restart fences its predecessor [default: the host name]
+    /// (<job>-<instance>-<worker>), kept across restarts so a restart fences its
+    /// predecessor; refused while another process of this host runs under it [default: the
+    /// host name, or <host>-N for the first slot N no live process of this host holds]
     #[arg(long, value_name = "ID")]
     instance_id: Option<String>,
+
+    /// Exactly-once: where instance ids are held under locks (one folder per host)
+    /// [default: <temp dir>/streamkit]
+    #[arg(long, env = "STREAMKIT_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
 
     /// Test hook: abort the first transaction that holds N records, once
     #[arg(long, hide = true, value_name = "N")]
@@ -265,7 +271,14 @@ impl Args {
                 ));
             }
             GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce(ExactlyOnce {
-                instance_id: self.instance_id.clone().unwrap_or_else(host_name),
+                instance: match &self.instance_id {
+                    Some(id) => InstanceId::Named(id.clone()),
+                    None => InstanceId::Slot { host: host_name() },
+                },
+                state_dir: self
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("streamkit")),
                 inject_abort_after: self.inject_abort_after,
             }),
         };
@@ -309,21 +322,10 @@ impl Args {
             }
             GroupProtocolArg::Consumer => GroupProtocol::Consumer,
         };
-        // Exactly-once: static membership under the instance id unless told otherwise, so a
-        // restarted process takes its members' places (and partitions) at once instead of
-        // waiting out its predecessor's session, while its transactional ids fence the
-        // predecessor's producers.
-        let instance_id = match &guarantee {
-            Guarantee::ExactlyOnce(eos) if self.group_instance_id.is_none() => Some(format!(
-                "{}-{}",
-                self.job_name.as_deref().unwrap_or(job.name()),
-                eos.instance_id
-            )),
-            _ => self.group_instance_id.clone(),
-        };
+        // Exactly-once adds static membership under its instance id (see `transactional`).
         let group = GroupConfig {
             protocol,
-            instance_id,
+            instance_id: self.group_instance_id.clone(),
         };
         let topics = Topics {
             input: self.input_topic,

@@ -24,11 +24,13 @@
 mod dashboard;
 mod files;
 mod group;
+pub mod instance;
 mod transactional;
 mod watch;
 mod windowed;
 mod worker;
 
+pub use instance::InstanceId;
 pub use transactional::{ExactlyOnce, TRANSACTION_TIMEOUT, TransactionStats};
 
 pub use files::{MAX_LINE_BYTES, check_distinct as check_files};

@@ -49,6 +49,7 @@ use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use super::instance::{self, InstanceId};
 use super::{MemberStatus, PipelineConfig, RebalanceRecord, Stats, Topics, run_stages};
 use crate::error::{Error, Result};
 use crate::kafka::{self, ErrorLog, KafkaConfig};
@@ -72,8 +73,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The exactly-once settings of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExactlyOnce {
-    /// Names this process's transactional ids; stable across restarts of the instance.
-    pub instance_id: String,
+    /// Names this process's transactional ids; stable across restarts of the instance,
+    /// unique among the live processes of a host (see [`super::instance`]).
+    pub instance: InstanceId,
+    /// Where instance ids are held under locks.
+    pub state_dir: std::path::PathBuf,
     /// Test hook: abort the first transaction that holds this many records, once.
     pub inject_abort_after: Option<u64>,
 }
@@ -152,6 +156,9 @@ struct Member {
     open: Mutex<Open>,
     /// A fatal error met inside the callback.
     failure: Mutex<Option<String>>,
+    /// This worker's transactional id, and the instance id it is made of.
+    transactional_id: String,
+    instance: String,
     /// Per owned partition: where reading starts (its committed position, or the log's
     /// start) and its end offset when it was assigned (bounded runs).
     ends: Mutex<BTreeMap<i32, (i64, i64)>>,
@@ -317,6 +324,20 @@ fn renewable(error: &KafkaError) -> bool {
     !unauthorized && (fenced || fatal(error))
 }
 
+/// Fenced: librdkafka reports `PRODUCER_FENCED` (another producer took the transactional
+/// id) and `INVALID_PRODUCER_EPOCH` (the broker bumped the epoch of a transaction that
+/// outlived its timeout) alike, as `_FENCED`.
+fn fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
+}
+
 fn describe(error: &KafkaError) -> String {
     match error {
         KafkaError::Transaction(e) => transaction_error(e),
@@ -352,6 +373,22 @@ impl Member {
         if let Ok(mut failure) = self.failure.lock() {
             failure.get_or_insert(message);
         }
+    }
+
+    /// Fenced while the transaction (opened at `started`) was younger than the
+    /// transaction timeout: the broker did not abort it, so another producer took this
+    /// worker's transactional id. Renewing would fence that one in turn; this process
+    /// stops instead.
+    fn fenced_by_another(&self, error: &KafkaError, started: Instant) -> Option<Error> {
+        (fenced(error) && started.elapsed() < TRANSACTION_TIMEOUT).then(|| {
+            Error::Kafka(format!(
+                "worker {}: fenced by another producer with transactional id {} ({}): another process runs under instance id {}; this one stops. Give each process its own --instance-id, or none: processes on one host then take distinct ones",
+                self.worker,
+                self.transactional_id,
+                describe(error),
+                self.instance
+            ))
+        })
     }
 
     /// Commits the open transaction (if any) with its input positions, and opens the next.
@@ -412,6 +449,7 @@ impl Member {
                 self.renewals.store(0, Ordering::Relaxed);
                 Ok(())
             }
+            Err(e) if let Some(error) = self.fenced_by_another(&e, started) => Err(error),
             Err(e) if renewable(&e) && self.renewals.load(Ordering::Relaxed) < MAX_RENEWALS => {
                 drop(open);
                 self.renew(consumer, &describe(&e))
@@ -440,10 +478,13 @@ impl Member {
             .open
             .lock()
             .map_err(|_| Error::Kafka("transaction state poisoned".into()))?;
-        if open.started.is_none() {
+        let Some(started) = open.started else {
             return Ok(());
-        }
+        };
         if let Err(e) = self.producer().abort_transaction(CALL_TIMEOUT) {
+            if let Some(error) = self.fenced_by_another(&e, started) {
+                return Err(error);
+            }
             if renewable(&e) && self.renewals.load(Ordering::Relaxed) < MAX_RENEWALS {
                 drop(open);
                 return self.renew(consumer, &describe(&e));
@@ -573,6 +614,19 @@ pub(super) fn run(
         &[&topics.output, &topics.dead_letter],
     ))?;
     let parallelism = config.parallelism.max(1);
+    // Held until the job ends: no other live process of this host takes the same id.
+    let lock = instance::claim(&eos.state_dir, &config.job_name, &eos.instance)?;
+    let instance = lock.id.as_str();
+    // Static membership under the instance id unless told otherwise, so a restarted
+    // process takes its members' places (and partitions) at once instead of waiting out
+    // its predecessor's session, while its transactional ids fence the predecessor's
+    // producers.
+    let mut config = config.clone();
+    config
+        .group
+        .instance_id
+        .get_or_insert_with(|| format!("{}-{instance}", config.job_name));
+    let config = &config;
     log::info!(
         "job {}: {} ({} partitions) → {}, dead letters → {}; {parallelism} workers in consumer group {}, exactly-once (transactions every {} ms, transactional ids {}-{}-N)",
         config.job_name,
@@ -583,7 +637,7 @@ pub(super) fn run(
         config.job_name,
         config.checkpointing_interval.as_millis(),
         config.job_name,
-        eos.instance_id
+        instance
     );
     let stop = cancel.child_token();
     let done_partitions = Arc::new(AtomicUsize::new(0));
@@ -599,6 +653,7 @@ pub(super) fn run(
                         worker,
                         config,
                         eos,
+                        instance,
                         kafka,
                         topics,
                         stats,
@@ -633,6 +688,7 @@ fn run_worker(
     worker: usize,
     config: &PipelineConfig,
     eos: &ExactlyOnce,
+    instance: &str,
     kafka: &KafkaConfig,
     topics: &Topics,
     stats: &Arc<Stats>,
@@ -641,7 +697,7 @@ fn run_worker(
     injected: &AtomicBool,
     done_partitions: &AtomicUsize,
 ) -> Result<()> {
-    let transactional_id = format!("{}-{}-{worker}", config.job_name, eos.instance_id);
+    let transactional_id = format!("{}-{instance}-{worker}", config.job_name);
     let producer_config = kafka::transactional_producer_config(
         kafka,
         &config.job_name,
@@ -682,6 +738,8 @@ fn run_worker(
         stats: Arc::clone(stats),
         producer: Mutex::new(producer),
         producer_config,
+        transactional_id: transactional_id.clone(),
+        instance: instance.to_string(),
         kafka: kafka.clone(),
         renewals: AtomicU64::new(0),
         open: Mutex::new(Open::default()),
@@ -799,6 +857,15 @@ impl Worker<'_> {
             }
             Some(Err(KafkaError::PartitionEOF(partition))) => {
                 self.eof.insert(partition);
+            }
+            // Static membership: another member joined under this worker's group instance
+            // id, so another process runs under this instance id.
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                let member = self.consumer.context();
+                return Err(Error::Kafka(format!(
+                    "worker {}: the consumer group fenced this member ({code}): another process runs under instance id {}; this one stops. Give each process its own --instance-id, or none: processes on one host then take distinct ones",
+                    self.worker, member.instance
+                )));
             }
             Some(Err(e)) => log::debug!("worker {}: {e}", self.worker),
         }
@@ -966,6 +1033,24 @@ impl Worker<'_> {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     record = returned;
                     std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), _)) => {
+                    // The producer's fatal error says why: fenced by another producer?
+                    let context = self.consumer.context();
+                    let started = context
+                        .open
+                        .lock()
+                        .ok()
+                        .and_then(|o| o.started)
+                        .unwrap_or_else(Instant::now);
+                    let (code, reason) = producer
+                        .client()
+                        .fatal_error()
+                        .unwrap_or((RDKafkaErrorCode::Fatal, "fatal producer error".into()));
+                    let fatal = KafkaError::MessageProduction(code);
+                    return Err(context
+                        .fenced_by_another(&fatal, started)
+                        .unwrap_or_else(|| Error::Kafka(format!("cannot send: {reason}"))));
                 }
                 Err((e, _)) => {
                     return match e
