@@ -313,7 +313,7 @@ fn dashboard(reaper: &Reaper, job: &Job, ui: &str, extra: &[&str]) -> (String, S
         .args(["--ui-addr", ui])
         .args(extra);
     let (child, addr, line, _rest) = common::spawn_with_address_line(command, "dashboard at");
-    reaper.watch(child);
+    reaper.keep(child);
     let port = addr.rsplit(':').next().unwrap().to_string();
     (format!("127.0.0.1:{port}"), line)
 }
@@ -464,10 +464,14 @@ fn api_job(addr: &str) -> Option<serde_json::Value> {
     serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
 }
 
-/// Whether `child` has not exited yet (without reaping it).
-fn child_running(child: &std::process::Child) -> bool {
-    std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+/// Whether process `pid` has not exited yet (without reaping it).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .is_ok_and(|status| !status.contains("State:\tZ"))
+}
+
+fn child_running(child: &std::process::Child) -> bool {
+    running(child.id())
 }
 
 /// A job under load (datagen in the background) whose `role` topic is deleted once output
@@ -486,7 +490,7 @@ fn topic_deleted_under_load(role: &str, guarantee: &str) {
     ]);
     let (child, addr, log) = common::spawn_with_address_and_stderr(command, "dashboard at");
     let child = reaper.watch(child);
-    let _feed = reaper.watch(
+    reaper.keep(
         common::datagen()
             .args(["-s", "streaming", "-q", "--topic", &job.input])
             .args(["--rate", "2000", "--duration", "40s"])
@@ -647,7 +651,7 @@ fn two_hosts_under_one_instance_id_stop_the_fenced_process_with_a_reason() {
     };
     let (a, a_log) = spawn_assigned(process(&dir_a), 3, Duration::from_secs(100));
     let a = reaper.watch(a);
-    let _feed = reaper.watch(
+    reaper.keep(
         common::datagen()
             .args(["-s", "streaming", "-q", "--topic", &job.input])
             .args(["--rate", "500", "--duration", "60s"])
@@ -657,7 +661,7 @@ fn two_hosts_under_one_instance_id_stop_the_fenced_process_with_a_reason() {
             .unwrap(),
     );
     common::broker::wait_for_output(&job.output);
-    let b = reaper.watch(
+    let b = reaper.keep(
         process(&dir_b)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -670,5 +674,5 @@ fn two_hosts_under_one_instance_id_stop_the_fenced_process_with_a_reason() {
         a_log.contains("another process runs under instance id shared"),
         "{a_log}"
     );
-    assert!(child_running(&b), "the newer process stays up");
+    assert!(running(b), "the newer process stays up");
 }

@@ -479,22 +479,38 @@ pub fn metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
 /// Kills the processes it was given when dropped: a failing test leaves none behind. It
 /// signals each process itself (SIGKILL by pid), never a shell around it.
 #[derive(Default)]
-pub struct Reaper(std::cell::RefCell<Vec<u32>>);
+pub struct Reaper {
+    pids: std::cell::RefCell<Vec<u32>>,
+    kept: std::cell::RefCell<Vec<std::process::Child>>,
+}
 
 impl Reaper {
+    /// Kills `child` on drop, unless the test has waited for it by then.
     pub fn watch(&self, child: std::process::Child) -> std::process::Child {
-        self.0.borrow_mut().push(child.id());
+        self.pids.borrow_mut().push(child.id());
         child
+    }
+
+    /// Takes `child` (one the test does not wait for): killed and reaped on drop. Returns
+    /// its pid.
+    pub fn keep(&self, child: std::process::Child) -> u32 {
+        let pid = child.id();
+        self.kept.borrow_mut().push(child);
+        pid
     }
 }
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        for pid in self.0.borrow().iter() {
+        for pid in self.pids.borrow().iter() {
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
                 .stderr(std::process::Stdio::null())
                 .status();
+        }
+        for child in self.kept.borrow_mut().iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
