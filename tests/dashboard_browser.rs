@@ -274,3 +274,31 @@ fn datagens_page_charts_its_rate_and_deliveries_in_a_real_browser() {
     let (output, log) = common::wait_with_log(child, Duration::from_secs(10), log);
     assert!(output.status.success(), "{log}");
 }
+
+#[test]
+fn the_topics_page_marks_a_cut_key_header_name_and_header_value() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for topic in ["website-visit", "website-out", "website-visit-dlq"] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let bootstrap = cluster.bootstrap_servers();
+    // Each past the 1 KB that the browser shows of a key or a header.
+    let (name, value) = ("h".repeat(2_000), "v".repeat(2_000));
+    common::produce_with_headers(
+        &bootstrap,
+        "website-visit",
+        &[(Some(vec![b'k'; 2_000]), Some(b"{}".to_vec()))],
+        &[(name.as_str(), value.as_str())],
+    );
+    let mut command = pipeline();
+    command.args(["--bootstrap-servers", &bootstrap]);
+    let (child, addr, log) = common::spawn_with_address_and_stderr(command, "dashboard at");
+    let url = format!("http://{addr}/topics#topic=website-visit&partition=0&limit=5");
+    let page = String::from_utf8(headless(&url, &["--dump-dom"])).unwrap();
+    for mark in ["cut: key longer than shown", "[name cut]", "[value cut]"] {
+        assert!(page.contains(mark), "no {mark:?} on the page: {page}");
+    }
+    signal(&child, "INT");
+    let (output, log) = common::wait_with_log(child, Duration::from_secs(10), log);
+    assert_eq!(output.status.code(), Some(0), "{log}");
+}
