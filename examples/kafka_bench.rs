@@ -131,6 +131,7 @@ fn main() {
             ui: None,
             topic_browser: None,
             browse_internal_topics: false,
+            drop_input_headers: false,
         };
         let stats = std::sync::Arc::new(streamkit::pipeline::Stats::default());
         let started = std::time::SystemTime::now();

@@ -12,6 +12,7 @@ use streamkit::cli::{
     KafkaArgs, RateSpec, parse_duration, parse_millis_up_to_a_day, parse_rate_spec, parse_ratio,
     parse_seconds_up_to_a_day, parse_user_skew,
 };
+use streamkit::datagen::identity::MatchSpec;
 use streamkit::datagen::{self, DatagenConfig, Dirt, Output, VerifyConfig};
 use streamkit::generator::{Clock, GeneratorConfig};
 use streamkit::kafka::{Compression, LOCAL_BOOTSTRAP_SERVERS};
@@ -160,6 +161,13 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     report: Option<PathBuf>,
 
+    /// With --verify-topic: for records without datagen's headers (a job that drops them),
+    /// the fields holding the user id and the event time, as dotted paths into the key's
+    /// JSON, else the value's [default: the key's event_id (or id) and event_ts, else the
+    /// value's id and event_ts]
+    #[arg(long, value_name = "FIELD,FIELD", value_parser = MatchSpec::parse, requires = "verify_topic")]
+    verify_match: Option<MatchSpec>,
+
     /// With --verify-topic: how long to wait for stragglers once every event is delivered
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION", requires = "verify_topic")]
     verify_grace: Duration,
@@ -302,6 +310,7 @@ impl Args {
                 topic,
                 dead_letter_topic: self.verify_dead_letter_topic.clone(),
                 grace: self.verify_grace,
+                matching: self.verify_match.clone().unwrap_or_default(),
             }),
             dirt: (self.bad_record_ratio > 0.0 || self.duplicate_ratio > 0.0).then_some(Dirt {
                 bad_record_ratio: self.bad_record_ratio,

@@ -64,6 +64,11 @@ struct Args {
     #[arg(long, env = "STREAMKIT_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
+    /// Test hook: kafka-io at least once forwards no input header, as Flink's and Beam's
+    /// Kafka sinks do
+    #[arg(long, hide = true)]
+    drop_input_headers: bool,
+
     /// Test hook: abort the first transaction that holds N records, once
     #[arg(long, hide = true, value_name = "N")]
     inject_abort_after: Option<u64>,
@@ -395,6 +400,7 @@ impl Args {
                 _ => None,
             },
             browse_internal_topics: self.browse_internal_topics,
+            drop_input_headers: self.drop_input_headers,
         })
     }
 }

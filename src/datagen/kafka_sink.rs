@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::DRAIN_TIMEOUT;
 use super::batch::EncodedBatch;
 use super::sink::{Delivery, Sent, Sink};
+use super::verify::Tagging;
 use crate::error::Result;
 use crate::kafka::{self, Compression, CountingProducer, DeliveryCounter, KafkaConfig};
 
@@ -44,8 +45,8 @@ pub(super) struct KafkaSink {
     message_timeout: Option<Duration>,
     last_enqueued: Option<Instant>,
     /// With `--verify-topic`: each record carries this run's id, its event's number and
-    /// its send time (see `verify`).
-    run_id: Option<String>,
+    /// its send time, and its identity is kept for matching by content (see `verify`).
+    tagging: Option<Tagging>,
 }
 
 impl KafkaSink {
@@ -53,7 +54,7 @@ impl KafkaSink {
         kafka_config: &KafkaConfig,
         topic: &str,
         compression: Compression,
-        run_id: Option<String>,
+        tagging: Option<Tagging>,
     ) -> Result<Self> {
         let client_config =
             kafka::throughput_producer_config(kafka_config, "streamkit-datagen", compression);
@@ -77,7 +78,7 @@ impl KafkaSink {
             since_poll: 0,
             message_timeout: kafka::message_timeout(&client_config),
             last_enqueued: None,
-            run_id,
+            tagging,
         })
     }
 }
@@ -88,13 +89,22 @@ impl Sink for KafkaSink {
         // One send stamp per batch (a batch is generated in well under a millisecond), taken
         // again after a wait for room in the queue.
         let mut stamp = self.producer.context().latency().stamp();
+        if let Some(tagging) = &self.tagging {
+            // Kept before they are sent: no output can arrive before its event is known.
+            tagging.sent(
+                batch
+                    .records()
+                    .map(|(key, _)| key)
+                    .zip(batch.indices().iter().copied()),
+            );
+        }
         for ((key, value), index) in batch.records().zip(batch.indices()) {
             loop {
                 let mut record = BaseRecord::with_opaque_to(&self.topic, stamp)
                     .key(key)
                     .payload(value);
-                if let Some(run_id) = &self.run_id {
-                    record = record.headers(verification_headers(run_id, *index));
+                if let Some(tagging) = &self.tagging {
+                    record = record.headers(verification_headers(&tagging.run_id, *index));
                 }
                 match self.producer.send(record) {
                     Ok(()) => {

@@ -23,6 +23,7 @@
 mod batch;
 mod dirt;
 mod file_sink;
+pub mod identity;
 mod kafka_sink;
 mod metrics;
 mod report;
@@ -132,6 +133,16 @@ pub fn check_outputs(config: &DatagenConfig) -> Result<()> {
     crate::paths::check_writable("--report (its JSON)", &json)
 }
 
+/// Events a run is expected to send, when its count or its rate and duration say (at most
+/// 100 million: a table is sized for them up front, not grown by doubling).
+fn expected_events(config: &DatagenConfig) -> usize {
+    let by_rate = match (&config.pace, config.duration) {
+        (Pace::Rate(rate), Some(duration)) => Some((rate * duration.as_secs_f64()) as u64),
+        _ => None,
+    };
+    config.num_events.or(by_rate).unwrap_or(0).min(100_000_000) as usize
+}
+
 /// Generates events as configured until the count, the duration or `cancel` ends the run.
 pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary> {
     let source = EventSource::new(&config.generator)?;
@@ -139,13 +150,24 @@ pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary
         (Some(verify), Output::Kafka { kafka, .. }) => Some((kafka, verify)),
         _ => None,
     };
-    let run_id = verify.map(|_| uuid::Uuid::new_v4().simple().to_string());
-    let mut sink = open_sink(&config.output, run_id.clone())?;
+    // Verification: the run's id for the headers, and each event's identity for matching
+    // by content, in a table sized for the events expected.
+    let tagging = verify.map(|_| verify::Tagging {
+        run_id: uuid::Uuid::new_v4().simple().to_string(),
+        identities: std::sync::Arc::new(std::sync::Mutex::new(
+            identity::IdentityTable::with_capacity(expected_events(config)),
+        )),
+        dirt: config.dirt,
+    });
+    let mut sink = open_sink(&config.output, tagging.clone())?;
     // The reader starts at the output's ends before the first event is sent.
-    let verifier = match (verify, &run_id) {
-        (Some((kafka, verify)), Some(run_id)) => {
-            Some(verify::Verifier::start(kafka, verify, run_id)?)
-        }
+    let verifier = match (verify, &tagging) {
+        (Some((kafka, verify)), Some(tagging)) => Some(verify::Verifier::start(
+            kafka,
+            verify,
+            &tagging.run_id,
+            &tagging.identities,
+        )?),
         _ => None,
     };
     let started = Instant::now();

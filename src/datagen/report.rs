@@ -222,6 +222,10 @@ pub(super) fn write(path: &Path, summary: &Summary, points: &[Point]) -> Result<
             "duplicated": v.duplicated,
             "dead_lettered_expected": v.dead_lettered_expected,
             "dead_lettered_unexpected": v.dead_lettered_unexpected,
+            "matching": v.matching,
+            "shared_identities": v.shared_identities,
+            "unmatched": v.unmatched,
+            "unidentified": v.unidentified,
             "end_to_end_to_output_timestamp": latency(Some(v.to_output)),
             "end_to_end_to_arrival": latency(Some(v.to_arrival)),
         })

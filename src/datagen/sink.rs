@@ -56,13 +56,16 @@ pub(super) trait Sink {
 
 /// The sink for `output`: a file (or stdout) or a Kafka topic, checked and ready.
 /// With `run_id`, Kafka records carry the headers `--verify-topic` reads.
-pub(super) fn open_sink(output: &Output, run_id: Option<String>) -> Result<Box<dyn Sink>> {
+pub(super) fn open_sink(
+    output: &Output,
+    tagging: Option<super::verify::Tagging>,
+) -> Result<Box<dyn Sink>> {
     Ok(match output {
         Output::Kafka {
             kafka,
             topic,
             compression,
-        } => Box::new(KafkaSink::open(kafka, topic, *compression, run_id)?),
+        } => Box::new(KafkaSink::open(kafka, topic, *compression, tagging)?),
         file_or_stdout => Box::new(FileSink::open(file_or_stdout)?),
     })
 }

@@ -112,6 +112,16 @@ impl fmt::Display for Summary {
                     String::new()
                 },
             )?;
+            write!(f, "\nmatched by {}", v.matching)?;
+            if v.matching != "headers" {
+                write!(
+                    f,
+                    "; {} identities shared by more than one event (a loss and a duplicate of one identity cancel out); {} records of no event of this run, {} with no identity",
+                    group_thousands(v.shared_identities),
+                    group_thousands(v.unmatched),
+                    group_thousands(v.unidentified),
+                )?;
+            }
             for (what, l) in [
                 ("to the output's timestamp", v.to_output),
                 ("to arrival", v.to_arrival),

@@ -2,11 +2,20 @@
 //! produces, a consumer of its own reads the pipeline's output (and, optionally, its
 //! dead-letter topic) and accounts for every event.
 //!
-//! How events are told apart: each record `datagen` sends carries the headers
-//! `datagen.run` (an id of this run), `datagen.seq` (its event's number; a duplicate
-//! shares its original's) and `datagen.sent` (when it was handed to the producer, in
-//! microseconds since the Unix epoch). The pipeline forwards input headers to its output
-//! and dead letters, so each output record names the event it came from.
+//! How events are told apart:
+//! - **By headers**, when the job forwards them (`pipeline`, Kafka Streams): each record
+//!   `datagen` sends carries `datagen.run` (an id of this run), `datagen.seq` (its event's
+//!   number; a duplicate shares its original's) and `datagen.sent` (when it was handed to
+//!   the producer, in microseconds since the Unix epoch), so each output record names the
+//!   event it came from.
+//! - **By content**, when it does not (Flink's `KafkaSink`, Beam's `WriteToKafka`, Kafka
+//!   Connect, most hand-written consumers): each event's identity (`id`, `event_ts`) is
+//!   kept as it is sent, and a record without this run's headers is matched by the
+//!   identity it holds, as a multiset (see [`super::identity`]). Its latency runs from the
+//!   earliest send of that identity.
+//!
+//! The report says which was used: by headers when every record of this run arrived with
+//! them, else by content for all.
 //!
 //! Guarantees:
 //! - Only records of this run count: the reader starts at the topics' ends as they were
@@ -22,8 +31,8 @@
 //! agree, across machines their skew adds to the end-to-end latency.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +41,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::dirt::Dirt;
+use super::identity::{self, IdentityTable, MatchSpec};
 use crate::error::{Error, Result};
 use crate::kafka::{self, KafkaConfig};
 use crate::latency::{DeliveryLatency, LatencySummary};
@@ -52,6 +62,33 @@ pub struct VerifyConfig {
     pub dead_letter_topic: Option<String>,
     /// How long to wait for stragglers once every event was sent and acknowledged.
     pub grace: Duration,
+    /// Where a record without this run's headers holds its identity.
+    pub matching: MatchSpec,
+}
+
+/// What the sending side keeps for the verification: the run's id (for the headers) and
+/// each event's identity (for matching by content).
+#[derive(Debug, Clone)]
+pub(super) struct Tagging {
+    pub run_id: String,
+    pub identities: Arc<Mutex<IdentityTable>>,
+    pub dirt: Option<Dirt>,
+}
+
+impl Tagging {
+    /// Records the identities of `records` (`(key, event number)`) as sent now.
+    pub(super) fn sent<'a>(&self, records: impl Iterator<Item = (&'a [u8], u64)>) {
+        let now = Instant::now();
+        let Ok(mut table) = self.identities.lock() else {
+            return;
+        };
+        for (key, index) in records {
+            if let Some((id, _)) = identity::identity(&MatchSpec::KeyOrValue, Some(key), None) {
+                let bad = self.dirt.is_some_and(|d| d.fate(index).bad.is_some());
+                table.sent(id, bad, now);
+            }
+        }
+    }
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -73,6 +110,12 @@ struct Seen {
 struct Tally {
     seen: HashMap<u64, Seen>,
     other_runs: u64,
+    /// This run's records that came with its headers.
+    by_headers: u64,
+    /// Records without them, matched (or not) by content.
+    by_content: u64,
+    /// Records without headers and without an identity to read.
+    unidentified: u64,
 }
 
 /// What a running verification has seen so far, for the report's points.
@@ -97,6 +140,8 @@ pub(super) struct Verifier {
     to_arrival: Arc<DeliveryLatency>,
     grace: Duration,
     dead_letters_read: bool,
+    identities: Arc<Mutex<IdentityTable>>,
+    matching: MatchSpec,
 }
 
 /// The verification's findings.
@@ -116,11 +161,26 @@ pub struct VerifyReport {
     pub to_output: LatencySummary,
     /// From the send to the arrival at this reader.
     pub to_arrival: LatencySummary,
+    /// How records were matched to events: `headers` or `content (...)`.
+    pub matching: String,
+    /// Matched by content: identities that more than one event was sent under.
+    pub shared_identities: u64,
+    /// Matched by content: records of no event of this run, and records with no identity.
+    pub unmatched: u64,
+    pub unidentified: u64,
+    /// The identity table's bytes at the end, and per event sent.
+    pub identity_bytes: u64,
 }
 
 impl Verifier {
-    /// Starts reading `config`'s topics from their current ends.
-    pub(super) fn start(kafka: &KafkaConfig, config: &VerifyConfig, run_id: &str) -> Result<Self> {
+    /// Starts reading `config`'s topics from their current ends; `identities` is the
+    /// table the sending side fills.
+    pub(super) fn start(
+        kafka: &KafkaConfig,
+        config: &VerifyConfig,
+        run_id: &str,
+        identities: &Arc<Mutex<IdentityTable>>,
+    ) -> Result<Self> {
         let run_id = run_id.to_string();
         let consumer: BaseConsumer<kafka::ErrorLog> = kafka::create(
             &kafka::verify_consumer_config(kafka),
@@ -166,12 +226,22 @@ impl Verifier {
                 Arc::clone(&to_arrival),
             );
             let (run_id, output_topic) = (run_id.clone(), config.topic.clone());
+            let matching = (Arc::clone(identities), config.matching.clone());
             std::thread::Builder::new()
                 .name("verifier".into())
                 .spawn(move || {
                     let latencies = (&*to_output, &*to_arrival);
                     let counts = (&*counts.0, &*counts.1);
-                    read(&consumer, &run_id, &output_topic, &stop, counts, latencies)
+                    let matching = (&*matching.0, &matching.1);
+                    read(
+                        &consumer,
+                        &run_id,
+                        &output_topic,
+                        &stop,
+                        counts,
+                        latencies,
+                        matching,
+                    )
                 })
                 .map_err(|e| Error::io("verifier thread", e))?
         };
@@ -184,6 +254,8 @@ impl Verifier {
             to_arrival,
             grace: config.grace,
             dead_letters_read: config.dead_letter_topic.is_some(),
+            identities: Arc::clone(identities),
+            matching: config.matching.clone(),
         })
     }
 
@@ -204,8 +276,9 @@ impl Verifier {
         // or earlier once every good event has arrived (and a moment more, for duplicates
         // right behind them).
         let good = good_events(events, dirt);
+        let all_by_content = || self.identities.lock().is_ok_and(|t| t.all_arrived());
         while Instant::now() < deadline {
-            if self.distinct.load(Ordering::Relaxed) >= good {
+            if self.distinct.load(Ordering::Relaxed) >= good || all_by_content() {
                 std::thread::sleep(Duration::from_millis(500).min(self.grace));
                 break;
             }
@@ -223,8 +296,27 @@ impl Verifier {
             events,
             to_output: self.to_output.run_summary(),
             to_arrival: self.to_arrival.run_summary(),
+            matching: "headers".into(),
+            unidentified: tally.unidentified,
             ..VerifyReport::default()
         };
+        if let Ok(table) = self.identities.lock() {
+            report.identity_bytes = table.bytes() as u64;
+            if tally.by_content > 0 || tally.unidentified > 0 {
+                // Some records came without headers: every record is matched by content.
+                let counts = table.counts(self.dead_letters_read);
+                report.matching = format!("content: {}", self.matching.describe());
+                report.arrived = counts.arrived;
+                report.lost = counts.lost;
+                report.duplicated = counts.duplicated;
+                report.dead_lettered_expected = counts.dead_lettered_expected;
+                report.dead_lettered_unexpected = counts.dead_lettered_unexpected;
+                report.bad_unaccounted = counts.bad_unaccounted;
+                report.shared_identities = counts.shared;
+                report.unmatched = counts.unmatched;
+                return Ok(report);
+            }
+        }
         for seq in 0..events {
             let fate = dirt.map(|d| d.fate(seq)).unwrap_or_default();
             let seen = tally.seen.get(&seq).copied().unwrap_or_default();
@@ -272,6 +364,7 @@ fn read(
     stop: &AtomicBool,
     (distinct, repeated): (&AtomicU64, &AtomicU64),
     (to_output, to_arrival): (&DeliveryLatency, &DeliveryLatency),
+    (identities, spec): (&Mutex<IdentityTable>, &MatchSpec),
 ) -> Result<Tally> {
     let mut tally = Tally::default();
     while !stop.load(Ordering::Relaxed) {
@@ -281,25 +374,49 @@ fn read(
         let Ok(message) = result else {
             continue;
         };
-        let Some(headers) = message.headers() else {
-            continue;
-        };
+        let dead = message.topic() != output_topic;
         let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
+            message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+            })
         };
-        if header(RUN_HEADER) != Some(run_id) {
+        // Its identity, whatever the headers say: a run whose records come partly without
+        // headers is matched by content throughout.
+        let found = identity::identity(spec, message.key(), message.payload());
+        let run = header(RUN_HEADER);
+        if run.is_some_and(|run| run != run_id) {
             tally.other_runs += 1;
             continue;
         }
-        let Some(seq) = header(SEQ_HEADER).and_then(|s| s.parse::<u64>().ok()) else {
+        let arrival = found.and_then(|(id, _)| identities.lock().ok()?.arrived(id, dead));
+        let stamped = message
+            .timestamp()
+            .to_millis()
+            .map(|ms| u64::try_from(ms).unwrap_or(0).saturating_mul(1000));
+        let seq = header(SEQ_HEADER).and_then(|s| s.parse::<u64>().ok());
+        let Some(seq) = seq.filter(|_| run.is_some()) else {
+            // No headers of this run: matched by content.
+            tally.by_content += 1;
+            if found.is_none() {
+                tally.unidentified += 1;
+            }
+            if let Some(arrival) = arrival {
+                let counter = if arrival.repeated { repeated } else { distinct };
+                counter.fetch_add(1, Ordering::Relaxed);
+                to_arrival.record_between(arrival.first_sent_micros, now_micros());
+                if let Some(stamped) = stamped {
+                    to_output.record_between(arrival.first_sent_micros, stamped);
+                }
+            }
             continue;
         };
+        tally.by_headers += 1;
         let seen = tally.seen.entry(seq).or_default();
-        if message.topic() != output_topic {
+        if dead {
             seen.dead_letters += 1;
             continue;
         }
@@ -311,8 +428,7 @@ fn read(
         }
         if let Some(sent) = header(SENT_HEADER).and_then(|s| s.parse::<u64>().ok()) {
             to_arrival.record_between(sent, now_micros());
-            if let Some(stamped) = message.timestamp().to_millis() {
-                let stamped = u64::try_from(stamped).unwrap_or(0).saturating_mul(1000);
+            if let Some(stamped) = stamped {
                 to_output.record_between(sent, stamped);
             }
         }

@@ -85,6 +85,10 @@ pub struct PipelineConfig {
     pub topic_browser: Option<bool>,
     /// The topic browser shows the cluster's internal topics (`__consumer_offsets`, ...).
     pub browse_internal_topics: bool,
+    /// Test hook: kafka-io at least once writes no input header to its output and dead
+    /// letters, as Flink's and Beam's Kafka sinks do (for `datagen --verify-topic`'s
+    /// matching by content).
+    pub drop_input_headers: bool,
 }
 
 /// `--processing-guarantee`, named as in Kafka Streams.

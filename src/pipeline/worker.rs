@@ -392,6 +392,7 @@ async fn run_workers(
             acks,
             topics: topics.clone(),
             print_keys,
+            forward_headers: !config.drop_input_headers,
             bounded: config.bounded,
             checkpointing_interval: config.checkpointing_interval,
             max_in_flight,
@@ -556,6 +557,8 @@ struct Worker {
     acks: UnboundedReceiver<Ack>,
     topics: Topics,
     print_keys: bool,
+    /// Forward the input's headers to the output and the dead letters.
+    forward_headers: bool,
     bounded: bool,
     checkpointing_interval: Duration,
     /// This worker's share of [`IN_FLIGHT_BUDGET`].
@@ -1145,8 +1148,8 @@ impl Worker {
                     .key(key.as_slice())
                     .payload(value.as_slice());
                 // The input's headers go along, as Kafka Streams forwards them.
-                if let Some(headers) = message.headers() {
-                    record = record.headers(headers.detach());
+                if let Some(headers) = self.inherited(message) {
+                    record = record.headers(headers);
                 }
                 match self.send(record)? {
                     None => {
@@ -1171,7 +1174,7 @@ impl Worker {
         };
         // The original key and bytes, untouched (a null key or value stays null).
         let ticket = self.ticket(partition, offset, Destination::DeadLetter);
-        let inherited = message.headers().map(|h| h.detach());
+        let inherited = self.inherited(message);
         let headers = self.dead_letter_headers(inherited, partition, offset, &rejection, None);
         let mut record: Outgoing<'_> =
             BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket).headers(headers);
@@ -1187,7 +1190,7 @@ impl Worker {
                 let size = message.payload_len() + message.key().map_or(0, <[u8]>::len);
                 let why = format!("{}; the dead letter too: {error}", rejection.reason);
                 self.send_reference(
-                    message.headers().map(|h| h.detach()),
+                    self.inherited(message),
                     partition,
                     offset,
                     size,
@@ -1199,6 +1202,15 @@ impl Worker {
                 )
             }
         }
+    }
+
+    /// The input record's headers, to go along with what it becomes (none when the job
+    /// drops them).
+    fn inherited(&self, message: &BorrowedMessage<'_>) -> Option<OwnedHeaders> {
+        message
+            .headers()
+            .filter(|_| self.forward_headers)
+            .map(|h| h.detach())
     }
 
     fn dead_letter_headers(
