@@ -2,7 +2,10 @@
 //! Kafka: `pipeline` behind the tests' own `--drop-input-headers` hook does the article's
 //! transform and writes its output and dead letters without `datagen`'s headers, as Flink's
 //! `KafkaSink` and Beam's `WriteToKafka` do. The verification must match events by their
-//! content. Run with `cargo test --features e2e --test verify_e2e -- --test-threads=1`.
+//! content. The same checks run against a JVM job (`tests/jvm/EventLogJob.java`, a
+//! hand-written Kafka consumer and producer doing the article's transform, run from Kafka's
+//! own jars), on a clean run and across a `kill -9` of the job.
+//! Run with `cargo test --features e2e --test verify_e2e -- --test-threads=1`.
 
 mod common;
 
@@ -11,12 +14,22 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::broker::{BOOTSTRAP, Job, job, partition_count};
+use common::wait_with_timeout;
 use common::{Reaper, datagen, read_topic, spawn_assigned, stderr, wait_with_log};
 
-/// The job under test: kafka-io, at least once, dropping the input's headers.
-fn header_dropping(job: &Job) -> Command {
-    job.process(&["--drop-input-headers", "--checkpointing-interval", "1000"])
+/// The job under test: kafka-io, at least once, dropping the input's headers, committing
+/// every `commit_ms`.
+fn header_dropping(job: &Job, commit_ms: &str) -> Command {
+    job.process(&[
+        "--drop-input-headers",
+        "--checkpointing-interval",
+        commit_ms,
+    ])
 }
+
+/// How often the jobs of the kill tests commit: a kill 3 s after their first output comes
+/// before their first commit, so the restart surely replays (and duplicates) something.
+const RARE_COMMITS: &str = "10000";
 
 /// A figure of datagen's verification line: `verification: N events: A arrived, L lost,
 /// D duplicated; dead letters E expected, U unexpected`.
@@ -62,7 +75,7 @@ fn run(mut command: Command) -> Output {
 fn a_job_that_drops_headers_is_verified_by_content_with_nothing_lost() {
     let job = job("verify-clean", 3);
     let reaper = Reaper::default();
-    let (child, log) = spawn_assigned(header_dropping(&job), 3, Duration::from_secs(100));
+    let (child, log) = spawn_assigned(header_dropping(&job, "1000"), 3, Duration::from_secs(100));
     let child = reaper.watch(child);
     let output = run(verify(
         &job,
@@ -110,7 +123,11 @@ fn a_job_that_drops_headers_is_verified_by_content_with_nothing_lost() {
 fn a_header_dropping_job_killed_and_restarted_loses_nothing_and_its_duplicates_are_counted() {
     let job = job("verify-kill", 3);
     let reaper = Reaper::default();
-    let (first, _first_log) = spawn_assigned(header_dropping(&job), 3, Duration::from_secs(100));
+    let (first, _first_log) = spawn_assigned(
+        header_dropping(&job, RARE_COMMITS),
+        3,
+        Duration::from_secs(100),
+    );
     let first = reaper.watch(first);
     let load = reaper.watch(
         verify(
@@ -131,10 +148,15 @@ fn a_header_dropping_job_killed_and_restarted_loses_nothing_and_its_duplicates_a
         .spawn()
         .unwrap(),
     );
-    std::thread::sleep(Duration::from_secs(6));
+    common::broker::wait_for_output(&job.output);
+    std::thread::sleep(Duration::from_secs(3));
     common::signal(&first, "KILL");
     let _ = wait_with_log(first, Duration::from_secs(10), _first_log);
-    let (second, second_log) = spawn_assigned(header_dropping(&job), 3, Duration::from_secs(100));
+    let (second, second_log) = spawn_assigned(
+        header_dropping(&job, RARE_COMMITS),
+        3,
+        Duration::from_secs(100),
+    );
     let second = reaper.watch(second);
     let output = common::wait_with_timeout(load, Duration::from_secs(180));
     let err = stderr(&output);
@@ -160,7 +182,7 @@ fn events_sharing_identities_at_a_high_rate_are_counted_exactly() {
     // identity (id, event_ts).
     let job = job("verify-shared", 3);
     let reaper = Reaper::default();
-    let (child, log) = spawn_assigned(header_dropping(&job), 3, Duration::from_secs(100));
+    let (child, log) = spawn_assigned(header_dropping(&job, "1000"), 3, Duration::from_secs(100));
     let child = reaper.watch(child);
     let output = run(verify(
         &job,
@@ -201,4 +223,104 @@ fn events_sharing_identities_at_a_high_rate_are_counted_exactly() {
 
 fn group(n: u64) -> String {
     streamkit::datagen::group_thousands(n)
+}
+
+/// The JVM job on `job`'s topics, started as `java` itself (the test signals the JVM, not a
+/// shell around it).
+fn jvm_job(job: &Job, commit_ms: &str) -> std::process::Child {
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/jvm/EventLogJob.java");
+    Command::new(common::broker::java())
+        .arg("-cp")
+        .arg(format!("{}/*", common::broker::kafka_libs().display()))
+        .arg(source)
+        .args([
+            BOOTSTRAP,
+            &job.name,
+            &job.input,
+            &job.output,
+            &job.dead,
+            commit_ms,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_jvm_job_that_forwards_no_headers_is_verified_with_nothing_lost() {
+    let job = job("verify-jvm", 3);
+    let reaper = Reaper::default();
+    let jvm = reaper.watch(jvm_job(&job, "1000"));
+    let output = run(verify(
+        &job,
+        &[
+            "--rate",
+            "2000",
+            "--duration",
+            "8s",
+            "--verify-grace",
+            "60s",
+            "--seed",
+            "14",
+        ],
+    ));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(err.contains("matched by content"), "{err}");
+    assert_eq!(figure(&err, "lost"), 0, "{err}");
+    assert_eq!(figure(&err, "duplicated"), 0, "{err}");
+    assert_eq!(figure(&err, "arrived"), events_sent(&err), "{err}");
+    let records = read_topic(BOOTSTRAP, &job.output, partition_count(&job.output));
+    assert!(
+        records.iter().all(|r| r.headers.is_empty()),
+        "the JVM job forwards no header"
+    );
+    common::signal(&jvm, "TERM");
+    let _ = wait_with_timeout(jvm, Duration::from_secs(30));
+}
+
+#[test]
+fn a_jvm_job_killed_and_restarted_loses_nothing_and_its_duplicates_are_counted() {
+    let job = job("verify-jvm-kill", 3);
+    let reaper = Reaper::default();
+    let first = reaper.watch(jvm_job(&job, RARE_COMMITS));
+    let load = reaper.watch(
+        verify(
+            &job,
+            &[
+                "--rate",
+                "2000",
+                "--duration",
+                "20s",
+                "--verify-grace",
+                "60s",
+                "--seed",
+                "15",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    common::broker::wait_for_output(&job.output);
+    std::thread::sleep(Duration::from_secs(3));
+    common::signal(&first, "KILL");
+    let _ = wait_with_timeout(first, Duration::from_secs(10));
+    let second = reaper.watch(jvm_job(&job, RARE_COMMITS));
+    let output = wait_with_timeout(load, Duration::from_secs(180));
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert_eq!(figure(&err, "lost"), 0, "{err}");
+    let sent = events_sent(&err);
+    let written = read_topic(BOOTSTRAP, &job.output, partition_count(&job.output)).len() as u64;
+    assert!(
+        written > sent,
+        "the restart replayed something: {written} of {sent}"
+    );
+    assert_eq!(figure(&err, "duplicated"), written - sent, "{err}");
+    common::signal(&second, "TERM");
+    let _ = wait_with_timeout(second, Duration::from_secs(30));
 }

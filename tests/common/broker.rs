@@ -321,3 +321,26 @@ pub fn allow_records_of(topic: &str, bytes: usize) {
         result.unwrap_or_else(|(resource, code)| panic!("{resource:?}: {code}"));
     }
 }
+
+/// The folder of Apache Kafka's jars that `setup/start-env.sh -k` fetched.
+pub fn kafka_libs() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pom = std::fs::read_to_string(root.join("setup/kafka/pom.xml")).unwrap();
+    let version = pom
+        .split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split("</kafka.version>").next())
+        .unwrap();
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache"));
+    cache.join(format!("streamkit/kafka-{version}/libs"))
+}
+
+/// The java that runs Kafka: `$JAVA_HOME`'s, else the one on PATH.
+pub fn java() -> std::path::PathBuf {
+    std::env::var_os("JAVA_HOME")
+        .map(|home| Path::new(&home).join("bin/java"))
+        .filter(|java| java.exists())
+        .unwrap_or_else(|| "java".into())
+}
