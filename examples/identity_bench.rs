@@ -49,7 +49,8 @@ fn main() {
         table.arrived(hash(&ids[user], ts), false);
     }
     let arrived = started.elapsed();
-    let counts = table.counts(true);
+    let mut counts = streamkit::datagen::VerifyReport::default();
+    table.account(true, &mut counts);
     // The reader's parse of an output key, the original job's.
     let key = br#"{"event_id": "-4315835577877225391", "event_ts": 1713430800995}"#;
     let started = Instant::now();
@@ -65,7 +66,7 @@ fn main() {
     eprintln!(
         "{events} events of {users} users: {} identities ({} shared), lost {}, duplicated {}",
         table.len(),
-        counts.shared,
+        counts.shared_identities,
         counts.lost,
         counts.duplicated
     );

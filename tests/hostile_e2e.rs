@@ -139,6 +139,18 @@ fn dead_letter_kinds(job: &Job, partitions: i32) -> BTreeMap<String, usize> {
     kinds
 }
 
+/// The page views of every window result in `job`'s output.
+fn page_views(job: &Job, partitions: i32) -> u64 {
+    read_topic(BOOTSTRAP, &job.output, partitions)
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()["page_views"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
+}
+
 fn traffic_agg(job: &Job) -> Command {
     job.process(&[
         "--job",
@@ -190,14 +202,7 @@ fn one_far_future_event_neither_makes_later_events_late_nor_pins_the_position() 
         reason.contains("9999-12-31T23:59:59") && reason.contains("1h"),
         "{reason}"
     );
-    let counted: u64 = read_topic(BOOTSTRAP, &job.output, 1)
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()["page_views"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let counted = page_views(&job, 1);
     assert_eq!(counted, 50, "every event stamped now is counted once");
     stop(child, log);
 }
@@ -245,14 +250,7 @@ fn a_poison_on_one_of_three_partitions_then_silence_leaves_no_event_late() {
         BTreeMap::from([("future".to_string(), 1)]),
         "no event is late"
     );
-    let counted: u64 = read_topic(BOOTSTRAP, &job.output, 3)
-        .iter()
-        .map(|r| {
-            serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()["page_views"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let counted = page_views(&job, 3);
     assert_eq!(counted, sent);
     stop(child, log);
 }
@@ -474,6 +472,19 @@ fn child_running(child: &std::process::Child) -> bool {
     running(child.id())
 }
 
+/// datagen writing into `job`'s input at `rate` for `duration`, in the background.
+fn load(reaper: &Reaper, job: &Job, rate: &str, duration: &str) {
+    reaper.keep(
+        common::datagen()
+            .args(["-s", "streaming", "-q", "--topic", &job.input])
+            .args(["--rate", rate, "--duration", duration])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+}
+
 /// A job under load (datagen in the background) whose `role` topic is deleted once output
 /// flows: the job must stop within 30 s with exit 1, naming the topic, showing what is
 /// undelivered until then, and committing nothing past what was delivered.
@@ -490,15 +501,7 @@ fn topic_deleted_under_load(role: &str, guarantee: &str) {
     ]);
     let (child, addr, log) = common::spawn_with_address_and_stderr(command, "dashboard at");
     let child = reaper.watch(child);
-    reaper.keep(
-        common::datagen()
-            .args(["-s", "streaming", "-q", "--topic", &job.input])
-            .args(["--rate", "2000", "--duration", "40s"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    load(&reaper, &job, "2000", "40s");
     common::broker::wait_for_output(&job.output);
     let topic = match role {
         "input" => &job.input,
@@ -651,15 +654,7 @@ fn two_hosts_under_one_instance_id_stop_the_fenced_process_with_a_reason() {
     };
     let (a, a_log) = spawn_assigned(process(&dir_a), 3, Duration::from_secs(100));
     let a = reaper.watch(a);
-    reaper.keep(
-        common::datagen()
-            .args(["-s", "streaming", "-q", "--topic", &job.input])
-            .args(["--rate", "500", "--duration", "60s"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    load(&reaper, &job, "500", "60s");
     common::broker::wait_for_output(&job.output);
     let b = reaper.keep(
         process(&dir_b)

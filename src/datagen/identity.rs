@@ -32,6 +32,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use rustc_hash::FxHashMap;
 use serde_json::Value;
 
+use super::verify::VerifyReport;
+
 /// Where a record's identity is read from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum MatchSpec {
@@ -185,24 +187,6 @@ pub struct IdentityTable {
     started_micros: u64,
 }
 
-/// The multiset accounting of an [`IdentityTable`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IdentityCounts {
-    /// Records sent, good and bad.
-    pub sent: u64,
-    pub arrived: u64,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub dead_lettered_expected: u64,
-    pub dead_lettered_unexpected: u64,
-    /// Bad events not looked for (no dead-letter topic read).
-    pub bad_unaccounted: u64,
-    /// Identities that more than one event was sent under.
-    pub shared: u64,
-    /// Records whose identity no event of this run had.
-    pub unmatched: u64,
-}
-
 impl IdentityTable {
     /// An empty table sized for `expected` identities (0 when unknown).
     pub fn with_capacity(expected: usize) -> Self {
@@ -292,12 +276,10 @@ impl IdentityTable {
         self.len() == 0
     }
 
-    /// The accounting; `dead_letters_read` when a dead-letter topic was read.
-    pub fn counts(&self, dead_letters_read: bool) -> IdentityCounts {
-        let mut counts = IdentityCounts {
-            unmatched: self.unmatched,
-            ..IdentityCounts::default()
-        };
+    /// Fills `report`'s accounting (see the module doc); `dead_letters_read` when a
+    /// dead-letter topic was read.
+    pub fn account(&self, dead_letters_read: bool, report: &mut VerifyReport) {
+        report.unmatched = self.unmatched;
         let no_slot = Slot::default();
         let ids = self
             .slots
@@ -308,25 +290,23 @@ impl IdentityTable {
             let (sent, arrived) = (u64::from(slot.sent), u64::from(slot.arrived));
             let bad = u64::from(self.bad.get(id).copied().unwrap_or(0));
             let dead = u64::from(self.dead.get(id).copied().unwrap_or(0));
-            counts.sent += sent + bad;
             if sent + bad > 1 {
-                counts.shared += 1;
+                report.shared_identities += 1;
             }
             // Dead letters account for the bad events first, then for good ones.
             let dead_for_bad = dead.min(bad);
             let dead_for_good = (dead - dead_for_bad).min(sent.saturating_sub(arrived));
-            counts.dead_lettered_expected += dead_for_bad;
-            counts.dead_lettered_unexpected += dead - dead_for_bad;
+            report.dead_lettered_expected += dead_for_bad;
+            report.dead_lettered_unexpected += dead - dead_for_bad;
             if dead_letters_read {
-                counts.lost += bad - dead_for_bad;
+                report.lost += bad - dead_for_bad;
             } else {
-                counts.bad_unaccounted += bad;
+                report.bad_unaccounted += bad;
             }
-            counts.arrived += arrived.min(sent);
-            counts.lost += sent.saturating_sub(arrived + dead_for_good);
-            counts.duplicated += arrived.saturating_sub(sent);
+            report.arrived += arrived.min(sent);
+            report.lost += sent.saturating_sub(arrived + dead_for_good);
+            report.duplicated += arrived.saturating_sub(sent);
         }
-        counts
     }
 }
 
@@ -406,27 +386,29 @@ mod tests {
         assert_eq!(repeats, [false, false, false, false, true, true]);
         assert_eq!(table.arrived(d, true), None);
         assert_eq!(table.arrived(hash("stranger", 1), false), None);
-        let counts = table.counts(true);
-        assert_eq!(
-            counts,
-            IdentityCounts {
-                sent: 6,
-                arrived: 4,
-                lost: 1,
-                duplicated: 2,
-                dead_lettered_expected: 1,
-                dead_lettered_unexpected: 0,
-                bad_unaccounted: 0,
-                shared: 2,
-                unmatched: 1,
-            }
-        );
+        let mut report = VerifyReport::default();
+        table.account(true, &mut report);
+        let figures = |r: &VerifyReport| {
+            (
+                r.arrived,
+                r.lost,
+                r.duplicated,
+                r.dead_lettered_expected,
+                r.dead_lettered_unexpected,
+                r.bad_unaccounted,
+                r.shared_identities,
+                r.unmatched,
+            )
+        };
+        assert_eq!(figures(&report), (4, 1, 2, 1, 0, 0, 2, 1));
         // Without the dead letters read, the bad event is not looked for.
         let mut blind = IdentityTable::with_capacity(0);
         blind.sent(d, true, now);
-        assert_eq!(blind.counts(false).bad_unaccounted, 1);
-        assert_eq!(blind.counts(false).lost, 0);
-        assert_eq!(blind.counts(true).lost, 1);
+        let (mut unread, mut read) = (VerifyReport::default(), VerifyReport::default());
+        blind.account(false, &mut unread);
+        blind.account(true, &mut read);
+        assert_eq!((unread.bad_unaccounted, unread.lost), (1, 0));
+        assert_eq!((read.bad_unaccounted, read.lost), (0, 1));
     }
 
     #[test]
@@ -436,8 +418,9 @@ mod tests {
         let a = hash("a", 1);
         table.sent(a, false, now);
         table.arrived(a, true);
-        let counts = table.counts(true);
-        assert_eq!((counts.lost, counts.dead_lettered_unexpected), (0, 1));
+        let mut report = VerifyReport::default();
+        table.account(true, &mut report);
+        assert_eq!((report.lost, report.dead_lettered_unexpected), (0, 1));
     }
 
     #[test]

@@ -304,16 +304,8 @@ impl Verifier {
             report.identity_bytes = table.bytes() as u64;
             if tally.by_content > 0 || tally.unidentified > 0 {
                 // Some records came without headers: every record is matched by content.
-                let counts = table.counts(self.dead_letters_read);
                 report.matching = format!("content: {}", self.matching.describe());
-                report.arrived = counts.arrived;
-                report.lost = counts.lost;
-                report.duplicated = counts.duplicated;
-                report.dead_lettered_expected = counts.dead_lettered_expected;
-                report.dead_lettered_unexpected = counts.dead_lettered_unexpected;
-                report.bad_unaccounted = counts.bad_unaccounted;
-                report.shared_identities = counts.shared;
-                report.unmatched = counts.unmatched;
+                table.account(self.dead_letters_read, &mut report);
                 return Ok(report);
             }
         }
