@@ -133,14 +133,16 @@ pub fn check_outputs(config: &DatagenConfig) -> Result<()> {
     crate::paths::check_writable("--report (its JSON)", &json)
 }
 
-/// Events a run is expected to send, when its count or its rate and duration say (at most
-/// 100 million: a table is sized for them up front, not grown by doubling).
+/// Events a run is expected to send, when its count or its rate and duration say: the
+/// verification's identity table is sized for them up front rather than grown by doubling
+/// (which holds two copies while it grows). At most 25 million (a table of 570 MB); a
+/// larger run grows it as it goes.
 fn expected_events(config: &DatagenConfig) -> usize {
     let by_rate = match (&config.pace, config.duration) {
         (Pace::Rate(rate), Some(duration)) => Some((rate * duration.as_secs_f64()) as u64),
         _ => None,
     };
-    config.num_events.or(by_rate).unwrap_or(0).min(100_000_000) as usize
+    config.num_events.or(by_rate).unwrap_or(0).min(25_000_000) as usize
 }
 
 /// Generates events as configured until the count, the duration or `cancel` ends the run.

@@ -376,14 +376,14 @@ fn read(
                     .and_then(|v| std::str::from_utf8(v).ok())
             })
         };
-        // Its identity, whatever the headers say: a run whose records come partly without
-        // headers is matched by content throughout.
-        let found = identity::identity(spec, message.key(), message.payload());
         let run = header(RUN_HEADER);
         if run.is_some_and(|run| run != run_id) {
             tally.other_runs += 1;
             continue;
         }
+        // Its identity, whatever the headers say: a run whose records come partly without
+        // headers is matched by content throughout.
+        let found = identity::identity(spec, message.key(), message.payload());
         let arrival = found.and_then(|(id, _)| identities.lock().ok()?.arrived(id, dead));
         let stamped = message
             .timestamp()

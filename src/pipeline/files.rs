@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::{FileConfig, Job, Stats, StatusLine, run_stages};
 use crate::error::{Error, Result};
 use crate::transform::{RejectKind, Rejection};
-use crate::windows::{Aggregator, Now, UserTraffic, Verdict, WindowResult, event_time_ms};
+use crate::windows::{Aggregator, Now, UserTraffic, WindowResult, event_time_ms};
 
 /// What an aggregation job holds between lines.
 enum Aggregate {
@@ -342,19 +342,7 @@ impl LineWriter<'_> {
                 // Windows fire as soon as this line moves the watermark past them: in a
                 // file, lateness depends on the order of lines only.
                 self.fired.extend(windows.fire(now));
-                let rejection = match verdict {
-                    Verdict::Counted => None,
-                    Verdict::Late {
-                        window_end_ms,
-                        behind_ms,
-                    } => Some(super::windowed::late(window_end_ms, behind_ms)),
-                    Verdict::Future {
-                        event_ms,
-                        ahead_ms,
-                        bound_ms,
-                    } => Some(super::windowed::future(event_ms, ahead_ms, bound_ms)),
-                };
-                if let Some(rejection) = rejection {
+                if let Some(rejection) = super::windowed::rejection(verdict) {
                     stats.reject(rejection.kind, &rejection.reason);
                     return Err(rejection);
                 }

@@ -160,8 +160,9 @@ struct Member {
     transactional_id: String,
     instance: String,
     /// Per owned partition: where reading starts (its committed position, or the log's
-    /// start) and its end offset when it was assigned (bounded runs).
+    /// start) and its end offset when it was assigned; kept for bounded runs only.
     ends: Mutex<BTreeMap<i32, (i64, i64)>>,
+    bounded: bool,
 }
 
 impl ClientContext for Member {
@@ -203,12 +204,18 @@ impl ConsumerContext for Member {
                     self.fail(format!("cannot take partitions {numbers:?}: {e}"));
                     return;
                 }
-                // Where each partition starts: a partition already read to its end has no
-                // position until a record arrives, and none will.
-                let committed = consumer
-                    .committed_offsets(partitions.clone(), Duration::from_secs(10))
-                    .unwrap_or_default();
-                if let Ok(mut ends) = self.ends.lock() {
+                // Bounded: where each partition starts (a partition already read to its end
+                // has no position until a record arrives, and none will) and ends.
+                let committed = if self.bounded {
+                    consumer
+                        .committed_offsets(partitions.clone(), Duration::from_secs(10))
+                        .unwrap_or_default()
+                } else {
+                    TopicPartitionList::new()
+                };
+                if self.bounded
+                    && let Ok(mut ends) = self.ends.lock()
+                {
                     for &p in &numbers {
                         if let Ok((low, high)) =
                             consumer.fetch_watermarks(&self.input, p, Duration::from_secs(10))
@@ -745,6 +752,7 @@ fn run_worker(
         open: Mutex::new(Open::default()),
         failure: Mutex::new(None),
         ends: Mutex::new(BTreeMap::new()),
+        bounded: config.bounded,
     };
     let consumer: BaseConsumer<Member> = kafka::create(&consumer_config, member, kafka)?;
     consumer

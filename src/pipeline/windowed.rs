@@ -78,8 +78,25 @@ fn parse_metadata(text: &str) -> Option<Restored> {
     })
 }
 
+/// The dead letter that an event's [`Verdict`] calls for, if any: `late` or `future`, with
+/// the reason (in both modes, Kafka and files).
+pub(super) fn rejection(verdict: Verdict) -> Option<Rejection> {
+    match verdict {
+        Verdict::Counted => None,
+        Verdict::Late {
+            window_end_ms,
+            behind_ms,
+        } => Some(late(window_end_ms, behind_ms)),
+        Verdict::Future {
+            event_ms,
+            ahead_ms,
+            bound_ms,
+        } => Some(future(event_ms, ahead_ms, bound_ms)),
+    }
+}
+
 /// The dead letter's reason for a late event.
-pub(super) fn late(window_end_ms: i64, behind_ms: i64) -> Rejection {
+fn late(window_end_ms: i64, behind_ms: i64) -> Rejection {
     Rejection {
         kind: RejectKind::Late,
         reason: format!(
@@ -90,7 +107,7 @@ pub(super) fn late(window_end_ms: i64, behind_ms: i64) -> Rejection {
 }
 
 /// The dead letter's reason for an event too far ahead of the wall clock.
-pub(super) fn future(event_ms: i64, ahead_ms: i64, bound_ms: i64) -> Rejection {
+fn future(event_ms: i64, ahead_ms: i64, bound_ms: i64) -> Rejection {
     Rejection {
         kind: RejectKind::Future,
         reason: format!(
@@ -621,15 +638,7 @@ impl Job<'_> {
                                     Stats::add(&stats.counted);
                                     None
                                 }
-                                Verdict::Late {
-                                    window_end_ms,
-                                    behind_ms,
-                                } => Some((late(window_end_ms, behind_ms), false)),
-                                Verdict::Future {
-                                    event_ms,
-                                    ahead_ms,
-                                    bound_ms,
-                                } => Some((future(event_ms, ahead_ms, bound_ms), false)),
+                                other => rejection(other).map(|r| (r, false)),
                             }
                         }
                     }
