@@ -167,24 +167,14 @@ fn partitions_added_while_the_job_runs_are_read() {
     let child = job.spawn(&["-X", "topic.metadata.refresh.interval.ms=1000"]);
     job.wait_for_all(&keys, Duration::from_secs(60));
 
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", BOOTSTRAP)
-            .create()
-            .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for result in runtime
-        .block_on(admin.create_partitions(
+    let (admin, runtime) = common::broker::admin();
+    common::broker::admin_ok(
+        "add partitions to",
+        runtime.block_on(admin.create_partitions(
             &[rdkafka::admin::NewPartitions::new(&job.input, 4)],
             &rdkafka::admin::AdminOptions::new(),
-        ))
-        .unwrap()
-    {
-        result.unwrap_or_else(|(name, code)| panic!("cannot add partitions to {name}: {code}"));
-    }
+        )),
+    );
     // Records written straight into the new partitions 2 and 3.
     let mut records = Vec::new();
     for i in 0..200 {

@@ -433,24 +433,6 @@ fn the_topic_browser_shows_the_newest_messages_under_its_time_cap_and_marks_ever
     }
 }
 
-fn delete_topic(name: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .create()
-        .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for result in runtime
-        .block_on(admin.delete_topics(&[name], &AdminOptions::new()))
-        .unwrap()
-    {
-        result.unwrap_or_else(|(name, code)| panic!("cannot delete {name}: {code}"));
-    }
-}
-
 /// `/api/job` of the dashboard at `addr`, or `None` once it is gone.
 fn api_job(addr: &str) -> Option<serde_json::Value> {
     use std::io::{Read, Write};
@@ -508,7 +490,7 @@ fn topic_deleted_under_load(role: &str, guarantee: &str) {
         "output" => &job.output,
         _ => &job.dead,
     };
-    delete_topic(topic);
+    common::broker::delete_topic(topic);
     let deleted = Instant::now();
     let mut last = None;
     let mut undelivered = 0;

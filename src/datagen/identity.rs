@@ -123,29 +123,16 @@ fn identity_in(bytes: Option<&[u8]>, ids: &[&[&str]], ts: &[&str]) -> Option<u64
     Some(hash(&id, ts))
 }
 
-/// Where an identity was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Found {
-    Key,
-    Value,
-}
-
-/// The identity of a record with `key` and `value`, per `spec`.
-pub fn identity(
-    spec: &MatchSpec,
-    key: Option<&[u8]>,
-    value: Option<&[u8]>,
-) -> Option<(u64, Found)> {
+/// The identity of a record with `key` and `value`, per `spec`: the key's if it holds one,
+/// else the value's.
+pub fn identity(spec: &MatchSpec, key: Option<&[u8]>, value: Option<&[u8]>) -> Option<u64> {
     match spec {
         MatchSpec::KeyOrValue => identity_in(key, &[&["event_id"], &["id"]], &["event_ts"])
-            .map(|h| (h, Found::Key))
-            .or_else(|| identity_in(value, &[&["id"]], &["event_ts"]).map(|h| (h, Found::Value))),
+            .or_else(|| identity_in(value, &[&["id"]], &["event_ts"])),
         MatchSpec::Fields { id, ts } => {
             let id: Vec<&str> = id.iter().map(String::as_str).collect();
             let ts: Vec<&str> = ts.iter().map(String::as_str).collect();
-            identity_in(key, &[&id], &ts)
-                .map(|h| (h, Found::Key))
-                .or_else(|| identity_in(value, &[&id], &ts).map(|h| (h, Found::Value)))
+            identity_in(key, &[&id], &ts).or_else(|| identity_in(value, &[&id], &ts))
         }
     }
 }
@@ -329,7 +316,7 @@ mod tests {
                 json(r#"{"event_id": "-4315835577877225391", "event_ts": 1713430800995}"#),
                 None
             ),
-            Some((id, Found::Key))
+            Some(id)
         );
         // A key holding `id`; a number for the id, a string for the time.
         assert_eq!(
@@ -338,28 +325,30 @@ mod tests {
                 json(r#"{"id": -4315835577877225391, "event_ts": "1713430800995"}"#),
                 None
             ),
-            Some((id, Found::Key))
+            Some(id)
         );
         // No usable key: the value.
         let value = r#"{"ip": "1.2.3.4", "id": "-4315835577877225391", "event_ts": 1713430800995}"#;
-        assert_eq!(
-            identity(&spec, json("k-1"), json(value)),
-            Some((id, Found::Value))
-        );
-        assert_eq!(identity(&spec, None, json(value)), Some((id, Found::Value)));
+        assert_eq!(identity(&spec, json("k-1"), json(value)), Some(id));
+        assert_eq!(identity(&spec, None, json(value)), Some(id));
         assert_eq!(identity(&spec, json("{}"), json("not json")), None);
+        // A key and a value holding different identities: the key's wins.
+        let other_key = r#"{"event_id": "7", "event_ts": 1}"#;
+        assert_eq!(
+            identity(&spec, json(other_key), json(value)),
+            Some(hash("7", 1))
+        );
         // Renamed, nested fields.
         let renamed = MatchSpec::parse("user.uid, meta.ts").unwrap();
         let nested = r#"{"user": {"uid": "-4315835577877225391"}, "meta": {"ts": 1713430800995}}"#;
-        assert_eq!(
-            identity(&renamed, None, json(nested)),
-            Some((id, Found::Value))
-        );
-        assert_eq!(
-            identity(&renamed, json(nested), None),
-            Some((id, Found::Key))
-        );
+        assert_eq!(identity(&renamed, None, json(nested)), Some(id));
+        assert_eq!(identity(&renamed, json(nested), None), Some(id));
         assert_eq!(identity(&renamed, None, json(value)), None);
+        let other = r#"{"user": {"uid": "7"}, "meta": {"ts": 1}}"#;
+        assert_eq!(
+            identity(&renamed, json(other), json(nested)),
+            Some(hash("7", 1))
+        );
         // Another time, another user: another identity.
         assert_ne!(hash("-4315835577877225391", 1713430800996), id);
         assert_ne!(hash("-431583557787722539", 11713430800995), id);

@@ -83,7 +83,7 @@ impl Tagging {
             return;
         };
         for (key, index) in records {
-            if let Some((id, _)) = identity::identity(&MatchSpec::KeyOrValue, Some(key), None) {
+            if let Some(id) = identity::identity(&MatchSpec::KeyOrValue, Some(key), None) {
                 let bad = self.dirt.is_some_and(|d| d.fate(index).bad.is_some());
                 table.sent(id, bad, now);
             }
@@ -384,7 +384,7 @@ fn read(
         // Its identity, whatever the headers say: a run whose records come partly without
         // headers is matched by content throughout.
         let found = identity::identity(spec, message.key(), message.payload());
-        let arrival = found.and_then(|(id, _)| identities.lock().ok()?.arrived(id, dead));
+        let arrival = found.and_then(|id| identities.lock().ok()?.arrived(id, dead));
         let stamped = message
             .timestamp()
             .to_millis()

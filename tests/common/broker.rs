@@ -59,26 +59,52 @@ pub fn cluster_and_topics(test: &str) -> (String, String, String) {
     (input, output, dead)
 }
 
-/// Creates `names` with `partitions` partitions each on the local cluster.
-pub fn create_topics(names: &[String], partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+/// An admin client of the local cluster, and a runtime to wait for its answers on.
+pub fn admin() -> (AdminClient<DefaultClientContext>, tokio::runtime::Runtime) {
+    let admin = ClientConfig::new()
         .set("bootstrap.servers", BOOTSTRAP)
         .create()
         .unwrap();
-    let topics: Vec<NewTopic> = names
-        .iter()
-        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
-        .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    for result in runtime
-        .block_on(admin.create_topics(&topics, &AdminOptions::new()))
-        .unwrap()
-    {
-        result.unwrap_or_else(|(name, code)| panic!("cannot create {name}: {code}"));
+    (admin, runtime)
+}
+
+/// Fails the test, saying it could not `what`, if the admin request or any item of its
+/// answer was refused.
+pub fn admin_ok<T, N: std::fmt::Debug>(
+    what: &str,
+    answer: rdkafka::error::KafkaResult<Vec<Result<T, (N, rdkafka::types::RDKafkaErrorCode)>>>,
+) {
+    for result in answer.unwrap_or_else(|e| panic!("cannot {what}: {e}")) {
+        if let Err((item, code)) = result {
+            panic!("cannot {what} {item:?}: {code}");
+        }
     }
+}
+
+/// Creates `names` with `partitions` partitions each on the local cluster.
+pub fn create_topics(names: &[String], partitions: i32) {
+    let topics: Vec<NewTopic> = names
+        .iter()
+        .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let (admin, runtime) = admin();
+    admin_ok(
+        "create",
+        runtime.block_on(admin.create_topics(&topics, &AdminOptions::new())),
+    );
+}
+
+/// Deletes the topic `name` from the local cluster.
+pub fn delete_topic(name: &str) {
+    let (admin, runtime) = admin();
+    admin_ok(
+        "delete",
+        runtime.block_on(admin.delete_topics(&[name], &AdminOptions::new())),
+    );
 }
 
 pub fn topic_args<'a>(input: &'a str, output: &'a str, dead: &'a str) -> [&'a str; 6] {
@@ -303,23 +329,14 @@ pub fn ever_assigned(output: &Output) -> BTreeSet<String> {
 
 /// Lets `topic` take records of up to `bytes`.
 pub fn allow_records_of(topic: &str, bytes: usize) {
-    use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, ResourceSpecifier};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", BOOTSTRAP)
-        .create()
-        .unwrap();
+    use rdkafka::admin::{AlterConfig, ResourceSpecifier};
     let limit = bytes.to_string();
     let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set("max.message.bytes", &limit);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    for result in runtime
-        .block_on(admin.alter_configs(&[change], &AdminOptions::new()))
-        .unwrap()
-    {
-        result.unwrap_or_else(|(resource, code)| panic!("{resource:?}: {code}"));
-    }
+    let (admin, runtime) = admin();
+    admin_ok(
+        "alter the config of",
+        runtime.block_on(admin.alter_configs(&[change], &AdminOptions::new())),
+    );
 }
 
 /// The folder of Apache Kafka's jars that `setup/start-env.sh -k` fetched.
