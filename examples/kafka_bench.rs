@@ -112,7 +112,7 @@ fn main() {
     let mut runs = Vec::new();
     for parallelism in 1..=3 {
         let config = streamkit::pipeline::PipelineConfig {
-            job: streamkit::pipeline::Job::KafkaIo,
+            job: streamkit::pipeline::JobKind::KafkaIo,
             guarantee: streamkit::pipeline::Guarantee::AtLeastOnce,
             job_name: format!("bench-{run_id}-p{parallelism}"),
             parallelism,

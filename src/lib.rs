@@ -15,7 +15,6 @@ pub mod history;
 pub mod kafka;
 pub mod latency;
 pub mod logging;
-pub mod offsets;
 pub mod pacing;
 pub mod paths;
 pub mod pipeline;

@@ -10,8 +10,8 @@ use clap::{CommandFactory, Parser};
 use streamkit::cli::{KafkaArgs, parse_duration, parse_duration_or_zero, parse_rate};
 use streamkit::kafka::{GroupConfig, GroupProtocol, LOCAL_BOOTSTRAP_SERVERS};
 use streamkit::pipeline::{
-    self, Cluster, DemoConfig, ExactlyOnce, FileConfig, Guarantee, InstanceId, Job, PipelineConfig,
-    Source, Topics,
+    self, Cluster, DemoConfig, ExactlyOnce, FileConfig, Guarantee, InstanceId, JobKind,
+    PipelineConfig, Source, Topics,
 };
 use streamkit::windows::WindowConfig;
 
@@ -97,9 +97,10 @@ struct Args {
     max_event_time_ahead: Duration,
 
     /// Workers in this process, each a member of the job's consumer group (more processes
-    /// with the same --job-name share the partitions)
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true)]
-    parallelism: u16,
+    /// with the same --job-name share the partitions) [default: 3; traffic-agg: 1, the only
+    /// value it takes]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true)]
+    parallelism: Option<u16>,
 
     /// Consumer-group protocol: classic (cooperative-sticky, every broker) or consumer
     /// (KIP-848, Kafka 4+); -X group.protocol=... says the same
@@ -231,7 +232,7 @@ fn dash_is_std(path: &Path) -> Option<PathBuf> {
 impl Args {
     fn into_config(self) -> Result<PipelineConfig, clap::Error> {
         let job = match self.job {
-            JobArg::KafkaIo => Job::KafkaIo,
+            JobArg::KafkaIo => JobKind::KafkaIo,
             JobArg::TrafficAgg => {
                 if self.window.is_zero() {
                     return Err(Args::command().error(
@@ -239,7 +240,7 @@ impl Args {
                         "--window must be at least 1ms",
                     ));
                 }
-                Job::TrafficAgg(WindowConfig {
+                JobKind::TrafficAgg(WindowConfig {
                     size: self.window,
                     max_out_of_orderness: self.max_out_of_orderness,
                     allowed_lateness: self.allowed_lateness,
@@ -253,7 +254,23 @@ impl Args {
                     "--job user-traffic is a batch job over files: give --input PATH",
                 ));
             }
-            JobArg::UserTraffic => Job::UserTraffic,
+            JobArg::UserTraffic => JobKind::UserTraffic,
+        };
+        // traffic-agg counts each user's events in one aggregator: split over workers, a
+        // user's window would be counted in parts (until the stateful scale-out, through a
+        // repartition topic, lands).
+        let parallelism = match (self.parallelism, &job) {
+            (Some(n), JobKind::TrafficAgg(_)) if n > 1 => {
+                return Err(Args::command().error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "--job traffic-agg runs one worker per process (--parallelism 1): its windows count each user's events in one place, and {n} workers would each write a partial count for the same window"
+                    ),
+                ));
+            }
+            (Some(n), _) => usize::from(n),
+            (None, JobKind::KafkaIo) => 3,
+            (None, _) => 1,
         };
         let guarantee = match self.processing_guarantee {
             GuaranteeArg::AtLeastOnce if self.inject_abort_after.is_some() => {
@@ -267,12 +284,6 @@ impl Args {
                 return Err(Args::command().error(
                     clap::error::ErrorKind::ArgumentConflict,
                     "--processing-guarantee exactly-once needs Kafka: files have no transactions",
-                ));
-            }
-            GuaranteeArg::ExactlyOnce if matches!(job, Job::TrafficAgg(_)) => {
-                return Err(Args::command().error(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "--processing-guarantee exactly-once applies to --job kafka-io",
                 ));
             }
             GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce(ExactlyOnce {
@@ -336,7 +347,7 @@ impl Args {
             input: self.input_topic,
             output: self.output_topic.unwrap_or_else(|| {
                 match job {
-                    Job::TrafficAgg(_) => "traffic-agg",
+                    JobKind::TrafficAgg(_) => "traffic-agg",
                     _ => "website-out",
                 }
                 .to_string()
@@ -388,7 +399,7 @@ impl Args {
             job,
             guarantee,
             job_name: self.job_name.unwrap_or_else(|| job.name().to_string()),
-            parallelism: usize::from(self.parallelism),
+            parallelism,
             group,
             checkpointing_interval: Duration::from_millis(commit_interval),
             bounded: self.bounded,

@@ -1,15 +1,20 @@
 //! `pipeline`: the streaming job, from `website-visit` to `website-out`, losing nothing.
 //!
-//! It runs the original Beam job's operators (Read from Kafka → Decode → Parse → Create
-//! messages → Write to Kafka) with a dead-letter branch for records that fail to decode or
-//! parse, on Kafka (an embedded mock cluster, the local cluster, or any address) or on files.
+//! A [job](job) (the article's `kafka-io`, or the seed repository's `traffic-agg` and
+//! `user-traffic`) runs on Kafka (an embedded mock cluster, the local cluster, or any
+//! address) or on files, with a dead-letter branch ([`dead_letter`]) for records it cannot
+//! process. On Kafka, every job runs on [one runner](runner) whose commit strategy is the
+//! [guarantee](guarantee):
+//! - **at-least-once** (the default): an input position is committed only after the
+//!   output (or dead letter) of every record before it in its partition has been
+//!   acknowledged by the broker. A crash at any moment loses nothing; records in flight
+//!   are read and written again on restart (duplicates are possible, loss is not);
+//! - **exactly-once**: a transaction per interval holds the outputs, the dead letters, the
+//!   input positions and the job's state.
 //!
-//! Guarantee: **at-least-once.** An input position is committed only after the output (or
-//! dead letter) of every record before it in its partition has been acknowledged by the
-//! broker. A crash at any moment loses nothing; records in flight at that moment are read
-//! and written again on restart (duplicates are possible, loss is not). Every record read
-//! is either written, dead-lettered, or still in flight: the summary reconciles the three.
-//! No record stops its partition: one the output cannot take goes to the dead letters.
+//! Every record read is either written (or counted), dead-lettered, or still in flight:
+//! the summary reconciles them. No record stops its partition: one the output cannot take
+//! goes to the dead letters.
 //!
 //! **Bounded shutdown.** After cancellation the job drains for at most [`DRAIN_TIMEOUT`];
 //! a final commit that gets no answer by then is abandoned with a line naming what is read
@@ -17,38 +22,34 @@
 //!
 //! **Scale-out** comes from Kafka's consumer-group protocol: every worker of every process
 //! with the same job name is a member of one group, and partitions move between them with
-//! a safe hand-over (see `worker` and `group`). A clean scale-up or scale-down loses and
-//! duplicates nothing; a `kill -9` of one process loses nothing. Partitions added to the
-//! input are picked up while the job runs.
+//! a safe hand-over (see `runner`). A clean scale-up or scale-down loses and duplicates
+//! nothing; a `kill -9` of one process loses nothing. Partitions added to the input are
+//! picked up while the job runs.
 
 mod dashboard;
-mod files;
-mod group;
-pub mod instance;
-mod transactional;
+pub mod dead_letter;
+pub mod guarantee;
+mod io;
+pub mod job;
+mod runner;
+mod stats;
 mod watch;
-mod windowed;
-mod worker;
 
-pub use instance::InstanceId;
-pub use transactional::{ExactlyOnce, TRANSACTION_TIMEOUT, TransactionStats};
+pub use guarantee::instance::{self, InstanceId};
+pub use guarantee::{ExactlyOnce, TRANSACTION_TIMEOUT};
+pub use io::files::{MAX_LINE_BYTES, check_distinct as check_files};
+pub use job::JobKind;
+pub use runner::{IN_FLIGHT_BUDGET, PREFETCH_BUDGET_KBYTES, REVOKE_TIMEOUT};
+pub use stats::*;
 
-pub use files::{MAX_LINE_BYTES, check_distinct as check_files};
-pub use worker::{IN_FLIGHT_BUDGET, PREFETCH_BUDGET_KBYTES, REVOKE_TIMEOUT};
-
-use std::collections::{BTreeMap, VecDeque};
-use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::datagen::group_thousands;
 use crate::error::{Error, Result};
 use crate::kafka::KafkaConfig;
-use crate::transform::{self, RejectKind, Rejection};
 
 /// After cancellation, how long in-flight deliveries may take before the job exits anyway
 /// (their records are then read again on restart).
@@ -64,7 +65,7 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// Which job: the article's, or one of the seed repository's aggregations.
-    pub job: Job,
+    pub job: JobKind,
     /// At-least-once (the default), or exactly-once with transactions.
     pub guarantee: Guarantee,
     /// Also the consumer group under which positions are committed.
@@ -104,28 +105,6 @@ impl Guarantee {
         match self {
             Guarantee::AtLeastOnce => "at-least-once",
             Guarantee::ExactlyOnce(_) => "exactly-once",
-        }
-    }
-}
-
-/// The jobs of the seed repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Job {
-    /// `kafka_io.py`: parse each event and republish it (the default).
-    KafkaIo,
-    /// `traffic_agg.py`: page views per user in event-time windows.
-    TrafficAgg(crate::windows::WindowConfig),
-    /// `user_traffic.py`: page views and bytes per user, over files (batch).
-    UserTraffic,
-}
-
-impl Job {
-    /// The name the original gives the job (the default `--job-name`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Job::KafkaIo => "kafka-io",
-            Job::TrafficAgg(_) => "traffic-agg",
-            Job::UserTraffic => "user-traffic",
         }
     }
 }
@@ -174,541 +153,6 @@ pub struct FileConfig {
     /// `None` writes stdout.
     pub output: Option<PathBuf>,
     pub dead_letter: PathBuf,
-}
-
-/// Counters of the running job, shared by its workers (and, later, its UI).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Read from Kafka (or the input file).
-    pub read: AtomicU64,
-    /// Decoded as UTF-8.
-    pub decoded: AtomicU64,
-    /// Parsed into an `EventLog`.
-    pub parsed: AtomicU64,
-    /// Output messages created and handed to the writer.
-    pub created: AtomicU64,
-    /// Output messages acknowledged by the broker (or written to the output file).
-    pub written: AtomicU64,
-    /// Dead letters acknowledged (or written to the dead-letter file).
-    pub dead_lettered: AtomicU64,
-    rejections: Mutex<BTreeMap<RejectKind, RejectionStats>>,
-    partitions: Mutex<BTreeMap<i32, PartitionStatus>>,
-    checkpoints: Mutex<VecDeque<Checkpoint>>,
-    checkpoint_durations: CheckpointDurations,
-    phase: std::sync::atomic::AtomicU8,
-    /// This process's members of the job's group (its workers), by worker number.
-    members: Mutex<BTreeMap<usize, MemberStatus>>,
-    rebalances: Mutex<VecDeque<RebalanceRecord>>,
-    rebalance_count: AtomicU64,
-    /// From an input record's timestamp to its output's acknowledgement (Kafka modes; one
-    /// record in eight is measured).
-    end_to_end: crate::latency::DeliveryLatency,
-    /// Aggregation jobs: events counted into a window or a user's totals.
-    pub counted: AtomicU64,
-    /// Set by an aggregation job: a record is done once counted, not once written.
-    aggregating: std::sync::atomic::AtomicBool,
-    /// Aggregation jobs: the windows' state, for the dashboard.
-    windows: Mutex<Option<crate::windows::WindowStatus>>,
-    /// Exactly-once: transactions committed and aborted, and their durations.
-    transactions: TransactionStats,
-    /// Why the job is stopping, when something outside it stops it (a deleted topic).
-    failure: Mutex<Option<String>>,
-    /// Exactly-once: records read into open transactions (counted in `read` only when
-    /// their transaction commits).
-    pub in_transaction: AtomicU64,
-}
-
-/// One member of the job's consumer group in this process: a worker, and what it owns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MemberStatus {
-    /// Its client id, as `kafka-consumer-groups --describe` shows it.
-    pub name: String,
-    pub partitions: std::collections::BTreeSet<i32>,
-}
-
-/// A change of a worker's partitions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RebalanceRecord {
-    pub at: std::time::SystemTime,
-    pub member: String,
-    pub assigned: Vec<i32>,
-    pub revoked: Vec<i32>,
-    /// The revoked partitions were lost (session timeout, fencing): not committed.
-    pub lost: bool,
-    /// From the revocation to the release of the partitions (0 for an assignment).
-    pub duration: Duration,
-}
-
-/// How many recent rebalances are kept.
-const REBALANCES_KEPT: usize = 20;
-
-/// Where the job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    Starting,
-    Running,
-    /// Stopped reading; finishing the deliveries in flight.
-    Draining,
-    Finished,
-    Failed,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "STARTING",
-            Phase::Running => "RUNNING",
-            Phase::Draining => "DRAINING",
-            Phase::Finished => "FINISHED",
-            Phase::Failed => "FAILED",
-        }
-    }
-}
-
-/// Upper bounds, in seconds, of the checkpoint-duration histogram's buckets.
-pub const CHECKPOINT_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-
-/// Commit durations: a `prometheus-client` histogram over [`CHECKPOINT_BUCKETS`].
-#[derive(Debug, Clone)]
-pub struct CheckpointDurations(pub prometheus_client::metrics::histogram::Histogram);
-
-impl Default for CheckpointDurations {
-    fn default() -> Self {
-        CheckpointDurations(prometheus_client::metrics::histogram::Histogram::new(
-            CHECKPOINT_BUCKETS,
-        ))
-    }
-}
-
-/// One input partition, as last measured.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PartitionStatus {
-    /// Next offset the job resumes from (its last commit).
-    pub committed: Option<i64>,
-    /// The partition's end (high watermark).
-    pub end: Option<i64>,
-    /// Next offset the job reads.
-    pub position: Option<i64>,
-}
-
-impl PartitionStatus {
-    /// Records between the job's read position (or its last commit) and the end.
-    /// Clamped at 0: a broker may under-report its end (tansu 0.6 does).
-    pub fn lag(&self) -> Option<i64> {
-        self.end
-            .zip(self.position.or(self.committed))
-            .map(|(end, position)| (end - position).max(0))
-    }
-}
-
-/// One commit of delivered positions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub at: std::time::SystemTime,
-    pub duration: Duration,
-    /// (partition, next offset) committed.
-    pub positions: Vec<(i32, i64)>,
-}
-
-/// How many recent checkpoints are kept.
-const CHECKPOINTS_KEPT: usize = 20;
-
-/// The job's record counts; `read = written + dead_lettered + in_flight`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Totals {
-    pub read: u64,
-    pub written: u64,
-    pub dead_lettered: u64,
-    /// Aggregation jobs: events counted (then `read = counted + dead_lettered + in_flight`,
-    /// and `written` counts results); `null` otherwise.
-    pub counted: Option<u64>,
-    /// Read and neither written nor dead-lettered yet: deliveries in flight (or stuck)
-    /// and, under exactly-once, the records of open transactions (which count in `read`
-    /// once their transaction commits).
-    pub in_flight: u64,
-}
-
-/// Dead letters of one kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RejectionStats {
-    pub count: u64,
-    pub last_reason: String,
-}
-
-impl Stats {
-    fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    fn reject(&self, kind: RejectKind, reason: &str) {
-        if let Ok(mut map) = self.rejections.lock() {
-            let entry = map.entry(kind).or_default();
-            entry.count += 1;
-            if entry.last_reason != reason {
-                entry.last_reason = reason.to_string();
-            }
-        }
-    }
-
-    /// Records read, written, dead-lettered, and read but not yet acknowledged.
-    pub fn totals(&self) -> Totals {
-        let (read, written, dead_lettered) = (
-            Self::get(&self.read),
-            Self::get(&self.written),
-            Self::get(&self.dead_lettered),
-        );
-        let counted = self
-            .aggregating
-            .load(Ordering::Relaxed)
-            .then(|| Self::get(&self.counted));
-        Totals {
-            read,
-            written,
-            dead_lettered,
-            counted,
-            in_flight: read.saturating_sub(counted.unwrap_or(written) + dead_lettered)
-                + Self::get(&self.in_transaction),
-        }
-    }
-
-    /// Marks the job as an aggregation: a record is done once counted.
-    pub fn set_aggregating(&self) {
-        self.aggregating.store(true, Ordering::Relaxed);
-    }
-
-    /// Dead letters per kind, with the latest reason of each.
-    pub fn rejections(&self) -> BTreeMap<RejectKind, RejectionStats> {
-        self.rejections
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
-    }
-
-    pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Relaxed) {
-            1 => Phase::Running,
-            2 => Phase::Draining,
-            3 => Phase::Finished,
-            4 => Phase::Failed,
-            _ => Phase::Starting,
-        }
-    }
-
-    pub fn set_phase(&self, phase: Phase) {
-        self.phase.store(phase as u8, Ordering::Relaxed);
-    }
-
-    /// Every commit's duration so far (shares its data with the stats).
-    pub fn checkpoint_durations(&self) -> CheckpointDurations {
-        self.checkpoint_durations.clone()
-    }
-
-    /// (records in, records out) of each operator, in chain order, the dead-letter branch
-    /// last: Read, Decode, Parse, Create messages, Write, Dead letters.
-    pub fn operator_counts(&self) -> [(u64, u64); 6] {
-        let (read, decoded, parsed, created) = (
-            Self::get(&self.read),
-            Self::get(&self.decoded),
-            Self::get(&self.parsed),
-            Self::get(&self.created),
-        );
-        let rejected: u64 = self.rejections().values().map(|r| r.count).sum();
-        [
-            (read, read),
-            (read, decoded),
-            (decoded, parsed),
-            (parsed, created),
-            (created, Self::get(&self.written)),
-            (rejected, Self::get(&self.dead_lettered)),
-        ]
-    }
-
-    fn record_checkpoint(&self, duration: Duration, positions: &[(i32, i64)]) {
-        self.checkpoint_durations.0.observe(duration.as_secs_f64());
-        if let Ok(mut partitions) = self.partitions.lock() {
-            for &(partition, next) in positions {
-                partitions.entry(partition).or_default().committed = Some(next);
-            }
-        }
-        if let Ok(mut log) = self.checkpoints.lock() {
-            if log.len() == CHECKPOINTS_KEPT {
-                log.pop_front();
-            }
-            log.push_back(Checkpoint {
-                at: std::time::SystemTime::now(),
-                duration,
-                positions: positions.to_vec(),
-            });
-        }
-    }
-
-    /// Records a partition's end offset (from the watermark watcher), if this process
-    /// owns the partition.
-    fn record_end(&self, partition: i32, end: i64) {
-        if let Ok(mut partitions) = self.partitions.lock()
-            && let Some(status) = partitions.get_mut(&partition)
-        {
-            status.end = Some(end);
-        }
-    }
-
-    /// Partitions this process starts to own (their status appears on the dashboard).
-    fn add_partitions(&self, owned: &[i32]) {
-        if let Ok(mut partitions) = self.partitions.lock() {
-            for &partition in owned {
-                partitions.entry(partition).or_default();
-            }
-        }
-    }
-
-    /// Partitions this process no longer owns.
-    fn remove_partitions(&self, released: &[i32]) {
-        if let Ok(mut partitions) = self.partitions.lock() {
-            for partition in released {
-                partitions.remove(partition);
-            }
-        }
-    }
-
-    /// Sets what worker `worker` owns.
-    fn set_member(&self, worker: usize, status: MemberStatus) {
-        if let Ok(mut members) = self.members.lock() {
-            members.insert(worker, status);
-        }
-    }
-
-    fn record_rebalance(&self, record: RebalanceRecord) {
-        self.rebalance_count.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut log) = self.rebalances.lock() {
-            if log.len() == REBALANCES_KEPT {
-                log.pop_front();
-            }
-            log.push_back(record);
-        }
-    }
-
-    /// This process's members of the group, by worker number.
-    pub fn members(&self) -> BTreeMap<usize, MemberStatus> {
-        self.members.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-
-    /// The most recent rebalances, oldest first.
-    pub fn rebalances(&self) -> Vec<RebalanceRecord> {
-        self.rebalances
-            .lock()
-            .map(|log| log.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Assignments and revocations seen by this process's workers.
-    pub fn rebalance_count(&self) -> u64 {
-        Self::get(&self.rebalance_count)
-    }
-
-    /// Partitions owned by this process's workers.
-    pub fn assigned_partitions(&self) -> usize {
-        self.members().values().map(|m| m.partitions.len()).sum()
-    }
-
-    /// Records where the job reads a partition, and its last commit (from its worker).
-    fn record_position(&self, partition: i32, committed: Option<i64>, position: Option<i64>) {
-        if let Ok(mut partitions) = self.partitions.lock() {
-            let status = partitions.entry(partition).or_default();
-            status.committed = committed.or(status.committed);
-            status.position = position.or(status.position);
-        }
-    }
-
-    /// Every known input partition, by number.
-    pub fn partitions(&self) -> BTreeMap<i32, PartitionStatus> {
-        self.partitions
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
-    }
-
-    /// The most recent commits, oldest first.
-    pub fn checkpoints(&self) -> Vec<Checkpoint> {
-        self.checkpoints
-            .lock()
-            .map(|log| log.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Records the end-to-end latency of an output acknowledged now, whose input record
-    /// has the timestamp `source_ms` (ms since the epoch).
-    fn record_end_to_end(&self, source_ms: i64) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.end_to_end
-            .record_between(u64::try_from(source_ms).unwrap_or(0) * 1000, now);
-    }
-
-    /// End-to-end latencies: from an input record's timestamp to its output's
-    /// acknowledgement.
-    pub fn end_to_end(&self) -> &crate::latency::DeliveryLatency {
-        &self.end_to_end
-    }
-
-    /// Records why the job must stop (the first reason stays).
-    pub fn fail(&self, reason: String) {
-        if let Ok(mut failure) = self.failure.lock() {
-            failure.get_or_insert(reason);
-        }
-    }
-
-    /// Why the job is stopping, if something outside it stops it.
-    pub fn failure(&self) -> Option<String> {
-        self.failure.lock().ok().and_then(|f| f.clone())
-    }
-
-    /// Exactly-once: the job's transactions.
-    pub fn transactions(&self) -> &TransactionStats {
-        &self.transactions
-    }
-
-    /// Aggregation jobs: the windows' state now.
-    pub fn set_windows(&self, status: crate::windows::WindowStatus) {
-        if let Ok(mut windows) = self.windows.lock() {
-            *windows = Some(status);
-        }
-    }
-
-    /// The windows' state (traffic-agg only).
-    pub fn windows(&self) -> Option<crate::windows::WindowStatus> {
-        self.windows.lock().ok().and_then(|w| w.clone())
-    }
-
-    /// Total lag, when every partition's lag is known.
-    pub fn lag(&self) -> Option<i64> {
-        let partitions = self.partitions();
-        if partitions.is_empty() {
-            return None;
-        }
-        partitions.values().map(PartitionStatus::lag).sum()
-    }
-
-    fn status_line(&self, rate: f64) -> String {
-        let lag = self
-            .lag()
-            .map_or_else(|| "unknown".to_string(), |lag| group_thousands(lag as u64));
-        let totals = self.totals();
-        format!(
-            "read {}, written {}, dead-lettered {}, undelivered {}, {} records/s, lag {}",
-            group_thousands(totals.read),
-            group_thousands(totals.written),
-            group_thousands(totals.dead_lettered),
-            group_thousands(totals.in_flight),
-            group_thousands(rate.round() as u64),
-            lag,
-        )
-    }
-}
-
-/// Prints the status line every [`STATUS_INTERVAL`].
-struct StatusLine {
-    last: Instant,
-    last_read: u64,
-}
-
-impl StatusLine {
-    fn new() -> Self {
-        StatusLine {
-            last: Instant::now(),
-            last_read: 0,
-        }
-    }
-
-    fn maybe_print(&mut self, stats: &Stats) {
-        let now = Instant::now();
-        if now.duration_since(self.last) >= STATUS_INTERVAL {
-            let read = Stats::get(&stats.read);
-            let rate = (read - self.last_read) as f64 / now.duration_since(self.last).as_secs_f64();
-            log::info!("{}", stats.status_line(rate));
-            self.last = now;
-            self.last_read = read;
-        }
-    }
-}
-
-/// What a run did, printed on stderr at the end.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    pub read: u64,
-    pub written: u64,
-    /// Aggregation jobs: events counted (`written` then counts results).
-    pub counted: Option<u64>,
-    pub dead_lettered: u64,
-    /// Read but not acknowledged when the job stopped: read again on restart.
-    pub unfinished: u64,
-    pub elapsed: Duration,
-    pub rejections: BTreeMap<RejectKind, RejectionStats>,
-}
-
-impl Summary {
-    fn from_stats(stats: &Stats, elapsed: Duration) -> Self {
-        let totals = stats.totals();
-        Summary {
-            read: totals.read,
-            written: totals.written,
-            counted: totals.counted,
-            dead_lettered: totals.dead_lettered,
-            unfinished: totals.in_flight,
-            elapsed,
-            rejections: stats.rejections(),
-        }
-    }
-}
-
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.elapsed.as_secs_f64().max(1e-9);
-        let (done, counted_or_written) = match self.counted {
-            Some(counted) => ("counted", counted),
-            None => ("written", self.written),
-        };
-        write!(
-            f,
-            "read {} = {done} {} + dead-lettered {}",
-            group_thousands(self.read),
-            group_thousands(counted_or_written),
-            group_thousands(self.dead_lettered)
-        )?;
-        if self.unfinished > 0 {
-            write!(
-                f,
-                " + unfinished {} (read again on restart)",
-                group_thousands(self.unfinished)
-            )?;
-        }
-        write!(
-            f,
-            " in {:.2} s ({} records/s)",
-            secs,
-            group_thousands((self.read as f64 / secs).round() as u64)
-        )?;
-        if self.counted.is_some() {
-            write!(f, "; {} results written", group_thousands(self.written))?;
-        }
-        for (kind, rejected) in &self.rejections {
-            write!(
-                f,
-                "\n  dead letters {}: {} (latest: {})",
-                kind.as_str(),
-                rejected.count,
-                rejected.last_reason
-            )?;
-        }
-        Ok(())
-    }
 }
 
 /// Runs the job until its input ends (`bounded`, files) or `cancel` fires.
@@ -774,7 +218,7 @@ pub fn run_with_stats(
     };
     stats.set_phase(Phase::Running);
     let result = match &config.source {
-        Source::Files(files) => files::run(files, &config.job, stats, cancel),
+        Source::Files(files) => io::files::run(files, &config.job, stats, cancel),
         Source::Kafka {
             cluster: Cluster::External(kafka),
             topics,
@@ -784,7 +228,7 @@ pub fn run_with_stats(
             cluster: Cluster::Embedded(demo),
             topics,
             print_keys,
-        } => run_embedded(
+        } => io::embedded::run(
             &runtime,
             config,
             demo,
@@ -808,10 +252,10 @@ pub fn run_with_stats(
     Ok(Summary::from_stats(stats, started.elapsed()))
 }
 
-/// Runs the job on a Kafka cluster, its topics watched (see [`watch`]): the one place that
-/// picks the engine for a job and a guarantee.
+/// Runs the job on a Kafka cluster (the one runner, whatever the job and the guarantee),
+/// its topics watched (see [`watch`]).
 #[allow(clippy::too_many_arguments)] // the job's parts, each used once
-fn run_kafka(
+pub(crate) fn run_kafka(
     runtime: &tokio::runtime::Runtime,
     config: &PipelineConfig,
     kafka: &KafkaConfig,
@@ -828,147 +272,11 @@ fn run_kafka(
         Arc::clone(stats),
         cancel.clone(),
     )?;
-    let result = match (&config.job, &config.guarantee) {
-        (Job::TrafficAgg(windows), _) => {
-            windowed::run(runtime, config, windows, kafka, topics, stats, &cancel)
-        }
-        (_, Guarantee::ExactlyOnce(eos)) => {
-            transactional::run(runtime, config, eos, kafka, topics, stats, &cancel)
-        }
-        _ => worker::run(runtime, config, kafka, topics, print_keys, stats, &cancel),
-    };
+    let result = runner::run(runtime, config, kafka, topics, print_keys, stats, &cancel);
     drop(watch);
     // A deleted topic is the reason, whatever the engine made of the stop.
     match stats.failure() {
         Some(reason) => Err(Error::Kafka(reason)),
         None => result,
     }
-}
-
-/// Decode → Parse → Create messages, counting each operator's output in `stats`.
-/// Both modes call this: the transform is the same code everywhere.
-fn run_stages(
-    payload: Option<&[u8]>,
-    stats: &Stats,
-    key: &mut Vec<u8>,
-    value: &mut Vec<u8>,
-) -> Result<(), Rejection> {
-    if let Some(bytes) = payload
-        && transform::pass_through(bytes, key, value)
-    {
-        // The fast path: the record went through all three operators.
-        for counter in [&stats.decoded, &stats.parsed, &stats.created] {
-            Stats::add(counter);
-        }
-        return Ok(());
-    }
-    let staged = transform::decode(payload)
-        .inspect(|_| Stats::add(&stats.decoded))
-        .and_then(transform::parse)
-        .inspect(|_| Stats::add(&stats.parsed))
-        .and_then(|event| transform::create_message(&event, key, value));
-    match &staged {
-        Ok(()) => Stats::add(&stats.created),
-        Err(rejection) => stats.reject(rejection.kind, &rejection.reason),
-    }
-    staged
-}
-
-/// Decode → Parse for the aggregation jobs ([`transform::visit`]), counting each
-/// operator's output in `stats` and each rejection.
-fn visit_stages<'a>(
-    payload: Option<&'a [u8]>,
-    stats: &Stats,
-) -> Result<transform::Visit<'a>, transform::Rejection> {
-    match transform::visit(payload) {
-        Ok(visit) => {
-            Stats::add(&stats.decoded);
-            Stats::add(&stats.parsed);
-            Ok(visit)
-        }
-        Err(rejection) => {
-            if !matches!(rejection.kind, RejectKind::Empty | RejectKind::NotUtf8) {
-                Stats::add(&stats.decoded);
-            }
-            stats.reject(rejection.kind, &rejection.reason);
-            Err(rejection)
-        }
-    }
-}
-
-/// The article's demo without any setup: a mock cluster and a generator, in process.
-#[allow(clippy::too_many_arguments)] // the job's parts, each used once
-fn run_embedded(
-    runtime: &tokio::runtime::Runtime,
-    config: &PipelineConfig,
-    demo: &DemoConfig,
-    topics: &Topics,
-    print_keys: bool,
-    stats: &Arc<Stats>,
-    browser: &crate::browse::TopicBrowser,
-    cancel: &CancellationToken,
-) -> Result<()> {
-    let mock_error = |e: rdkafka::error::KafkaError| Error::Kafka(format!("embedded cluster: {e}"));
-    let cluster = rdkafka::mocking::MockCluster::new(1).map_err(mock_error)?;
-    for topic in [&topics.input, &topics.output, &topics.dead_letter] {
-        cluster.create_topic(topic, 3, 1).map_err(mock_error)?;
-    }
-    let bootstrap = cluster.bootstrap_servers();
-    log::info!(
-        "embedded Kafka cluster at {bootstrap}: topics {}, {}, {} (3 partitions each)",
-        topics.input,
-        topics.output,
-        topics.dead_letter
-    );
-    log::info!("feed it more with: datagen --source streaming --bootstrap-servers {bootstrap}");
-    let kafka = KafkaConfig {
-        bootstrap_servers: bootstrap.clone(),
-        properties: demo.properties.clone(),
-    };
-    browser.connect(kafka.clone());
-    let feed_config = crate::datagen::DatagenConfig {
-        generator: crate::generator::GeneratorConfig {
-            num_users: demo.users,
-            missing_geo_ratio: 0.2,
-            max_lag_ms: 0,
-            seed: uuid::Uuid::new_v4().as_u64_pair().0,
-            user_skew: None,
-        },
-        clock: crate::generator::Clock::Wall,
-        num_events: None,
-        duration: None,
-        pace: crate::pacing::Pace::Rate(demo.rate),
-        threads: 1,
-        output: crate::datagen::Output::Kafka {
-            kafka: KafkaConfig {
-                bootstrap_servers: bootstrap,
-                properties: Vec::new(),
-            },
-            topic: topics.input.clone(),
-            compression: crate::kafka::Compression::None,
-        },
-        progress: crate::progress::ProgressMode::Quiet,
-        metrics_addr: None,
-        dirt: None,
-        verify: None,
-        report: None,
-    };
-    let feed_stop = cancel.child_token();
-    std::thread::scope(|scope| {
-        let feed = scope.spawn(|| crate::datagen::run(&feed_config, &feed_stop));
-        if matches!(config.guarantee, Guarantee::ExactlyOnce(_)) {
-            log::warn!(
-                "exactly-once on the embedded cluster: transactions run, but the in-process cluster does not enforce read_committed, so its output cannot prove the guarantee (use --use-own with Apache Kafka)"
-            );
-        }
-        let job = run_kafka(runtime, config, &kafka, topics, print_keys, stats, cancel);
-        feed_stop.cancel();
-        let fed = feed
-            .join()
-            .map_err(|_| Error::Kafka("the demo generator panicked".into()))?;
-        if let Ok(summary) = &fed {
-            log::info!("demo generator: {summary}");
-        }
-        job.and(fed.map(|_| ()))
-    })
 }

@@ -6,9 +6,10 @@
 //! window already fired go to the dead-letter file with kind `late`. `user-traffic` writes
 //! one line per user, in user order, at the end.
 //!
-//! Bounded by nature. The transform is the same code as in Kafka mode. The dead-letter file
-//! is created on the first bad line; each of its lines is a JSON object with the line
-//! number, the error, its kind and the raw text (`raw_base64` too when it is not UTF-8).
+//! Bounded by nature. The job is the same code as in Kafka mode (see [`crate::pipeline::job`]):
+//! this is the file runner, which hands it one line at a time as partition 0, the line's
+//! number as its offset. The dead-letter file is created on the first bad line, in the
+//! format of [`crate::pipeline::dead_letter::FileLine`].
 //!
 //! Guarantees:
 //! - The output and the dead-letter file are never the input file (refused before anything
@@ -25,21 +26,18 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use base64::Engine;
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
-use super::{FileConfig, Job, Stats, StatusLine, run_stages};
 use crate::error::{Error, Result};
-use crate::transform::{RejectKind, Rejection};
-use crate::windows::{Aggregator, Now, UserTraffic, WindowResult, event_time_ms};
+use crate::pipeline::dead_letter::FileLine;
+use crate::pipeline::job::{self, Emitter, Job, JobKind, Outcome, Record};
+use crate::pipeline::{FileConfig, Stats, StatusLine};
+use crate::transform::RejectKind;
+use crate::windows::Now;
 
-/// What an aggregation job holds between lines.
-enum Aggregate {
-    Windows(Box<Aggregator>),
-    Users(UserTraffic),
-}
-
-/// Lines between two updates of the dashboard's view of the windows.
+/// Lines between two updates of the dashboard's view of the job.
 const FIRE_EVERY: u64 = 1024;
 
 /// Longest input line taken (16 MiB; an event is about 400 bytes).
@@ -94,10 +92,10 @@ enum Chunk {
     Failed(io::Error),
 }
 
-pub(super) fn run(
+pub(crate) fn run(
     config: &FileConfig,
-    job: &Job,
-    stats: &Stats,
+    job: &JobKind,
+    stats: &Arc<Stats>,
     cancel: &CancellationToken,
 ) -> Result<()> {
     check_distinct(config)?;
@@ -118,29 +116,21 @@ pub(super) fn run(
         Some(path) => Box::new(File::create(path).map_err(|e| Error::io(path, e))?),
     };
     let chunks = spawn_reader(input)?;
+    let job = job::build(job, stats);
     let mut lines = LineWriter {
         config,
         stats,
         output: BufWriter::with_capacity(1 << 20, output),
         output_name,
         dead_letters: None,
-        key: Vec::new(),
-        value: Vec::new(),
         number: 0,
         status: StatusLine::new(),
         reader_gone: false,
-        aggregate: match job {
-            Job::KafkaIo => None,
-            Job::TrafficAgg(windows) => {
-                Some(Aggregate::Windows(Box::new(Aggregator::new(windows))))
-            }
-            Job::UserTraffic => Some(Aggregate::Users(UserTraffic::default())),
-        },
-        fired: Vec::new(),
+        ticking: job.tick_interval().is_some(),
+        job,
+        emitter: Emitter::default(),
+        now: Now::current(),
     };
-    if lines.aggregate.is_some() {
-        stats.set_aggregating();
-    }
     // The start of a line whose end has not been read yet, or, once it is too long, only
     // its size so far.
     let mut partial: Vec<u8> = Vec::new();
@@ -236,66 +226,58 @@ fn spawn_reader(mut input: Box<dyn Read + Send>) -> Result<mpsc::Receiver<Chunk>
     Ok(receiver)
 }
 
-/// Where the lines go: the transform, the output and the dead-letter file.
+/// Where the lines go: the job, the output and the dead-letter file.
 struct LineWriter<'a> {
     config: &'a FileConfig,
     stats: &'a Stats,
     output: BufWriter<Box<dyn Write>>,
     output_name: PathBuf,
     dead_letters: Option<BufWriter<File>>,
-    key: Vec<u8>,
-    value: Vec<u8>,
     /// Lines seen so far.
     number: u64,
     status: StatusLine,
     /// The output is a pipe whose reader closed it.
     reader_gone: bool,
-    aggregate: Option<Aggregate>,
-    /// Window results fired by the current line, written after it.
-    fired: Vec<WindowResult>,
+    job: Box<dyn Job>,
+    /// The job keeps time (windows fire): after each line, as lateness in a file depends
+    /// on the order of its lines only.
+    ticking: bool,
+    emitter: Emitter,
+    /// The clocks, read once per line only for a job that keeps time.
+    now: Now,
 }
 
 impl LineWriter<'_> {
-    /// Transforms one line (without its `\n`) and writes the result.
+    /// Hands one line (without its `\n`) to the job and writes what it emits.
     fn line(&mut self, line: &[u8]) -> Result<()> {
         self.number += 1;
-        let record = line.strip_suffix(b"\r").unwrap_or(line);
+        let payload = line.strip_suffix(b"\r").unwrap_or(line);
         Stats::add(&self.stats.read);
-        self.key.clear();
-        self.value.clear();
-        let outcome = if self.aggregate.is_some() {
-            self.aggregate_line(record)
-        } else {
-            run_stages(Some(record), self.stats, &mut self.key, &mut self.value).map(|()| true)
+        if self.ticking {
+            self.now = Now::current();
+        }
+        let record = Record {
+            partition: 0,
+            offset: self.number as i64,
+            key: None,
+            payload: Some(payload),
         };
-        match outcome {
-            Ok(false) => {}
-            Ok(true) => {
-                self.value.push(b'\n');
-                self.write_output()?;
-                Stats::add(&self.stats.written);
-            }
-            Err(rejection) => {
-                let raw_base64 = std::str::from_utf8(record)
-                    .is_err()
-                    .then(|| base64::engine::general_purpose::STANDARD.encode(record));
-                let entry = DeadLetterLine {
-                    line: self.number,
-                    kind: rejection.kind.as_str(),
-                    error: &rejection.reason,
-                    raw: Some(String::from_utf8_lossy(record)),
-                    raw_base64,
-                    size: None,
-                };
-                self.dead_letter(&entry)?;
+        self.emitter.clear();
+        match self.job.process(&record, self.now, &mut self.emitter) {
+            Outcome::Emitted => self.write_emitted()?,
+            Outcome::Counted => Stats::add(&self.stats.counted),
+            Outcome::Rejected(rejection) => {
+                self.stats.reject(rejection.kind, &rejection.reason);
+                self.dead_letter(&FileLine::of(self.number, payload, &rejection))?;
             }
         }
-        if !self.fired.is_empty() {
-            let fired = std::mem::take(&mut self.fired);
-            self.write_results(fired)?;
+        if self.ticking {
+            self.emitter.clear();
+            self.job.tick(self.now, &mut self.emitter);
+            self.write_emitted()?;
         }
         if self.number.is_multiple_of(FIRE_EVERY) {
-            self.fire()?;
+            self.job.publish(self.now);
         }
         if self.number.is_multiple_of(4096) {
             self.status.maybe_print(self.stats);
@@ -303,77 +285,45 @@ impl LineWriter<'_> {
         Ok(())
     }
 
-    /// Writes `self.value` to the output (a closed pipe stops the job quietly).
-    fn write_output(&mut self) -> Result<()> {
-        match self.output.write_all(&self.value) {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                log::info!(
-                    "{}: the reader closed the pipe; stopping",
-                    self.output_name.display()
-                );
-                self.reader_gone = true;
-                Ok(())
-            }
-            other => other.map_err(|e| Error::io(&self.output_name, e)),
-        }
-    }
-
-    /// An aggregation job's line: counted (`Ok(false)`: nothing to write yet) or rejected.
-    fn aggregate_line(&mut self, record: &[u8]) -> Result<bool, Rejection> {
-        let stats = self.stats;
-        let event = super::visit_stages(Some(record), stats)?;
-        let number = self.number;
-        match &mut self.aggregate {
-            Some(Aggregate::Users(users)) => users.add(&event.id, event.file_size_bytes),
-            Some(Aggregate::Windows(windows)) => {
-                let Some(at) = event_time_ms(&event.event_datetime) else {
-                    let reason = format!(
-                        "event_datetime {:?} is not a time of the form YYYY-MM-DDTHH:MM:SS.fff",
-                        event.event_datetime
-                    );
-                    stats.reject(RejectKind::InvalidField, &reason);
-                    return Err(Rejection {
-                        kind: RejectKind::InvalidField,
-                        reason,
-                    });
-                };
-                let now = Now::current();
-                let verdict = windows.add(0, number as i64, &event.id, at, now);
-                // Windows fire as soon as this line moves the watermark past them: in a
-                // file, lateness depends on the order of lines only.
-                self.fired.extend(windows.fire(now));
-                if let Some(rejection) = super::windowed::rejection(verdict) {
-                    stats.reject(rejection.kind, &rejection.reason);
-                    return Err(rejection);
+    /// Writes what the job emitted, one value per line (and counts it).
+    fn write_emitted(&mut self) -> Result<()> {
+        let LineWriter {
+            emitter,
+            output,
+            output_name,
+            reader_gone,
+            stats,
+            ..
+        } = self;
+        for (_, value) in emitter.records() {
+            if !*reader_gone {
+                let written = output
+                    .write_all(value)
+                    .and_then(|()| output.write_all(b"\n"));
+                match written {
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        log::info!(
+                            "{}: the reader closed the pipe; stopping",
+                            output_name.display()
+                        );
+                        *reader_gone = true;
+                    }
+                    other => other.map_err(|e| Error::io(&*output_name, e))?,
                 }
             }
-            None => {}
-        }
-        Stats::add(&stats.counted);
-        Ok(false)
-    }
-
-    /// Writes window results (and counts them).
-    fn write_results(&mut self, results: Vec<WindowResult>) -> Result<()> {
-        for result in results {
-            Stats::add(&self.stats.created);
-            self.value.clear();
-            result.write_value(&mut self.value);
-            self.value.push(b'\n');
-            self.write_output()?;
-            Stats::add(&self.stats.written);
+            Stats::add(&stats.written);
         }
         Ok(())
     }
 
-    /// Fires what the watermark has passed (every [`FIRE_EVERY`] lines and when the input
-    /// pauses).
+    /// Fires what is due (every time the input pauses) and refreshes the dashboard.
     fn fire(&mut self) -> Result<()> {
-        if let Some(Aggregate::Windows(windows)) = &mut self.aggregate {
+        if self.ticking {
             let now = Now::current();
-            let results = windows.fire(now);
-            self.stats.set_windows(windows.status(now));
-            self.write_results(results)?;
+            self.emitter.clear();
+            self.job.tick(now, &mut self.emitter);
+            self.job.publish(now);
+            self.write_emitted()?;
         }
         Ok(())
     }
@@ -386,7 +336,7 @@ impl LineWriter<'_> {
             "line of {size} bytes, over the {MAX_LINE_BYTES}-byte limit; skipped without its text"
         );
         self.stats.reject(RejectKind::TooLarge, &reason);
-        let entry = DeadLetterLine {
+        let entry = FileLine {
             line: self.number,
             kind: RejectKind::TooLarge.as_str(),
             error: &reason,
@@ -397,7 +347,7 @@ impl LineWriter<'_> {
         self.dead_letter(&entry)
     }
 
-    fn dead_letter(&mut self, entry: &DeadLetterLine<'_>) -> Result<()> {
+    fn dead_letter(&mut self, entry: &FileLine<'_>) -> Result<()> {
         let path = &self.config.dead_letter;
         let writer = match &mut self.dead_letters {
             Some(writer) => writer,
@@ -433,43 +383,12 @@ impl LineWriter<'_> {
         Ok(())
     }
 
-    /// The end of the input: an aggregation job writes what it holds.
+    /// The end of the input: the job writes what it holds.
     fn finish(mut self) -> Result<()> {
-        match self.aggregate.take() {
-            Some(Aggregate::Windows(mut windows)) => {
-                let results = windows.fire_all();
-                self.stats.set_windows(windows.status(Now::current()));
-                self.write_results(results)?;
-            }
-            Some(Aggregate::Users(users)) => {
-                self.value.clear();
-                users.write_lines(&mut self.value);
-                let lines = users.len() as u64;
-                self.stats
-                    .created
-                    .fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
-                self.write_output()?;
-                self.stats
-                    .written
-                    .fetch_add(lines, std::sync::atomic::Ordering::Relaxed);
-            }
-            None => {}
-        }
+        self.emitter.clear();
+        self.job.finish(&mut self.emitter);
+        self.job.publish(Now::current());
+        self.write_emitted()?;
         self.flush()
     }
-}
-
-/// One line of the dead-letter file.
-#[derive(Debug, serde::Serialize)]
-struct DeadLetterLine<'a> {
-    line: u64,
-    kind: &'static str,
-    error: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    raw: Option<std::borrow::Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    raw_base64: Option<String>,
-    /// Bytes of a line too long to keep.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    size: Option<usize>,
 }

@@ -1,22 +1,45 @@
-//! Which input positions may be committed: the at-least-once bookkeeping of a worker.
+//! Which input positions may be committed: the runner's bookkeeping of reads and
+//! acknowledgements, per worker.
 //!
-//! Records are registered as they are read and acknowledged when their output (or
-//! dead letter) is delivered, in any order. For each partition the committable position
-//! is one past the last offset of the *contiguous* acknowledged prefix, so a commit never
-//! covers a record whose output is still in flight. Pure: no Kafka here.
+//! Records are registered as they are read and acknowledged when their outputs (or dead
+//! letters) are delivered, in any order. A record may have any number of outputs (one by
+//! default, none when a job only counts it; see [`OffsetTracker::settle`]): it is released
+//! once all of them are acknowledged. For each partition the committable position is one
+//! past the last offset of the *contiguous* released prefix, so a commit never covers a
+//! record whose output is still in flight. Pure: no Kafka here.
 
 use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug, Default)]
 struct PartitionTrack {
-    /// Offsets read and not yet released, ascending, with their acknowledgement.
-    pending: VecDeque<(i64, bool)>,
+    /// Offsets read and not yet released, ascending, with their outputs not yet
+    /// acknowledged.
+    pending: VecDeque<(i64, u32)>,
     /// Next offset to commit (one past the last released record).
     committable: Option<i64>,
     /// What the last commit stored.
     committed: Option<i64>,
     /// The highest offset read.
     last_read: Option<i64>,
+    /// Where the consumer said the partition ends (past a transaction marker, say): the
+    /// committable position once nothing before it is in flight.
+    end: Option<i64>,
+}
+
+impl PartitionTrack {
+    /// Releases the front records with nothing in flight.
+    fn release(&mut self) {
+        while let Some(&(offset, 0)) = self.pending.front() {
+            self.pending.pop_front();
+            self.committable = Some(offset + 1);
+        }
+        if self.pending.is_empty()
+            && let Some(end) = self.end
+            && self.committable.is_none_or(|c| c < end)
+        {
+            self.committable = Some(end);
+        }
+    }
 }
 
 /// Tracks reads and deliveries per partition.
@@ -40,10 +63,35 @@ impl OffsetTracker {
             track.pending.clear();
             track.committable = None;
             track.committed = None;
+            track.end = None;
         }
         track.last_read = Some(offset);
-        track.pending.push_back((offset, false));
+        track.pending.push_back((offset, 1));
         true
+    }
+
+    /// Says how many outputs the record just read at `offset` has in flight (registered
+    /// with one): with none, it is released at once.
+    pub fn settle(&mut self, partition: i32, offset: i64, outputs: u32) {
+        let Some(track) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        if let Some(entry) = track.pending.iter_mut().rev().find(|(o, _)| *o == offset) {
+            entry.1 = outputs;
+        }
+        track.release();
+    }
+
+    /// A partition read to its end at `next` (past a transaction marker, say): its
+    /// committable position moves there once nothing before it is in flight.
+    pub fn skip_to(&mut self, partition: i32, next: i64) {
+        let track = self.partitions.entry(partition).or_default();
+        if track.last_read.is_some_and(|last| last >= next) {
+            return;
+        }
+        track.last_read = Some(next - 1);
+        track.end = Some(next);
+        track.release();
     }
 
     /// Marks the record delivered. Unknown records are ignored.
@@ -52,15 +100,14 @@ impl OffsetTracker {
             return;
         };
         if let Ok(index) = track.pending.binary_search_by_key(&offset, |&(o, _)| o) {
-            track.pending[index].1 = true;
+            let outstanding = &mut track.pending[index].1;
+            *outstanding = outstanding.saturating_sub(1);
         }
-        while let Some(&(offset, true)) = track.pending.front() {
-            track.pending.pop_front();
-            track.committable = Some(offset + 1);
-        }
+        track.release();
     }
 
     /// Records read but not yet released, over all partitions.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|t| t.pending.len()).sum()
     }
@@ -86,6 +133,18 @@ impl OffsetTracker {
             .filter_map(|(&p, t)| match t.committable {
                 Some(next) if t.committed != Some(next) => Some((p, next)),
                 _ => None,
+            })
+            .collect()
+    }
+
+    /// Exactly-once: one past the last record read, per partition whose reads moved since
+    /// the last commit (everything read is in the transaction that commits them).
+    pub fn read_positions(&self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(&p, t)| {
+                let next = t.last_read? + 1;
+                (t.committed != Some(next)).then_some((p, next))
             })
             .collect()
     }
@@ -128,6 +187,28 @@ mod tests {
         t.ack(0, 13);
         assert_eq!(t.to_commit(), vec![(0, 15)]);
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_record_is_released_once_all_its_outputs_are_acknowledged() {
+        let mut t = OffsetTracker::default();
+        t.read(0, 1);
+        t.settle(0, 1, 0);
+        assert_eq!(t.to_commit(), vec![(0, 2)], "counted, nothing to send");
+        t.read(0, 2);
+        t.settle(0, 2, 2);
+        t.read(0, 3);
+        t.ack(0, 2);
+        t.ack(0, 3);
+        assert_eq!(t.to_commit(), vec![(0, 2)], "one output of 2 in flight");
+        assert_eq!(t.read_positions(), vec![(0, 4)]);
+        t.ack(0, 2);
+        assert_eq!(t.to_commit(), vec![(0, 4)]);
+        t.committed(&[(0, 4)]);
+        assert!(t.read_positions().is_empty());
+        t.skip_to(0, 6);
+        assert_eq!(t.to_commit(), vec![(0, 6)], "a transaction marker at 4..6");
+        assert!(!t.read(0, 5));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::kafka::ErrorLog;
 
 /// What the group told a worker.
 #[derive(Debug)]
-pub(super) enum RebalanceEvent {
+pub(crate) enum RebalanceEvent {
     /// These partitions are now this worker's (already assigned).
     Assigned(Vec<i32>),
     /// These partitions must be handed over; the worker releases them with
@@ -45,17 +45,17 @@ pub(super) enum RebalanceEvent {
 }
 
 /// A worker's consumer context: logs like [`ErrorLog`] and receives rebalances.
-pub(super) struct Member {
+pub(crate) struct Member {
     errors: ErrorLog,
     events: Mutex<Vec<RebalanceEvent>>,
     /// Wakes the worker's loop: the callback runs inside its `recv()`, which does not
     /// return on a rebalance.
-    pub(super) notify: Notify,
+    pub(crate) notify: Notify,
     closing: AtomicBool,
 }
 
 impl Member {
-    pub(super) fn new(servers: &str) -> Self {
+    pub(crate) fn new(servers: &str) -> Self {
         Member {
             errors: ErrorLog::new(servers),
             events: Mutex::new(Vec::new()),
@@ -65,7 +65,7 @@ impl Member {
     }
 
     /// The events since the last call, oldest first.
-    pub(super) fn take_events(&self) -> Vec<RebalanceEvent> {
+    pub(crate) fn take_events(&self) -> Vec<RebalanceEvent> {
         self.events
             .lock()
             .map(|mut events| std::mem::take(&mut *events))
@@ -73,7 +73,7 @@ impl Member {
     }
 
     /// From now on, revocations are released at once (the worker has stopped and committed).
-    pub(super) fn set_closing(&self) {
+    pub(crate) fn set_closing(&self) {
         self.closing.store(true, Ordering::Relaxed);
     }
 
@@ -86,12 +86,12 @@ impl Member {
 }
 
 /// The partition numbers of `list`.
-pub(super) fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
+pub(crate) fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
     list.elements().iter().map(|e| e.partition()).collect()
 }
 
 /// Releases revoked partitions: `incremental_unassign` (cooperative) or `unassign` (eager).
-pub(super) fn release<C: Consumer<M>, M: ConsumerContext>(
+pub(crate) fn release<C: Consumer<M>, M: ConsumerContext>(
     consumer: &C,
     partitions: &TopicPartitionList,
     incremental: bool,

@@ -1,0 +1,426 @@
+//! The one Kafka runner: every job, under either guarantee, runs as `parallelism` workers in
+//! this process, each a member of the job's consumer group (named after `--job-name`).
+//!
+//! **Partitions.** The group coordinator balances the input's partitions over every worker
+//! of every process of the job: `subscribe`, with `cooperative-sticky` assignment (or the
+//! broker's, under KIP-848), so a member joining or leaving moves only the partitions that
+//! must move. Partitions added to the input topic are picked up while the job runs.
+//!
+//! **Hand-over.** When a partition is revoked, its worker stops reading it, waits (at most
+//! [`REVOKE_TIMEOUT`]) for the acknowledgements of its records in flight, commits (see
+//! [`crate::pipeline::guarantee`]), and only then releases it ([`group`], the one rebalance
+//! callback). A partition that was *lost* (session timeout, fencing) is dropped without a
+//! commit.
+//!
+//! **Guarantees.** A clean scale-up or scale-down (a process started, or stopped with
+//! SIGTERM) loses nothing and duplicates nothing: every partition changes hands at a
+//! committed position that covers exactly what was written. A `kill -9` of one process
+//! loses nothing: at least once, its uncommitted records are read again (duplicates bounded
+//! by what it had not committed); exactly once, its open transaction is aborted and read
+//! again.
+//!
+//! **Bounded work.** Each worker is one task running one `select!` loop and never spawns a
+//! task per record: the producer's delivery reports come back on the worker's own channel
+//! ([`send`]). The job reads at most [`IN_FLIGHT_BUDGET`] records ahead of their
+//! acknowledgements and prefetches at most [`PREFETCH_BUDGET_KBYTES`], whatever its
+//! parallelism. Acknowledgements are handled before new input, so commits keep up.
+
+pub(crate) mod group;
+pub(crate) mod offsets;
+pub(crate) mod send;
+mod worker;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{Producer, PurgeConfig};
+use tokio::sync::Notify;
+use tokio::sync::mpsc::unbounded_channel;
+use tokio::task::block_in_place;
+use tokio_util::sync::CancellationToken;
+
+use super::guarantee::exactly_once::Transactions;
+use super::guarantee::instance;
+use super::{
+    DRAIN_TIMEOUT, Guarantee, MemberStatus, PipelineConfig, STATUS_INTERVAL, Stats, StatusLine,
+    Topics, job,
+};
+use crate::error::{Error, Result};
+use crate::kafka::{self, ErrorLog, KafkaConfig};
+use group::Member;
+use send::{AckRouter, OutputProducer, Sender};
+
+/// Most records the job reads ahead of their acknowledgements, shared among its workers.
+pub const IN_FLIGHT_BUDGET: usize = 15_000;
+
+/// Kilobytes of fetched but unprocessed records the job may hold, shared among its workers.
+pub const PREFETCH_BUDGET_KBYTES: usize = 16 * 1024;
+
+/// Longest wait for the acknowledgements of a revoked partition's records before it is
+/// released anyway (its new owner then writes them again).
+pub const REVOKE_TIMEOUT: Duration = DRAIN_TIMEOUT;
+
+/// How often the input's end offsets are read, for the lag.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs `config`'s job on `kafka` until the input ends (`bounded`) or `cancel` fires.
+pub(super) fn run(
+    runtime: &tokio::runtime::Runtime,
+    config: &PipelineConfig,
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    print_keys: bool,
+    stats: &Arc<Stats>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    runtime.block_on(run_workers(
+        config, kafka, topics, print_keys, stats, cancel,
+    ))
+}
+
+async fn run_workers(
+    config: &PipelineConfig,
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    print_keys: bool,
+    stats: &Arc<Stats>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let parallelism = config.parallelism.max(1);
+    // Fail fast, naming the address, before reading anything.
+    let facts =
+        kafka::inspect_topics(kafka, &topics.input, &[&topics.output, &topics.dead_letter]).await?;
+    if facts.input_partitions == 0 {
+        return Err(Error::Kafka(format!(
+            "topic {} has no partitions",
+            topics.input
+        )));
+    }
+    let (ack_senders, ack_receivers): (Vec<_>, Vec<_>) =
+        (0..parallelism).map(|_| unbounded_channel()).unzip();
+    let router = {
+        let (servers, stats, senders) = (
+            kafka.bootstrap_servers.clone(),
+            Arc::clone(stats),
+            ack_senders.clone(),
+        );
+        move || AckRouter::new(&servers, senders.clone(), Arc::clone(&stats))
+    };
+    // Exactly once: this process's instance id, held under a lock until the job ends, and
+    // static membership under it unless told otherwise, so a restarted process takes its
+    // members' places (and partitions) at once while its transactional ids fence its
+    // predecessor's producers.
+    let mut config = config.clone();
+    let claim = match &config.guarantee {
+        Guarantee::ExactlyOnce(eos) => {
+            let lock = instance::claim(&eos.state_dir, &config.job_name, &eos.instance)?;
+            config
+                .group
+                .instance_id
+                .get_or_insert_with(|| format!("{}-{}", config.job_name, lock.id));
+            Some(lock)
+        }
+        Guarantee::AtLeastOnce => None,
+    };
+    let config = &config;
+    // At least once, the workers share one idempotent producer.
+    let shared: Option<Arc<OutputProducer>> = match config.guarantee {
+        Guarantee::AtLeastOnce => Some(Arc::new(kafka::create(
+            &kafka::pipeline_producer_config(kafka, &config.job_name, facts.max_record_bytes),
+            router(),
+            kafka,
+        )?)),
+        Guarantee::ExactlyOnce(_) => None,
+    };
+    log_start(
+        config,
+        kafka,
+        topics,
+        facts.input_partitions,
+        claim.as_ref(),
+    );
+    // --bounded drains the backlog as it is now: its ends, per partition.
+    let mut ends = BTreeMap::new();
+    if config.bounded {
+        let client = watermark_client(kafka, &config.job_name)?;
+        for partition in 0..facts.input_partitions {
+            let (_, high) = block_in_place(|| {
+                client.fetch_watermarks(&topics.input, partition, kafka::REACHABILITY_TIMEOUT)
+            })
+            .map_err(|e| Error::Kafka(format!("end offsets of {}: {e}", topics.input)))?;
+            ends.insert(partition, high);
+        }
+    }
+    let siblings = Arc::new(Siblings::new(parallelism, ends));
+    let prefetch_kbytes = (PREFETCH_BUDGET_KBYTES / parallelism).max(1_024);
+    // A failing worker stops the others: they drain and commit what was delivered.
+    let job_cancel = cancel.child_token();
+    let injected = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for (id, acks) in ack_receivers.into_iter().enumerate() {
+        let mut consumer_config = kafka::pipeline_consumer_config(
+            kafka,
+            &config.job_name,
+            id,
+            &config.group,
+            prefetch_kbytes,
+        );
+        let (guarantee, producer) = match (&config.guarantee, &shared) {
+            (Guarantee::ExactlyOnce(eos), _) => {
+                // Read only committed input: an upstream transactional writer's aborted
+                // records are never processed (librdkafka's default, stated).
+                consumer_config.set("isolation.level", "read_committed");
+                let instance = claim.as_ref().map_or("", |lock| lock.id.as_str());
+                let tx = Transactions::start(
+                    id,
+                    eos,
+                    &config.job_name,
+                    instance,
+                    kafka,
+                    facts.max_record_bytes,
+                    Box::new(router.clone()),
+                    stats,
+                    Arc::clone(&injected),
+                )?;
+                let producer = tx.producer();
+                (worker::Commit::ExactlyOnce(Box::new(tx)), producer)
+            }
+            (Guarantee::AtLeastOnce, Some(shared)) => {
+                (worker::Commit::AtLeastOnce, Arc::clone(shared))
+            }
+            (Guarantee::AtLeastOnce, None) => {
+                return Err(Error::Kafka("no producer".into()));
+            }
+        };
+        let consumer: Arc<StreamConsumer<Member>> = Arc::new(kafka::create(
+            &consumer_config,
+            Member::new(&kafka.bootstrap_servers),
+            kafka,
+        )?);
+        consumer
+            .subscribe(&[topics.input.as_str()])
+            .map_err(|e| Error::Kafka(kafka::redact(&e.to_string(), kafka)))?;
+        let name = format!("streamkit-pipeline-{}-{id}", config.job_name);
+        stats.set_member(
+            id,
+            MemberStatus {
+                name: name.clone(),
+                partitions: BTreeSet::new(),
+            },
+        );
+        let worker = worker::Worker {
+            id,
+            name,
+            consumer,
+            sender: Sender {
+                producer,
+                topics: topics.clone(),
+                worker: id,
+                generation: 0,
+                print_keys,
+            },
+            acks,
+            job: job::build(&config.job, stats),
+            emitter: job::Emitter::default(),
+            commit: guarantee,
+            forward_headers: !config.drop_input_headers,
+            bounded: config.bounded,
+            checkpointing_interval: config.checkpointing_interval,
+            max_in_flight: (IN_FLIGHT_BUDGET / parallelism).max(1_000),
+            stats: Arc::clone(stats),
+            siblings: Arc::clone(&siblings),
+            group_instance: config.group.instance_id.clone(),
+        };
+        let job_cancel = job_cancel.clone();
+        handles.push(tokio::spawn(async move {
+            let result = worker.run(&job_cancel).await;
+            if result.is_err() {
+                job_cancel.cancel();
+            }
+            result
+        }));
+    }
+    drop(ack_senders);
+
+    let status_stop = CancellationToken::new();
+    let watcher = watch_end_offsets(
+        kafka,
+        &config.job_name,
+        &topics.input,
+        Arc::clone(stats),
+        status_stop.clone(),
+    )?;
+    let status = {
+        let (stats, stop) = (Arc::clone(stats), status_stop.clone());
+        tokio::spawn(async move {
+            let mut line = StatusLine::new();
+            let mut tick = tokio::time::interval(STATUS_INTERVAL / 10);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => line.maybe_print(&stats),
+                }
+            }
+        })
+    };
+
+    let mut first_error = None;
+    for handle in handles {
+        let result = handle
+            .await
+            .map_err(|e| Error::Kafka(format!("a worker panicked: {e}")))?;
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    }
+    status_stop.cancel();
+    let _ = status.await;
+    let _ = block_in_place(|| watcher.join());
+    // Deliveries abandoned after the drain timeout are dropped rather than retried forever
+    // on exit: their records were not committed, so they are read again on restart.
+    if let Some(producer) = shared
+        && producer.in_flight_count() > 0
+    {
+        producer.purge(PurgeConfig::default().queue().inflight());
+    }
+    drop(claim);
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The job's first line: what it reads and writes, how, and where.
+fn log_start(
+    config: &PipelineConfig,
+    kafka: &KafkaConfig,
+    topics: &Topics,
+    partitions: i32,
+    claim: Option<&instance::InstanceLock>,
+) {
+    let guarantee = match claim {
+        Some(lock) => format!(
+            "exactly-once (transactions every {} ms, transactional ids {}-{}-N)",
+            config.checkpointing_interval.as_millis(),
+            config.job_name,
+            lock.id
+        ),
+        None => format!(
+            "at-least-once, checkpoint every {} ms",
+            config.checkpointing_interval.as_millis()
+        ),
+    };
+    let windows = match &config.job {
+        job::JobKind::TrafficAgg(w) => format!(
+            " ({} windows, out-of-orderness {}, allowed lateness {}, idle timeout {})",
+            humantime::format_duration(w.size),
+            humantime::format_duration(w.max_out_of_orderness),
+            humantime::format_duration(w.allowed_lateness),
+            humantime::format_duration(w.idle_timeout),
+        ),
+        _ => String::new(),
+    };
+    log::info!(
+        "job {} ({}): {} ({partitions} partitions) → {}{windows}, dead letters → {}; {} workers in consumer group {} ({} protocol), {guarantee}, at {}",
+        config.job_name,
+        config.job.name(),
+        topics.input,
+        topics.output,
+        topics.dead_letter,
+        config.parallelism.max(1),
+        config.job_name,
+        config.group.protocol.as_str(),
+        kafka.bootstrap_servers
+    );
+}
+
+/// A client that only asks for metadata and watermarks.
+fn watermark_client(
+    kafka: &KafkaConfig,
+    job_name: &str,
+) -> Result<rdkafka::consumer::BaseConsumer<ErrorLog>> {
+    kafka::create(
+        &kafka::watermark_client_config(kafka, job_name),
+        ErrorLog::new(&kafka.bootstrap_servers),
+        kafka,
+    )
+}
+
+/// Every [`LAG_INTERVAL`], asks the cluster for the end offset of each input partition this
+/// process owns, on a thread and client of its own, so that the workers never wait on the
+/// network for status. The partition count is read again each time: partitions come and go.
+fn watch_end_offsets(
+    kafka: &KafkaConfig,
+    job_name: &str,
+    topic: &str,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>> {
+    let client = watermark_client(kafka, job_name)?;
+    let topic = topic.to_string();
+    std::thread::Builder::new()
+        .name("end-offsets".into())
+        .spawn(move || {
+            while !stop.is_cancelled() {
+                for partition in stats.partitions().into_keys() {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    if let Ok((_, high)) =
+                        client.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+                    {
+                        stats.record_end(partition, high);
+                    }
+                }
+                let next = std::time::Instant::now() + LAG_INTERVAL;
+                while !stop.is_cancelled() && std::time::Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        })
+        .map_err(|e| Error::Kafka(format!("cannot start the end-offset watcher: {e}")))
+}
+
+/// The workers of this process, so that they leave the group together.
+pub(super) struct Siblings {
+    /// Bit `w`: worker `w` is ready to leave (or has left).
+    ready: AtomicU64,
+    all: u64,
+    changed: Notify,
+    /// `--bounded`: the input's end offsets when the job started.
+    ends: BTreeMap<i32, i64>,
+    /// `--bounded`: the job's committed positions reached `ends`.
+    drained: AtomicBool,
+}
+
+impl Siblings {
+    fn new(workers: usize, ends: BTreeMap<i32, i64>) -> Self {
+        Siblings {
+            ready: AtomicU64::new(0),
+            all: if workers >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << workers) - 1
+            },
+            changed: Notify::new(),
+            ends,
+            drained: AtomicBool::new(false),
+        }
+    }
+
+    fn report(&self, worker: usize, ready: bool) {
+        let bit = 1u64 << worker;
+        let before = if ready {
+            self.ready.fetch_or(bit, Ordering::AcqRel)
+        } else {
+            self.ready.fetch_and(!bit, Ordering::AcqRel)
+        };
+        if (before & bit != 0) != ready {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn all_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) == self.all
+    }
+}

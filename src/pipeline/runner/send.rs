@@ -1,0 +1,412 @@
+//! The runner's one send path: every record a worker writes (an output, a job's result, a
+//! dead letter, a dead letter by reference) goes through [`Sender`], and every delivery
+//! report comes back to the worker that sent it on its own channel ([`AckRouter`]), with
+//! no future or task per record.
+//!
+//! **Back-pressure.** A full producer queue makes `send` wait a millisecond and try again;
+//! it cannot happen while the job's in-flight budget stays under the queue size.
+//!
+//! **No record stops the job.** A record refused for what it is ([`record_refusal`]) at
+//! `send` or on delivery becomes a dead letter (by reference when the dead-letter topic
+//! refuses it too); see [`super::super::dead_letter`] for the format.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::block_in_place;
+
+use crate::kafka::ErrorLog;
+use crate::pipeline::dead_letter::{self, Position, record_refusal};
+use crate::pipeline::{Stats, Topics};
+use crate::transform::{RejectKind, Rejection};
+
+/// The producer of a worker's records: shared by the workers at least once, one per
+/// worker (transactional) exactly once.
+pub(crate) type OutputProducer = ThreadedProducer<AckRouter>;
+
+/// A record on its way to the output or dead-letter topic.
+type Outgoing<'a> = BaseRecord<'a, [u8], [u8], Box<Ticket>>;
+
+/// One output record in this many has its end-to-end latency measured: from the input
+/// record's timestamp to the output's acknowledgement (a clock read and a histogram
+/// record each).
+const LATENCY_SAMPLE: i64 = 8;
+
+/// What a record sent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Destination {
+    /// An input record's output.
+    Output,
+    /// An input record's dead letter.
+    DeadLetter,
+    /// An input record's dead letter without its payload: a reference to the record.
+    Reference,
+    /// A job's own result (a window's count), tied to no input record.
+    Result,
+    /// A result's dead letter.
+    ResultDeadLetter,
+}
+
+impl Destination {
+    /// Whether the record stands for an input position.
+    pub(crate) fn has_position(self) -> bool {
+        matches!(
+            self,
+            Destination::Output | Destination::DeadLetter | Destination::Reference
+        )
+    }
+
+    /// Whether it counts as written (else dead-lettered) once acknowledged.
+    pub(crate) fn is_output(self) -> bool {
+        matches!(self, Destination::Output | Destination::Result)
+    }
+}
+
+/// Which worker sent a record, and the input position it stands for: the delivery opaque.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    worker: usize,
+    /// The worker's generation when it sent: an exactly-once abort starts a new one, and
+    /// reports of the aborted generation no longer move any position.
+    generation: u32,
+    partition: i32,
+    offset: i64,
+    destination: Destination,
+    /// The input record's timestamp (ms since the epoch) when its end-to-end latency is
+    /// sampled; 0 otherwise.
+    source_ms: i64,
+}
+
+/// A delivery report, routed back to the worker that sent the record.
+#[derive(Debug)]
+pub(crate) struct Ack {
+    pub generation: u32,
+    pub partition: i32,
+    pub offset: i64,
+    pub destination: Destination,
+    /// Why the broker refused the record for good, if it did.
+    pub error: Option<(Option<RDKafkaErrorCode>, String)>,
+    /// Key and value bytes of the record sent, when refused.
+    pub size: usize,
+    /// A refused result's key and value (a result has no input record to refer to).
+    pub refused_result: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The output producer's context: each delivery report goes straight to the channel of
+/// the worker that sent the record.
+pub(crate) struct AckRouter {
+    errors: ErrorLog,
+    workers: Vec<UnboundedSender<Ack>>,
+    stats: Arc<Stats>,
+}
+
+impl AckRouter {
+    pub(crate) fn new(
+        servers: &str,
+        workers: Vec<UnboundedSender<Ack>>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        AckRouter {
+            errors: ErrorLog::new(servers),
+            workers,
+            stats,
+        }
+    }
+}
+
+impl ClientContext for AckRouter {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.errors.log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.error(error, reason);
+    }
+}
+
+impl ProducerContext for AckRouter {
+    type DeliveryOpaque = Box<Ticket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        let (error, size, refused_result) = match result {
+            Ok(_) => {
+                if ticket.source_ms > 0 {
+                    self.stats.record_end_to_end(ticket.source_ms);
+                }
+                (None, 0, None)
+            }
+            Err((error, message)) => (
+                Some((error.rdkafka_error_code(), error.to_string())),
+                message.payload_len() + message.key_len(),
+                (ticket.destination == Destination::Result).then(|| {
+                    (
+                        message.key().unwrap_or_default().to_vec(),
+                        message.payload().unwrap_or_default().to_vec(),
+                    )
+                }),
+            ),
+        };
+        if let Some(worker) = self.workers.get(ticket.worker) {
+            // A worker that has stopped no longer listens: its uncommitted records are read
+            // again on restart.
+            let _ = worker.send(Ack {
+                generation: ticket.generation,
+                partition: ticket.partition,
+                offset: ticket.offset,
+                destination: ticket.destination,
+                error,
+                size,
+                refused_result,
+            });
+        }
+    }
+}
+
+/// An input record, as the sender needs it.
+pub(crate) struct Input<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    /// Its headers, to go along with what it becomes (none when the job drops them).
+    pub headers: Option<OwnedHeaders>,
+    /// Its timestamp (ms since the epoch), if any.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Input<'_> {
+    fn size(&self) -> usize {
+        self.payload.map_or(0, <[u8]>::len) + self.key.map_or(0, <[u8]>::len)
+    }
+}
+
+/// How a send ended.
+pub(crate) enum Sent {
+    /// Queued: one delivery report will follow.
+    Queued,
+    /// Refused at `send` for what the record is (too large, say): nothing was queued.
+    Refused(RejectKind, String),
+}
+
+/// A worker's way out: its producer, its topics and its generation.
+pub(crate) struct Sender {
+    pub producer: Arc<OutputProducer>,
+    pub topics: Topics,
+    pub worker: usize,
+    pub generation: u32,
+    pub print_keys: bool,
+}
+
+impl Sender {
+    fn ticket(&self, partition: i32, offset: i64, destination: Destination) -> Box<Ticket> {
+        Box::new(Ticket {
+            worker: self.worker,
+            generation: self.generation,
+            partition,
+            offset,
+            destination,
+            source_ms: 0,
+        })
+    }
+
+    /// Sends a record: an error when the producer cannot send at all (the caller says
+    /// why: an exactly-once producer may have been fenced).
+    fn send(&self, mut record: Outgoing<'_>) -> Result<Sent, KafkaError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(Sent::Queued),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    block_in_place(|| std::thread::sleep(Duration::from_millis(1)));
+                }
+                Err((error, _)) => {
+                    return match error.rdkafka_error_code().and_then(record_refusal) {
+                        Some(kind) => Ok(Sent::Refused(kind, error.to_string())),
+                        None => Err(error),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Sends one output of `input`; a refused one is dead-lettered in its place (the
+    /// refusal counted in `stats`). Returns what was queued.
+    pub(crate) fn output(
+        &self,
+        input: &Input<'_>,
+        key: &[u8],
+        value: &[u8],
+        stats: &Stats,
+    ) -> Result<Destination, KafkaError> {
+        let mut ticket = self.ticket(input.partition, input.offset, Destination::Output);
+        if input.offset % LATENCY_SAMPLE == 0 {
+            ticket.source_ms = input.timestamp_ms.unwrap_or(0);
+        }
+        let mut record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
+            .key(key)
+            .payload(value);
+        if let Some(headers) = &input.headers {
+            record = record.headers(headers.clone());
+        }
+        match self.send(record)? {
+            Sent::Queued => {
+                if self.print_keys {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = stdout.write_all(key).and_then(|()| stdout.write_all(b"\n"));
+                }
+                Ok(Destination::Output)
+            }
+            Sent::Refused(kind, error) => {
+                let rejection = dead_letter::output_refused(
+                    key.len() + value.len(),
+                    &self.topics.output,
+                    kind,
+                    &error,
+                );
+                stats.reject(rejection.kind, &rejection.reason);
+                self.dead_letter(input, &rejection)
+            }
+        }
+    }
+
+    fn position(&self, partition: i32, offset: i64) -> Position<'_> {
+        Position {
+            topic: &self.topics.input,
+            partition,
+            offset,
+        }
+    }
+
+    /// Dead-letters `input` as it is; by reference when the dead-letter topic refuses it
+    /// too. Returns what was queued.
+    pub(crate) fn dead_letter(
+        &self,
+        input: &Input<'_>,
+        rejection: &Rejection,
+    ) -> Result<Destination, KafkaError> {
+        let ticket = self.ticket(input.partition, input.offset, Destination::DeadLetter);
+        let source = self.position(input.partition, input.offset);
+        let headers = dead_letter::headers(input.headers.clone(), Some(source), rejection, None);
+        let mut record: Outgoing<'_> =
+            BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket).headers(headers);
+        if let Some(key) = input.key {
+            record = record.key(key);
+        }
+        if let Some(value) = input.payload {
+            record = record.payload(value);
+        }
+        match self.send(record)? {
+            Sent::Queued => Ok(Destination::DeadLetter),
+            Sent::Refused(_, error) => self.reference(
+                input.headers.clone(),
+                input.partition,
+                input.offset,
+                input.size(),
+                input.key,
+                &dead_letter::refused_twice(rejection, &error),
+            ),
+        }
+    }
+
+    /// Dead-letters a record by reference: its headers, and where it is, in place of its
+    /// payload. An error (the job stops) when even that is refused.
+    pub(crate) fn reference(
+        &self,
+        inherited: Option<OwnedHeaders>,
+        partition: i32,
+        offset: i64,
+        size: usize,
+        key: Option<&[u8]>,
+        rejection: &Rejection,
+    ) -> Result<Destination, KafkaError> {
+        let source = self.position(partition, offset);
+        let value = dead_letter::reference(source, size);
+        let ticket = self.ticket(partition, offset, Destination::Reference);
+        let headers = dead_letter::headers(inherited, Some(source), rejection, Some(size));
+        let mut record: Outgoing<'_> = BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket)
+            .headers(headers)
+            .payload(value.as_bytes());
+        // The key stays, unless it is what made the record too large.
+        if let Some(key) = key.filter(|k| k.len() <= dead_letter::REFERENCE_KEY_BYTES) {
+            record = record.key(key);
+        }
+        match self.send(record)? {
+            Sent::Queued => Ok(Destination::Reference),
+            Sent::Refused(_, error) => Err(KafkaError::MessageProduction(
+                RDKafkaErrorCode::MessageSizeTooLarge,
+            ))
+            .inspect_err(|_| {
+                log::error!(
+                    "cannot dead-letter {} partition {partition} offset {offset} even by reference: {error}",
+                    self.topics.input
+                );
+            }),
+        }
+    }
+
+    /// Sends a job's result; a refused one is dead-lettered (the refusal counted).
+    pub(crate) fn result(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        stats: &Stats,
+    ) -> Result<Destination, KafkaError> {
+        let ticket = self.ticket(-1, -1, Destination::Result);
+        let record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
+            .key(key)
+            .payload(value);
+        match self.send(record)? {
+            Sent::Queued => Ok(Destination::Result),
+            Sent::Refused(kind, error) => {
+                let rejection = dead_letter::output_refused(
+                    key.len() + value.len(),
+                    &self.topics.output,
+                    kind,
+                    &error,
+                );
+                stats.reject(rejection.kind, &rejection.reason);
+                self.result_dead_letter(key, value, &rejection)
+            }
+        }
+    }
+
+    /// Dead-letters a result the output refused: its key and value, with the reason; its
+    /// reason alone (and the size) when the dead-letter topic refuses it too.
+    pub(crate) fn result_dead_letter(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        rejection: &Rejection,
+    ) -> Result<Destination, KafkaError> {
+        let ticket = self.ticket(-1, -1, Destination::ResultDeadLetter);
+        let headers = dead_letter::headers(None, None, rejection, None);
+        let record = BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket)
+            .headers(headers)
+            .key(key)
+            .payload(value);
+        match self.send(record)? {
+            Sent::Queued => Ok(Destination::ResultDeadLetter),
+            Sent::Refused(_, error) => {
+                let ticket = self.ticket(-1, -1, Destination::ResultDeadLetter);
+                let why = dead_letter::refused_twice(rejection, &error);
+                let headers = dead_letter::headers(None, None, &why, Some(key.len() + value.len()));
+                let record =
+                    BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket).headers(headers);
+                match self.send(record)? {
+                    Sent::Queued => Ok(Destination::ResultDeadLetter),
+                    Sent::Refused(kind, _) => Err(KafkaError::MessageProduction(match kind {
+                        RejectKind::TooLarge => RDKafkaErrorCode::MessageSizeTooLarge,
+                        _ => RDKafkaErrorCode::InvalidRecord,
+                    })),
+                }
+            }
+        }
+    }
+}
