@@ -14,6 +14,7 @@ use common::broker::{
     wait_for_output,
 };
 use common::{datagen, pipeline, produce, read_topic, signal, stderr, wait_with_timeout};
+use streamkit::pipeline::dead_letter;
 
 /// `kill -9` of the broker that `setup/start-env.sh` started (Apache Kafka and tansu both
 /// record their pid).
@@ -142,8 +143,13 @@ fn bad_records_reach_the_dead_letter_topic_with_their_headers() {
             original.unwrap_or_default(),
             "{key}"
         );
-        assert_eq!(record.headers["source.topic"], input);
-        for header in ["error", "error.kind", "source.partition", "source.offset"] {
+        assert_eq!(record.headers[dead_letter::SOURCE_TOPIC], input);
+        for header in [
+            dead_letter::ERROR,
+            dead_letter::KIND,
+            dead_letter::SOURCE_PARTITION,
+            dead_letter::SOURCE_OFFSET,
+        ] {
             assert!(
                 record.headers.get(header).is_some_and(|v| !v.is_empty()),
                 "{key}: {header}"

@@ -10,6 +10,7 @@ use common::{
     datagen, http, metric, pipeline, produce_with_headers, signal, spawn_with_address,
     wait_with_timeout,
 };
+use streamkit::pipeline::dead_letter;
 
 fn api(addr: &str) -> serde_json::Value {
     let (status, body) = http("GET", addr, "/api/job");
@@ -373,7 +374,7 @@ fn the_topic_browser_lists_topics_shows_messages_and_holds_to_its_caps() {
         error["value"].as_str().unwrap().contains("JSON"),
         "{letter}"
     );
-    assert!(headers.iter().any(|h| h["key"] == "error.kind"));
+    assert!(headers.iter().any(|h| h["key"] == dead_letter::KIND));
 
     // Bad requests get a clear 4xx, with the reason.
     for (path, expected, says) in [

@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::broker::{BOOTSTRAP, Job, job, loss_and_duplicates, partition_count, script};
-use common::{Reaper, produce, read_topic, read_topic_as, signal, stderr, wait_with_timeout};
+use common::{
+    Reaper, output_within, produce, read_topic, read_topic_as, signal, stderr, wait_with_timeout,
+};
+use streamkit::pipeline::dead_letter;
 
 const PARTITIONS: i32 = 6;
 
@@ -210,12 +213,12 @@ fn each_bad_record_is_dead_lettered_exactly_once_with_its_reason() {
     assert_eq!(dead.len(), 200, "each bad record once");
     assert_eq!(keys.len(), 200);
     for record in &dead {
-        let kind = record.headers.get("error.kind").map(String::as_str);
+        let kind = record.headers.get(dead_letter::KIND).map(String::as_str);
         assert!(
             matches!(kind, Some("not_json") | Some("not_object")),
             "{kind:?}"
         );
-        assert!(!record.headers["error"].is_empty());
+        assert!(!record.headers[dead_letter::ERROR].is_empty());
     }
 }
 
@@ -291,4 +294,192 @@ fn a_record_too_large_for_the_output_is_dead_lettered_by_reference_and_the_job_g
         positions[0],
         too_large.len() + key.len(),
     );
+}
+
+/// The window results of `topic` as a `read_committed` reader sees them: (key, value),
+/// sorted.
+fn window_results(topic: &str) -> Vec<(String, String)> {
+    let mut results: Vec<(String, String)> = read_topic(BOOTSTRAP, topic, partition_count(topic))
+        .into_iter()
+        .map(|r| {
+            (
+                String::from_utf8(r.key).unwrap(),
+                String::from_utf8(r.value).unwrap(),
+            )
+        })
+        .collect();
+    results.sort();
+    results
+}
+
+/// traffic-agg exactly once, committing every 200 ms.
+fn traffic_agg_eos(job: &Job, instance: &str, extra: &[&str]) -> Command {
+    let mut command = job.process(&[
+        "--job",
+        "traffic-agg",
+        "--window",
+        "2s",
+        "--max-out-of-orderness",
+        "5s",
+        "--processing-guarantee",
+        "exactly-once",
+        "--instance-id",
+        instance,
+        "--commit-interval",
+        "200",
+    ]);
+    command.args(extra);
+    command
+}
+
+#[test]
+fn traffic_agg_killed_mid_window_and_restarted_writes_each_window_result_exactly_once() {
+    let reaper = Reaper::default();
+    // The same events (same seed and clock) into two jobs' inputs: one runs through, the
+    // other is killed mid-run and restarted.
+    let reference = job("eos-agg-reference", PARTITIONS);
+    let job = job("eos-agg", PARTITIONS);
+    reference.feed(400_000, 21);
+    job.feed(400_000, 21);
+    let through = output_within(
+        &mut traffic_agg_eos(&reference, "r", &["--bounded"]),
+        Duration::from_secs(240),
+    );
+    assert_eq!(through.status.code(), Some(0), "{}", stderr(&through));
+    let expected = window_results(&reference.output);
+    assert!(expected.len() > 200, "{} results", expected.len());
+    let a = reaper.watch(
+        traffic_agg_eos(&job, "a", &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while committed_count(&job) < expected.len() / 5 {
+        assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&a, "KILL");
+    let _ = wait_with_timeout(a, Duration::from_secs(10));
+    let at_kill = committed_count(&job);
+    assert!(
+        at_kill < expected.len(),
+        "the kill came after the end: make the backlog larger"
+    );
+    // Restarted under the same instance id, it reads the state committed with the
+    // positions and runs to the end of the input.
+    let restarted = output_within(
+        &mut traffic_agg_eos(&job, "a", &["--bounded"]),
+        Duration::from_secs(240),
+    );
+    let log = stderr(&restarted);
+    assert_eq!(restarted.status.code(), Some(0), "{log}");
+    let results = window_results(&job.output);
+    let keys: BTreeSet<&String> = results.iter().map(|(key, _)| key).collect();
+    assert_eq!(keys.len(), results.len(), "a window result twice");
+    assert_eq!(
+        results.len(),
+        expected.len(),
+        "{at_kill} results at the kill\n{log}"
+    );
+    assert!(
+        results == expected,
+        "the results differ from a run without a kill"
+    );
+}
+
+/// Resumes the broker it froze, whatever happens to the test.
+struct Frozen(String);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+#[test]
+fn exactly_once_shows_its_lag_and_its_draining_phase_on_the_dashboard() {
+    let reaper = Reaper::default();
+    let job = job("eos-dashboard", PARTITIONS);
+    let expected = job.feed(100_000, 22);
+    let command = job.process(&[
+        "--processing-guarantee",
+        "exactly-once",
+        "--instance-id",
+        "a",
+        "--ui",
+        "127.0.0.1:0",
+    ]);
+    let (child, addr, log) = common::spawn_with_address_and_stderr(command, "dashboard at");
+    let child = reaper.watch(child);
+    let api = |what: &str| -> serde_json::Value {
+        let (status, body) = common::http("GET", &addr, "/api/job");
+        assert_eq!(status, 200, "{what}: {body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let counts = job.wait_for_all(&expected, Duration::from_secs(120));
+    assert_eq!(loss_and_duplicates(&expected, &counts), (0, 0));
+    // The lag of every partition, measured and drained.
+    let started = Instant::now();
+    let lags = loop {
+        let lags: Vec<Option<i64>> = api("lag")["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["lag"].as_i64())
+            .collect();
+        if lags.len() == PARTITIONS as usize && lags.iter().all(|l| *l == Some(0)) {
+            break lags;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the lag did not drain: {lags:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(lags.len(), PARTITIONS as usize);
+    // More input, then the broker frozen while records are in flight: a stop drains.
+    let more = std::thread::spawn({
+        let input = job.input.clone();
+        move || {
+            common::datagen()
+                .args(["-s", "streaming", "-q", "--topic", &input])
+                .args(["--num-events", "200000"])
+                .output()
+                .unwrap()
+        }
+    });
+    let before = committed_count(&job);
+    let started = Instant::now();
+    while committed_count(&job) == before {
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(".state/kafka/broker.pid"),
+    )
+    .expect("the broker's pid");
+    let frozen = Frozen(pid.trim().to_string());
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &frozen.0])
+            .status()
+            .unwrap()
+            .success()
+    );
+    signal(&child, "TERM");
+    let started = Instant::now();
+    let state = loop {
+        let state = api("phase")["job"]["state"].as_str().unwrap().to_string();
+        if state == "DRAINING" || started.elapsed() > Duration::from_secs(5) {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(frozen);
+    let _ = more.join();
+    let (output, log) = common::wait_with_log(child, Duration::from_secs(90), log);
+    assert_eq!(state, "DRAINING", "{log}");
+    assert_eq!(output.status.code(), Some(0), "{log}");
 }

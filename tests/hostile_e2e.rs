@@ -16,6 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use common::broker::{BOOTSTRAP, Job, job};
 use common::{Reaper, read_topic, spawn_assigned, wait_with_log};
+use streamkit::pipeline::dead_letter;
 
 /// A fixture event of user `id` stamped `ms` (epoch milliseconds, written as the original
 /// writes `event_datetime`).
@@ -131,7 +132,7 @@ fn dead_letter_kinds(job: &Job, partitions: i32) -> BTreeMap<String, usize> {
     for record in read_topic(BOOTSTRAP, &job.dead, partitions) {
         let kind = record
             .headers
-            .get("error.kind")
+            .get(dead_letter::KIND)
             .cloned()
             .unwrap_or_default();
         *kinds.entry(kind).or_insert(0) += 1;
@@ -197,7 +198,7 @@ fn one_far_future_event_neither_makes_later_events_late_nor_pins_the_position() 
         "only the poison event is dead-lettered"
     );
     let future = read_topic(BOOTSTRAP, &job.dead, 1);
-    let reason = &future[0].headers["error"];
+    let reason = &future[0].headers[dead_letter::ERROR];
     assert!(
         reason.contains("9999-12-31T23:59:59") && reason.contains("1h"),
         "{reason}"
@@ -652,4 +653,39 @@ fn two_hosts_under_one_instance_id_stop_the_fenced_process_with_a_reason() {
         "{a_log}"
     );
     assert!(running(b), "the newer process stays up");
+}
+
+#[test]
+fn traffic_agg_whose_output_refuses_every_result_dead_letters_each_and_exits_0() {
+    let job = job("agg-refused", 3);
+    // Smaller than any window result: the broker refuses each one.
+    common::broker::allow_records_of(&job.output, 10);
+    job.feed(5_000, 23);
+    let output =
+        common::output_within(traffic_agg(&job).arg("--bounded"), Duration::from_secs(120));
+    let log = common::stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{log}");
+    assert!(read_topic(BOOTSTRAP, &job.output, 3).is_empty());
+    let dead = read_topic(BOOTSTRAP, &job.dead, 3);
+    assert!(dead.len() > 3, "{log}");
+    let mut page_views = 0;
+    for record in &dead {
+        assert_eq!(
+            record.headers[dead_letter::KIND],
+            "too_large",
+            "{:?}",
+            record.headers
+        );
+        assert!(
+            record.headers[dead_letter::ERROR].contains(&job.output),
+            "{:?}",
+            record.headers
+        );
+        let result: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+        page_views += result["page_views"].as_u64().unwrap();
+    }
+    assert_eq!(
+        page_views, 5_000,
+        "every event counted in a dead-lettered result"
+    );
 }

@@ -15,6 +15,7 @@ use common::{
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
+use streamkit::pipeline::dead_letter;
 
 const INPUT: &str = "website-visit";
 const OUTPUT: &str = "website-out";
@@ -179,11 +180,15 @@ fn fixture_replay_writes_the_expected_output_and_dead_letters() {
         }
         let (partition, offset) = positions[index];
         assert_eq!(
-            record.headers["source.partition"],
+            record.headers[dead_letter::SOURCE_PARTITION],
             partition.to_string(),
             "{key}"
         );
-        assert_eq!(record.headers["source.offset"], offset.to_string(), "{key}");
+        assert_eq!(
+            record.headers[dead_letter::SOURCE_OFFSET],
+            offset.to_string(),
+            "{key}"
+        );
     }
 }
 
@@ -601,7 +606,7 @@ fn input_headers_reach_the_output_and_the_dead_letters() {
         );
     }
     assert_eq!(
-        dead[0].headers.get("error.kind").map(String::as_str),
+        dead[0].headers.get(dead_letter::KIND).map(String::as_str),
         Some("not_json")
     );
 }
@@ -892,9 +897,9 @@ fn records_too_large_for_the_output_are_dead_lettered_and_their_partition_goes_o
         // Neither fits the dead-letter topic either: a reference stands in for the payload.
         common::assert_dead_letter_reference(record, INPUT, kind, position, size);
         assert!(
-            record.headers["error"].contains("too large")
-                || record.headers["error"].contains("Too large")
-                || record.headers["error"].contains("MessageSizeTooLarge"),
+            record.headers[dead_letter::ERROR].contains("too large")
+                || record.headers[dead_letter::ERROR].contains("Too large")
+                || record.headers[dead_letter::ERROR].contains("MessageSizeTooLarge"),
             "{:?}",
             record.headers
         );
@@ -1052,6 +1057,10 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         (&["--commit-interval", "0"], "--commit-interval"),
         (&["--job", "user-traffic"], "give --input"),
         (&["--job", "traffic-agg", "--window", "0"], "--window"),
+        (
+            &["--job", "traffic-agg", "--parallelism", "2"],
+            "partial count for the same window",
+        ),
         (&["--job", "traffic-agg", "--window", "soon"], "--window"),
         (
             &["--job", "traffic-agg", "--allowed-lateness", "-1s"],

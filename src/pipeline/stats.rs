@@ -446,10 +446,17 @@ impl Stats {
             .lag()
             .map_or_else(|| "unknown".to_string(), |lag| group_thousands(lag as u64));
         let totals = self.totals();
+        let done = match totals.counted {
+            Some(counted) => format!(
+                "counted {}, results written {}",
+                group_thousands(counted),
+                group_thousands(totals.written)
+            ),
+            None => format!("written {}", group_thousands(totals.written)),
+        };
         format!(
-            "read {}, written {}, dead-lettered {}, undelivered {}, {} records/s, lag {}",
+            "read {}, {done}, dead-lettered {}, undelivered {}, {} records/s, lag {}",
             group_thousands(totals.read),
-            group_thousands(totals.written),
             group_thousands(totals.dead_lettered),
             group_thousands(totals.in_flight),
             group_thousands(rate.round() as u64),

@@ -13,6 +13,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use streamkit::pipeline::dead_letter;
 
 pub fn datagen() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_datagen"));
@@ -454,11 +455,22 @@ pub fn assert_dead_letter_reference(
     (partition, offset): (i32, i64),
     size: usize,
 ) {
-    assert_eq!(record.headers["error.kind"], kind, "{:?}", record.headers);
-    assert_eq!(record.headers["source.topic"], input);
-    assert_eq!(record.headers["source.partition"], partition.to_string());
-    assert_eq!(record.headers["source.offset"], offset.to_string());
-    assert_eq!(record.headers["payload.omitted.size"], size.to_string());
+    assert_eq!(
+        record.headers[dead_letter::KIND],
+        kind,
+        "{:?}",
+        record.headers
+    );
+    assert_eq!(record.headers[dead_letter::SOURCE_TOPIC], input);
+    assert_eq!(
+        record.headers[dead_letter::SOURCE_PARTITION],
+        partition.to_string()
+    );
+    assert_eq!(
+        record.headers[dead_letter::SOURCE_OFFSET],
+        offset.to_string()
+    );
+    assert_eq!(record.headers[dead_letter::OMITTED_SIZE], size.to_string());
     let reference: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
     assert_eq!(reference["omitted_payload"]["topic"], input);
     assert_eq!(reference["omitted_payload"]["partition"], partition);

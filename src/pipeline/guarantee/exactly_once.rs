@@ -176,6 +176,11 @@ impl Transactions {
         Ok(())
     }
 
+    /// Whether a transaction is open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.started.is_some()
+    }
+
     /// A record read into the open transaction; `true` when the test hook says to abort
     /// this transaction now.
     pub(crate) fn read_one(&mut self) -> bool {

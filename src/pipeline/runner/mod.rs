@@ -25,7 +25,9 @@
 //! acknowledgements and prefetches at most [`PREFETCH_BUDGET_KBYTES`], whatever its
 //! parallelism. Acknowledgements are handled before new input, so commits keep up.
 
+mod checkpoint;
 pub(crate) mod group;
+mod handover;
 pub(crate) mod offsets;
 pub(crate) mod send;
 mod worker;
@@ -38,15 +40,15 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{Producer, PurgeConfig};
 use tokio::sync::Notify;
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::block_in_place;
 use tokio_util::sync::CancellationToken;
 
 use super::guarantee::exactly_once::Transactions;
 use super::guarantee::instance;
 use super::{
-    DRAIN_TIMEOUT, Guarantee, MemberStatus, PipelineConfig, STATUS_INTERVAL, Stats, StatusLine,
-    Topics, job,
+    DRAIN_TIMEOUT, Guarantee, MemberStatus, Phase, PipelineConfig, STATUS_INTERVAL, Stats,
+    StatusLine, Topics, job,
 };
 use crate::error::{Error, Result};
 use crate::kafka::{self, ErrorLog, KafkaConfig};
@@ -101,30 +103,15 @@ async fn run_workers(
     }
     let (ack_senders, ack_receivers): (Vec<_>, Vec<_>) =
         (0..parallelism).map(|_| unbounded_channel()).unzip();
-    let router = {
+    let router: Router = {
         let (servers, stats, senders) = (
             kafka.bootstrap_servers.clone(),
             Arc::clone(stats),
             ack_senders.clone(),
         );
-        move || AckRouter::new(&servers, senders.clone(), Arc::clone(&stats))
+        Arc::new(move || AckRouter::new(&servers, senders.clone(), Arc::clone(&stats)))
     };
-    // Exactly once: this process's instance id, held under a lock until the job ends, and
-    // static membership under it unless told otherwise, so a restarted process takes its
-    // members' places (and partitions) at once while its transactional ids fence its
-    // predecessor's producers.
-    let mut config = config.clone();
-    let claim = match &config.guarantee {
-        Guarantee::ExactlyOnce(eos) => {
-            let lock = instance::claim(&eos.state_dir, &config.job_name, &eos.instance)?;
-            config
-                .group
-                .instance_id
-                .get_or_insert_with(|| format!("{}-{}", config.job_name, lock.id));
-            Some(lock)
-        }
-        Guarantee::AtLeastOnce => None,
-    };
+    let (config, claim) = claim_instance(config)?;
     let config = &config;
     // At least once, the workers share one idempotent producer.
     let shared: Option<Arc<OutputProducer>> = match config.guarantee {
@@ -142,98 +129,38 @@ async fn run_workers(
         facts.input_partitions,
         claim.as_ref(),
     );
-    // --bounded drains the backlog as it is now: its ends, per partition.
-    let mut ends = BTreeMap::new();
-    if config.bounded {
-        let client = watermark_client(kafka, &config.job_name)?;
-        for partition in 0..facts.input_partitions {
-            let (_, high) = block_in_place(|| {
-                client.fetch_watermarks(&topics.input, partition, kafka::REACHABILITY_TIMEOUT)
-            })
-            .map_err(|e| Error::Kafka(format!("end offsets of {}: {e}", topics.input)))?;
-            ends.insert(partition, high);
-        }
-    }
+    let ends = if config.bounded {
+        input_ends(
+            kafka,
+            &config.job_name,
+            &topics.input,
+            facts.input_partitions,
+        )?
+    } else {
+        BTreeMap::new()
+    };
     let siblings = Arc::new(Siblings::new(parallelism, ends));
     let prefetch_kbytes = (PREFETCH_BUDGET_KBYTES / parallelism).max(1_024);
     // A failing worker stops the others: they drain and commit what was delivered.
     let job_cancel = cancel.child_token();
     let injected = Arc::new(AtomicBool::new(false));
+    let parts = Parts {
+        config,
+        kafka,
+        topics,
+        print_keys,
+        stats,
+        siblings: &siblings,
+        max_record_bytes: facts.max_record_bytes,
+        instance: claim.as_ref().map(|lock| lock.id.as_str()),
+        shared: shared.as_ref(),
+        router: &router,
+        injected: &injected,
+        prefetch_kbytes,
+    };
     let mut handles = Vec::new();
     for (id, acks) in ack_receivers.into_iter().enumerate() {
-        let mut consumer_config = kafka::pipeline_consumer_config(
-            kafka,
-            &config.job_name,
-            id,
-            &config.group,
-            prefetch_kbytes,
-        );
-        let (guarantee, producer) = match (&config.guarantee, &shared) {
-            (Guarantee::ExactlyOnce(eos), _) => {
-                // Read only committed input: an upstream transactional writer's aborted
-                // records are never processed (librdkafka's default, stated).
-                consumer_config.set("isolation.level", "read_committed");
-                let instance = claim.as_ref().map_or("", |lock| lock.id.as_str());
-                let tx = Transactions::start(
-                    id,
-                    eos,
-                    &config.job_name,
-                    instance,
-                    kafka,
-                    facts.max_record_bytes,
-                    Box::new(router.clone()),
-                    stats,
-                    Arc::clone(&injected),
-                )?;
-                let producer = tx.producer();
-                (worker::Commit::ExactlyOnce(Box::new(tx)), producer)
-            }
-            (Guarantee::AtLeastOnce, Some(shared)) => {
-                (worker::Commit::AtLeastOnce, Arc::clone(shared))
-            }
-            (Guarantee::AtLeastOnce, None) => {
-                return Err(Error::Kafka("no producer".into()));
-            }
-        };
-        let consumer: Arc<StreamConsumer<Member>> = Arc::new(kafka::create(
-            &consumer_config,
-            Member::new(&kafka.bootstrap_servers),
-            kafka,
-        )?);
-        consumer
-            .subscribe(&[topics.input.as_str()])
-            .map_err(|e| Error::Kafka(kafka::redact(&e.to_string(), kafka)))?;
-        let name = format!("streamkit-pipeline-{}-{id}", config.job_name);
-        stats.set_member(
-            id,
-            MemberStatus {
-                name: name.clone(),
-                partitions: BTreeSet::new(),
-            },
-        );
-        let worker = worker::Worker {
-            id,
-            name,
-            consumer,
-            sender: Sender {
-                producer,
-                topics: topics.clone(),
-                worker: id,
-                generation: 0,
-                print_keys,
-            },
-            acks,
-            job: job::build(&config.job, stats),
-            emitter: job::Emitter::default(),
-            commit: guarantee,
-            forward_headers: !config.drop_input_headers,
-            bounded: config.bounded,
-            checkpointing_interval: config.checkpointing_interval,
-            max_in_flight: (IN_FLIGHT_BUDGET / parallelism).max(1_000),
-            stats: Arc::clone(stats),
-            siblings: Arc::clone(&siblings),
-            group_instance: config.group.instance_id.clone(),
-        };
+        let worker = parts.worker(id, acks)?;
         let job_cancel = job_cancel.clone();
         handles.push(tokio::spawn(async move {
             let result = worker.run(&job_cancel).await;
@@ -253,16 +180,15 @@ async fn run_workers(
         Arc::clone(stats),
         status_stop.clone(),
     )?;
-    let status = {
-        let (stats, stop) = (Arc::clone(stats), status_stop.clone());
+    let status = tokio::spawn(print_status(Arc::clone(stats), status_stop.clone()));
+    // Stopped: the job drains from now on, whatever its workers are busy with (a commit
+    // waiting on the broker, say).
+    let draining = {
+        let (stats, cancel) = (Arc::clone(stats), cancel.clone());
         tokio::spawn(async move {
-            let mut line = StatusLine::new();
-            let mut tick = tokio::time::interval(STATUS_INTERVAL / 10);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => line.maybe_print(&stats),
-                }
+            cancel.cancelled().await;
+            if stats.phase() == Phase::Running {
+                stats.set_phase(Phase::Draining);
             }
         })
     };
@@ -277,6 +203,7 @@ async fn run_workers(
         }
     }
     status_stop.cancel();
+    draining.abort();
     let _ = status.await;
     let _ = block_in_place(|| watcher.join());
     // Deliveries abandoned after the drain timeout are dropped rather than retried forever
@@ -288,6 +215,108 @@ async fn run_workers(
     }
     drop(claim);
     first_error.map_or(Ok(()), Err)
+}
+
+/// Makes the context of a producer whose reports go to the workers' channels.
+type Router = Arc<dyn Fn() -> AckRouter + Send + Sync>;
+
+/// What every worker of the process is made of.
+struct Parts<'a> {
+    config: &'a PipelineConfig,
+    kafka: &'a KafkaConfig,
+    topics: &'a Topics,
+    print_keys: bool,
+    stats: &'a Arc<Stats>,
+    siblings: &'a Arc<Siblings>,
+    max_record_bytes: Option<usize>,
+    /// Exactly once: this process's instance id.
+    instance: Option<&'a str>,
+    /// At least once: the producer the workers share.
+    shared: Option<&'a Arc<OutputProducer>>,
+    router: &'a Router,
+    /// Exactly once: the test hook's abort has happened (once per job).
+    injected: &'a Arc<AtomicBool>,
+    prefetch_kbytes: usize,
+}
+
+impl Parts<'_> {
+    /// Worker `id`: its consumer (subscribed), its producer and commit strategy, its job.
+    fn worker(&self, id: usize, acks: UnboundedReceiver<send::Ack>) -> Result<worker::Worker> {
+        let (config, kafka) = (self.config, self.kafka);
+        let mut consumer_config = kafka::pipeline_consumer_config(
+            kafka,
+            &config.job_name,
+            id,
+            &config.group,
+            self.prefetch_kbytes,
+        );
+        let (commit, producer) = match (&config.guarantee, self.shared) {
+            (Guarantee::ExactlyOnce(eos), _) => {
+                // Read only committed input: an upstream transactional writer's aborted
+                // records are never processed (librdkafka's default, stated).
+                consumer_config.set("isolation.level", "read_committed");
+                let router = Arc::clone(self.router);
+                let tx = Transactions::start(
+                    id,
+                    eos,
+                    &config.job_name,
+                    self.instance.unwrap_or_default(),
+                    kafka,
+                    self.max_record_bytes,
+                    Box::new(move || router()),
+                    self.stats,
+                    Arc::clone(self.injected),
+                )?;
+                let producer = tx.producer();
+                (worker::Commit::ExactlyOnce(Box::new(tx)), producer)
+            }
+            (Guarantee::AtLeastOnce, Some(shared)) => {
+                (worker::Commit::AtLeastOnce, Arc::clone(shared))
+            }
+            (Guarantee::AtLeastOnce, None) => {
+                return Err(Error::Kafka("no producer for the workers".into()));
+            }
+        };
+        let consumer: Arc<StreamConsumer<Member>> = Arc::new(kafka::create(
+            &consumer_config,
+            Member::new(&kafka.bootstrap_servers),
+            kafka,
+        )?);
+        consumer
+            .subscribe(&[self.topics.input.as_str()])
+            .map_err(|e| Error::Kafka(kafka::redact(&e.to_string(), kafka)))?;
+        let name = format!("streamkit-pipeline-{}-{id}", config.job_name);
+        self.stats.set_member(
+            id,
+            MemberStatus {
+                name: name.clone(),
+                partitions: BTreeSet::new(),
+            },
+        );
+        Ok(worker::Worker {
+            id,
+            name,
+            consumer,
+            sender: Sender {
+                producer,
+                topics: self.topics.clone(),
+                worker: id,
+                generation: 0,
+                print_keys: self.print_keys,
+            },
+            acks,
+            job: job::build(&config.job, self.stats),
+            emitter: job::Emitter::default(),
+            commit,
+            forward_headers: !config.drop_input_headers,
+            bounded: config.bounded,
+            checkpointing_interval: config.checkpointing_interval,
+            max_in_flight: (IN_FLIGHT_BUDGET / config.parallelism.max(1)).max(1_000),
+            stats: Arc::clone(self.stats),
+            siblings: Arc::clone(self.siblings),
+            group_instance: config.group.instance_id.clone(),
+        })
+    }
 }
 
 /// The job's first line: what it reads and writes, how, and where.
@@ -332,6 +361,59 @@ fn log_start(
         config.group.protocol.as_str(),
         kafka.bootstrap_servers
     );
+}
+
+/// Exactly once: this process's instance id, held under a lock until the job ends, and
+/// static membership under it unless told otherwise, so a restarted process takes its
+/// members' places (and partitions) at once while its transactional ids fence its
+/// predecessor's producers. The config, with the group instance id set.
+fn claim_instance(
+    config: &PipelineConfig,
+) -> Result<(PipelineConfig, Option<instance::InstanceLock>)> {
+    let mut config = config.clone();
+    let claim = match &config.guarantee {
+        Guarantee::ExactlyOnce(eos) => {
+            let lock = instance::claim(&eos.state_dir, &config.job_name, &eos.instance)?;
+            config
+                .group
+                .instance_id
+                .get_or_insert_with(|| format!("{}-{}", config.job_name, lock.id));
+            Some(lock)
+        }
+        Guarantee::AtLeastOnce => None,
+    };
+    Ok((config, claim))
+}
+
+/// `--bounded` drains the backlog as it is now: its ends, per partition.
+fn input_ends(
+    kafka: &KafkaConfig,
+    job_name: &str,
+    input: &str,
+    partitions: i32,
+) -> Result<BTreeMap<i32, i64>> {
+    let client = watermark_client(kafka, job_name)?;
+    let mut ends = BTreeMap::new();
+    for partition in 0..partitions {
+        let (_, high) = block_in_place(|| {
+            client.fetch_watermarks(input, partition, kafka::REACHABILITY_TIMEOUT)
+        })
+        .map_err(|e| Error::Kafka(format!("end offsets of {input}: {e}")))?;
+        ends.insert(partition, high);
+    }
+    Ok(ends)
+}
+
+/// Prints the status line every [`STATUS_INTERVAL`] until `stop`.
+async fn print_status(stats: Arc<Stats>, stop: CancellationToken) {
+    let mut line = StatusLine::new();
+    let mut tick = tokio::time::interval(STATUS_INTERVAL / 10);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => line.maybe_print(&stats),
+        }
+    }
 }
 
 /// A client that only asks for metadata and watermarks.

@@ -1,0 +1,298 @@
+//! The hand-over of partitions: what a worker does with what the group tells it (through
+//! the one rebalance callback, [`super::group`]).
+//!
+//! Guarantee: a revoked partition is released only once its records in flight are
+//! acknowledged (all of them, for a stateful job, whose results stand for every partition)
+//! and committed, or at [`REVOKE_TIMEOUT`]; a lost one is released at once, uncommitted
+//! (exactly once, its open transaction aborts). An assigned partition reaches the job
+//! with the state saved at its last commit before any of its records does.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
+use tokio::task::block_in_place;
+use tokio::time::Instant;
+
+use super::REVOKE_TIMEOUT;
+use super::checkpoint::uncommitted_ranges;
+use super::group::{self, RebalanceEvent};
+use super::offsets::OffsetTracker;
+use super::worker::{COMMIT_RETRY, Commit, LEAVE_TIMEOUT, Progress, Worker};
+use crate::pipeline::guarantee::Committed;
+use crate::pipeline::guarantee::at_least_once::COMMIT_TIMEOUT;
+use crate::pipeline::{MemberStatus, RebalanceRecord};
+use crate::windows::Now;
+
+/// Partitions being handed over: no longer read, released once their records in flight
+/// are acknowledged and committed, or at `deadline`.
+pub(super) struct Revocation {
+    pub(super) list: TopicPartitionList,
+    pub(super) partitions: BTreeSet<i32>,
+    pub(super) incremental: bool,
+    pub(super) started: std::time::Instant,
+    pub(super) deadline: Instant,
+    /// After a failed commit of the hand-over: when to try it again.
+    pub(super) retry_at: Option<Instant>,
+}
+
+impl Worker {
+    /// Applies what the group said since the last pass.
+    pub(super) fn handle_rebalances(&mut self, progress: &mut Progress) {
+        for event in self.consumer.context().take_events() {
+            match event {
+                RebalanceEvent::Assigned(assigned) => {
+                    progress.joined = true;
+                    progress.partitions.extend(assigned.iter().copied());
+                    self.assign_to_job(&assigned);
+                    self.stats.add_partitions(&assigned);
+                    self.changed(progress, &assigned, &[], false, Duration::ZERO);
+                }
+                RebalanceEvent::RevokeRequested {
+                    partitions,
+                    incremental,
+                } => {
+                    let revoked: BTreeSet<i32> =
+                        group::partitions_of(&partitions).into_iter().collect();
+                    log::debug!("worker {}: handing over partitions {revoked:?}", self.id);
+                    progress.revoking = Some(Revocation {
+                        list: partitions,
+                        partitions: revoked,
+                        incremental,
+                        started: std::time::Instant::now(),
+                        deadline: Instant::now() + REVOKE_TIMEOUT,
+                        retry_at: None,
+                    });
+                }
+                RebalanceEvent::Released { partitions, lost } => {
+                    if lost {
+                        log::warn!(
+                            "worker {}: partitions {partitions:?} were lost (session timeout or fenced): not committed; their new owner reads them from the last commit",
+                            self.id
+                        );
+                    }
+                    self.forget(&partitions, progress);
+                    if lost && let Commit::ExactlyOnce(tx) = &mut self.commit {
+                        // The open transaction holds positions of partitions no longer
+                        // ours: it cannot commit.
+                        let aborted = block_in_place(|| tx.abort("partitions lost"));
+                        self.sender.producer = tx.producer();
+                        if let Err(e) = aborted.and_then(|()| self.rewind(progress)) {
+                            progress.failure.get_or_insert(e);
+                            progress.drain_deadline = Some(Instant::now());
+                        }
+                    }
+                    self.changed(progress, &[], &partitions, lost, Duration::ZERO);
+                }
+                RebalanceEvent::Failed(reason) => {
+                    log::warn!("worker {}: consumer group {}: {reason}", self.id, self.name);
+                }
+            }
+        }
+    }
+
+    /// Gives the job the state saved with the committed positions of `partitions`.
+    pub(super) fn assign_to_job(&mut self, partitions: &[i32]) {
+        if !self.job.stateful() {
+            return;
+        }
+        let input = &self.sender.topics.input;
+        let mut list = TopicPartitionList::new();
+        for &partition in partitions {
+            let _ = list.add_partition(input, partition);
+        }
+        let committed = block_in_place(|| {
+            self.consumer
+                .committed_offsets(list, Duration::from_secs(10))
+        });
+        let now = Now::current();
+        match committed {
+            Ok(committed) => {
+                for element in committed.elements() {
+                    let saved = Some(element.metadata()).filter(|m| !m.is_empty());
+                    self.job.assign(element.partition(), saved, now);
+                }
+            }
+            Err(e) => {
+                log::warn!(
+                    "worker {}: cannot read the committed positions of {partitions:?} ({e}); their state starts empty",
+                    self.id
+                );
+                for &partition in partitions {
+                    self.job.assign(partition, None, now);
+                }
+            }
+        }
+    }
+
+    /// Releases the partitions being handed over once none of their records is in flight
+    /// (none at all, for a stateful job: its results stand for every partition), or at the
+    /// deadline.
+    pub(super) async fn finish_revocation_if_done(&mut self, progress: &mut Progress) {
+        let Some(revocation) = &progress.revoking else {
+            return;
+        };
+        let pending: usize = if self.job.stateful() {
+            progress.in_flight
+        } else {
+            revocation
+                .partitions
+                .iter()
+                .map(|&p| progress.tracker.in_flight_of(p))
+                .sum()
+        };
+        let now = Instant::now();
+        if (pending > 0 || revocation.retry_at.is_some_and(|at| now < at))
+            && now < revocation.deadline
+        {
+            return;
+        }
+        if pending > 0 {
+            log::warn!(
+                "worker {}: {pending} records of partitions {:?} still in flight after {} s; releasing them anyway, their new owner writes them again",
+                self.id,
+                revocation.partitions,
+                REVOKE_TIMEOUT.as_secs()
+            );
+        }
+        let deadline = revocation.deadline.max(now + COMMIT_RETRY);
+        let committed = self
+            .checkpoint(progress, Some(deadline.min(now + COMMIT_TIMEOUT)))
+            .await;
+        if let Some(mut revocation) = progress.revoking.take() {
+            // A commit refused during a rebalance (say, by a generation that has just
+            // moved on) is tried again until the hand-over's deadline: releasing the
+            // partitions uncommitted would make their new owner write again what this
+            // worker wrote.
+            if committed == Committed::Failed && Instant::now() + COMMIT_RETRY < revocation.deadline
+            {
+                revocation.retry_at = Some(Instant::now() + COMMIT_RETRY);
+                progress.revoking = Some(revocation);
+                return;
+            }
+            if committed != Committed::Yes {
+                self.warn_uncommitted(&progress.tracker, &revocation.partitions);
+            }
+            self.release(revocation, progress);
+        }
+    }
+
+    /// Says which records of the `partitions` being released will be written again by
+    /// their next owner, because their positions could not be committed.
+    pub(super) fn warn_uncommitted(&self, tracker: &OffsetTracker, partitions: &BTreeSet<i32>) {
+        let uncommitted = uncommitted_ranges(tracker, |p| partitions.contains(&p));
+        if !uncommitted.is_empty() {
+            log::warn!(
+                "worker {}: handing over without a commit (the group coordinator refused it until the hand-over's deadline); their next owner reads (and writes) these records of {} again: {}",
+                self.id,
+                self.sender.topics.input,
+                uncommitted.join(", ")
+            );
+        }
+    }
+
+    /// Releases revoked partitions to the group and forgets them.
+    pub(super) fn release(&mut self, revocation: Revocation, progress: &mut Progress) {
+        if let Err(e) = group::release(&*self.consumer, &revocation.list, revocation.incremental) {
+            log::warn!(
+                "worker {}: releasing partitions {:?}: {e}",
+                self.id,
+                revocation.partitions
+            );
+        }
+        let released: Vec<i32> = revocation.partitions.into_iter().collect();
+        self.forget(&released, progress);
+        self.changed(
+            progress,
+            &[],
+            &released,
+            false,
+            revocation.started.elapsed(),
+        );
+    }
+
+    /// Drops every trace of `partitions` (revoked or lost), the job's state included.
+    pub(super) fn forget(&mut self, partitions: &[i32], progress: &mut Progress) {
+        for &partition in partitions {
+            progress.partitions.remove(&partition);
+            progress.at_end.remove(&partition);
+            progress.tracker.forget(partition);
+            self.job.revoke(partition);
+        }
+        self.stats.remove_partitions(partitions);
+    }
+
+    /// Records an assignment change: the dashboard, the history and the log.
+    pub(super) fn changed(
+        &self,
+        progress: &Progress,
+        assigned: &[i32],
+        revoked: &[i32],
+        lost: bool,
+        duration: Duration,
+    ) {
+        self.stats.set_member(
+            self.id,
+            MemberStatus {
+                name: self.name.clone(),
+                partitions: progress.partitions.clone(),
+            },
+        );
+        if assigned.is_empty() && revoked.is_empty() {
+            return;
+        }
+        self.stats.record_rebalance(RebalanceRecord {
+            at: std::time::SystemTime::now(),
+            member: self.name.clone(),
+            assigned: assigned.to_vec(),
+            revoked: revoked.to_vec(),
+            lost,
+            duration,
+        });
+        let revoked_text = if revoked.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{}{} {revoked:?} in {} ms",
+                if assigned.is_empty() { "" } else { ", " },
+                if lost { "lost" } else { "handed over" },
+                duration.as_millis()
+            )
+        };
+        let assigned_text = if assigned.is_empty() {
+            String::new()
+        } else {
+            format!("assigned {assigned:?}")
+        };
+        log::info!(
+            "worker {}: {assigned_text}{revoked_text}; now reads partitions {:?} of {}",
+            self.id,
+            progress.partitions,
+            self.sender.topics.input
+        );
+    }
+
+    /// Leaves the group: the remaining partitions are released at once (all delivered
+    /// records were committed), and librdkafka's close is served on a blocking thread, for
+    /// at most [`LEAVE_TIMEOUT`]: with the coordinator down, the close is left to finish
+    /// (or not) in the background; the group notices the member's absence by itself.
+    pub(super) async fn leave_group(self) {
+        let Worker {
+            id,
+            consumer,
+            commit,
+            ..
+        } = self;
+        let close = tokio::task::spawn_blocking(move || {
+            drop(consumer);
+            drop(commit);
+        });
+        if tokio::time::timeout(LEAVE_TIMEOUT, close).await.is_err() {
+            log::warn!(
+                "worker {id}: the consumer did not close within {} s (is the cluster down?); leaving anyway",
+                LEAVE_TIMEOUT.as_secs()
+            );
+        }
+    }
+}
