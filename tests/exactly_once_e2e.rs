@@ -403,13 +403,12 @@ fn exactly_once_shows_its_lag_and_its_draining_phase_on_the_dashboard() {
     let reaper = Reaper::default();
     let job = job("eos-dashboard", PARTITIONS);
     let expected = job.feed(100_000, 22);
+    // `job.process` serves the dashboard on a loopback port of its own.
     let command = job.process(&[
         "--processing-guarantee",
         "exactly-once",
         "--instance-id",
         "a",
-        "--ui",
-        "127.0.0.1:0",
     ]);
     let (child, addr, log) = common::spawn_with_address_and_stderr(command, "dashboard at");
     let child = reaper.watch(child);

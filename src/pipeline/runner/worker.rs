@@ -282,7 +282,17 @@ impl Worker {
                     // a later assignment of it.
                     if progress.partitions.contains(&partition) {
                         progress.at_end.insert(partition);
-                        if let Some(end) = self.position_of(partition) {
+                        // Every record before the end was processed (none dropped for a
+                        // stop or a hand-over): the position past a transaction marker
+                        // may be committed.
+                        let handing_over = progress
+                            .revoking
+                            .as_ref()
+                            .is_some_and(|r| r.partitions.contains(&partition));
+                        if progress.reading()
+                            && !handing_over
+                            && let Some(end) = self.position_of(partition)
+                        {
                             progress.tracker.skip_to(partition, end);
                         }
                     }
