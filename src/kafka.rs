@@ -387,10 +387,10 @@ pub fn transactional_producer_config(
 }
 
 /// Room left for a record batch's own framing under a topic's `max.message.bytes`.
-const BATCH_FRAMING_BYTES: usize = 512;
+pub const BATCH_FRAMING_BYTES: usize = 512;
 
 /// What the job needs to know of its topics before it starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicFacts {
     /// Partitions of the input topic.
     pub input_partitions: i32,
@@ -398,6 +398,8 @@ pub struct TopicFacts {
     /// room for the batch framing; `None` when the cluster does not say (then librdkafka's
     /// default applies).
     pub max_record_bytes: Option<usize>,
+    /// The same per output topic, in the order asked.
+    pub record_limits: Vec<Option<usize>>,
 }
 
 /// Fails fast, naming the address, if the cluster cannot be reached or a topic is missing;
@@ -429,29 +431,36 @@ pub async fn inspect_topics(
         .map(|t| ResourceSpecifier::Topic(t))
         .collect();
     let options = AdminOptions::new().request_timeout(Some(REACHABILITY_TIMEOUT));
-    let max_record_bytes = match admin.describe_configs(&specifiers, &options).await {
-        Ok(results) => results
-            .into_iter()
-            .map(|result| {
-                result
-                    .ok()?
-                    .get("max.message.bytes")?
-                    .value
-                    .as_deref()?
-                    .parse::<usize>()
-                    .ok()
-            })
-            .collect::<Option<Vec<usize>>>()
-            .and_then(|limits| limits.into_iter().min())
-            .map(|limit| limit.saturating_sub(BATCH_FRAMING_BYTES)),
-        Err(e) => {
-            log::debug!("cannot read the topics' max.message.bytes: {e}");
-            None
-        }
-    };
+    // Each output topic's largest record, less room for the batch framing.
+    let record_limits: Vec<Option<usize>> =
+        match admin.describe_configs(&specifiers, &options).await {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| {
+                    result
+                        .ok()?
+                        .get("max.message.bytes")?
+                        .value
+                        .as_deref()?
+                        .parse::<usize>()
+                        .ok()
+                        .map(|limit| limit.saturating_sub(BATCH_FRAMING_BYTES))
+                })
+                .collect(),
+            Err(e) => {
+                log::debug!("cannot read the topics' max.message.bytes: {e}");
+                vec![None; outputs.len()]
+            }
+        };
+    let max_record_bytes = record_limits
+        .iter()
+        .copied()
+        .collect::<Option<Vec<usize>>>()
+        .and_then(|limits| limits.into_iter().min());
     Ok(TopicFacts {
         input_partitions,
         max_record_bytes,
+        record_limits,
     })
 }
 

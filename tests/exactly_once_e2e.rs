@@ -482,3 +482,63 @@ fn exactly_once_shows_its_lag_and_its_draining_phase_on_the_dashboard() {
     assert_eq!(state, "DRAINING", "{log}");
     assert_eq!(output.status.code(), Some(0), "{log}");
 }
+
+#[test]
+fn records_larger_than_the_output_takes_are_dead_lettered_once_at_start_and_at_run_time() {
+    let reaper = Reaper::default();
+    let job = job("eos-refused", PARTITIONS);
+    // Below librdkafka's smallest message.max.bytes (1,000): the job's own check, from the
+    // topic's limit, refuses each output at send.
+    common::broker::allow_records_of(&job.output, 100);
+    let expected = job.feed(5_000, 24);
+    let output = output_within(
+        &mut job.process(&[
+            "--processing-guarantee",
+            "exactly-once",
+            "--instance-id",
+            "a",
+            "--bounded",
+        ]),
+        Duration::from_secs(180),
+    );
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{log}");
+    assert_eq!(committed_count(&job), 0, "{log}");
+    assert_eq!(
+        loss_and_duplicates(&expected, &dead_letter_counts(&job)),
+        (0, 0),
+        "{log}"
+    );
+    // The limit lowered while the job runs: the broker refuses outputs on delivery, which
+    // fails their transactions; read again, they go to the dead letters.
+    let job = common::broker::job("eos-refused-later", PARTITIONS);
+    let first = job.feed(2_000, 25);
+    let a = reaper.watch(eos(&job, "a", &[]));
+    let counts = job.wait_for_all(&first, Duration::from_secs(60));
+    assert_eq!(loss_and_duplicates(&first, &counts), (0, 0));
+    common::broker::allow_records_of(&job.output, 100);
+    let later = job.feed(2_000, 26);
+    let started = Instant::now();
+    let dead = loop {
+        let dead = dead_letter_counts(&job);
+        if dead.len() >= later.len() || started.elapsed() > Duration::from_secs(120) {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let log = stop(a, "the job");
+    assert_eq!(loss_and_duplicates(&later, &dead), (0, 0), "{log}");
+    assert_eq!(job.output_counts(), counts, "{log}");
+}
+
+/// The dead letters of `job` (read_committed), counted by key.
+fn dead_letter_counts(job: &Job) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for record in read_topic(BOOTSTRAP, &job.dead, PARTITIONS) {
+        assert_eq!(record.headers[dead_letter::KIND], "too_large");
+        *counts
+            .entry(String::from_utf8(record.key.clone()).unwrap())
+            .or_insert(0) += 1;
+    }
+    counts
+}

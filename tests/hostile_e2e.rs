@@ -657,35 +657,55 @@ fn two_hosts_under_one_instance_id_stop_the_fenced_process_with_a_reason() {
 
 #[test]
 fn traffic_agg_whose_output_refuses_every_result_dead_letters_each_and_exits_0() {
-    let job = job("agg-refused", 3);
-    // Smaller than any window result: the broker refuses each one.
-    common::broker::allow_records_of(&job.output, 10);
-    job.feed(5_000, 23);
-    let output =
-        common::output_within(traffic_agg(&job).arg("--bounded"), Duration::from_secs(120));
-    let log = common::stderr(&output);
-    assert_eq!(output.status.code(), Some(0), "{log}");
-    assert!(read_topic(BOOTSTRAP, &job.output, 3).is_empty());
-    let dead = read_topic(BOOTSTRAP, &job.dead, 3);
-    assert!(dead.len() > 3, "{log}");
-    let mut page_views = 0;
-    for record in &dead {
+    for (name, guarantee) in [
+        ("agg-refused", "at-least-once"),
+        ("agg-refused-eos", "exactly-once"),
+    ] {
+        let job = job(name, 3);
+        // Smaller than any window result: the broker refuses each one.
+        common::broker::allow_records_of(&job.output, 10);
+        job.feed(5_000, 23);
+        let output = common::output_within(
+            traffic_agg(&job).args([
+                "--bounded",
+                "--processing-guarantee",
+                guarantee,
+                "--instance-id",
+                "a",
+            ]),
+            Duration::from_secs(120),
+        );
+        let log = common::stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{guarantee}: {log}");
+        assert!(read_topic(BOOTSTRAP, &job.output, 3).is_empty());
+        let dead = read_topic(BOOTSTRAP, &job.dead, 3);
+        assert!(dead.len() > 3, "{guarantee}: {log}");
+        let mut page_views = 0;
+        let mut keys = std::collections::BTreeSet::new();
+        for record in &dead {
+            assert_eq!(
+                record.headers[dead_letter::KIND],
+                "too_large",
+                "{guarantee}: {:?}",
+                record.headers
+            );
+            assert!(
+                record.headers[dead_letter::ERROR].contains(&job.output),
+                "{guarantee}: {:?}",
+                record.headers
+            );
+            let result: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+            page_views += result["page_views"].as_u64().unwrap();
+            keys.insert(record.key.clone());
+        }
         assert_eq!(
-            record.headers[dead_letter::KIND],
-            "too_large",
-            "{:?}",
-            record.headers
+            keys.len(),
+            dead.len(),
+            "{guarantee}: a result dead-lettered twice"
         );
-        assert!(
-            record.headers[dead_letter::ERROR].contains(&job.output),
-            "{:?}",
-            record.headers
+        assert_eq!(
+            page_views, 5_000,
+            "{guarantee}: every event counted in a dead-lettered result"
         );
-        let result: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
-        page_views += result["page_views"].as_u64().unwrap();
     }
-    assert_eq!(
-        page_views, 5_000,
-        "every event counted in a dead-lettered result"
-    );
 }

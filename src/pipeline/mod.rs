@@ -272,7 +272,9 @@ pub(crate) fn run_kafka(
         Arc::clone(stats),
         cancel.clone(),
     )?;
-    let result = runner::run(runtime, config, kafka, topics, print_keys, stats, &cancel);
+    let result = runtime.block_on(runner::run(
+        config, kafka, topics, print_keys, stats, &cancel,
+    ));
     drop(watch);
     // A deleted topic is the reason, whatever the engine made of the stop.
     match stats.failure() {

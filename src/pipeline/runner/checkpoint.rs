@@ -34,7 +34,8 @@ impl Worker {
             progress.finished = true;
             self.emitter.clear();
             self.job.finish(&mut self.emitter);
-            if let Err(e) = self.send_results(progress) {
+            let sent = self.send_results(progress);
+            if let Err(e) = sent.and_then(|()| self.abort_if_due(progress)) {
                 progress.failure.get_or_insert(e);
                 progress.drain_deadline = Some(Instant::now());
             }
@@ -68,7 +69,7 @@ impl Worker {
                         progress.retry_commit_at = Some(Instant::now() + COMMIT_RETRY);
                     }
                     Committed::TimedOut if progress.drain_deadline.is_some() => {
-                        self.abandon_commit(&progress.tracker);
+                        self.abandon_commit(progress);
                         progress.commit_abandoned = true;
                         progress.drain_deadline = Some(Instant::now());
                     }
@@ -80,7 +81,7 @@ impl Worker {
             progress.commit_abandoned = true;
             let last_try = Instant::now() + COMMIT_RETRY;
             if self.checkpoint(progress, Some(last_try)).await != Committed::Yes {
-                self.abandon_commit(&progress.tracker);
+                self.abandon_commit(progress);
             }
         }
         // --bounded: done here, and committed; the process still serves the group (and
@@ -176,6 +177,9 @@ impl Worker {
                 }
             },
         };
+        if committed == Committed::Yes {
+            progress.refused.committed(&committing);
+        }
         if committed == Committed::Yes && !committing.is_empty() {
             progress.tracker.committed(&committing);
             self.stats.record_checkpoint(started.elapsed(), &committing);
@@ -193,6 +197,7 @@ impl Worker {
     /// no longer count.
     pub(super) fn rewind(&mut self, progress: &mut Progress) -> Result<()> {
         self.sender.generation = self.sender.generation.wrapping_add(1);
+        progress.refused.aborted();
         let owned: Vec<i32> = progress.partitions.iter().copied().collect();
         for &partition in &owned {
             progress.tracker.forget(partition);
@@ -268,17 +273,26 @@ impl Worker {
         })
     }
 
-    /// Says, in one line, which records will be read again because their positions could
-    /// not be committed.
-    pub(super) fn abandon_commit(&self, tracker: &OffsetTracker) {
-        let uncommitted = uncommitted_ranges(tracker, |_| true);
+    /// The final commit got no answer in time: what is read again on restart.
+    fn abandon_commit(&self, progress: &Progress) {
+        let why = format!(
+            "the final commit got no answer from the group coordinator in time; abandoned. These records of {} were written and will be read (and written) again on restart",
+            self.sender.topics.input
+        );
+        self.warn_uncommitted(&progress.tracker, |_| true, &why);
+    }
+
+    /// Says, in one line, which records of the partitions `wanted` accepts were written
+    /// but not committed, and so will be read (and written) again, and why.
+    pub(super) fn warn_uncommitted(
+        &self,
+        tracker: &OffsetTracker,
+        wanted: impl Fn(i32) -> bool,
+        why: &str,
+    ) {
+        let uncommitted = uncommitted_ranges(tracker, wanted);
         if !uncommitted.is_empty() {
-            log::warn!(
-                "worker {}: the final commit got no answer from the group coordinator in time; abandoned. These records of {} were written and will be read (and written) again on restart: {}",
-                self.id,
-                self.sender.topics.input,
-                uncommitted.join(", ")
-            );
+            log::warn!("worker {}: {why}: {}", self.id, uncommitted.join(", "));
         }
     }
 
@@ -316,10 +330,7 @@ impl Worker {
 
 /// The records of the partitions `wanted` accepts that were written but whose positions
 /// are not committed, as `partition P offsets FROM..NEXT`.
-pub(super) fn uncommitted_ranges(
-    tracker: &OffsetTracker,
-    wanted: impl Fn(i32) -> bool,
-) -> Vec<String> {
+fn uncommitted_ranges(tracker: &OffsetTracker, wanted: impl Fn(i32) -> bool) -> Vec<String> {
     tracker
         .to_commit()
         .iter()

@@ -16,10 +16,8 @@ use tokio::task::block_in_place;
 use tokio::time::Instant;
 
 use super::REVOKE_TIMEOUT;
-use super::checkpoint::uncommitted_ranges;
 use super::group::{self, RebalanceEvent};
-use super::offsets::OffsetTracker;
-use super::worker::{COMMIT_RETRY, Commit, LEAVE_TIMEOUT, Progress, Worker};
+use super::worker::{COMMIT_RETRY, LEAVE_TIMEOUT, Progress, Worker};
 use crate::pipeline::guarantee::Committed;
 use crate::pipeline::guarantee::at_least_once::COMMIT_TIMEOUT;
 use crate::pipeline::{MemberStatus, RebalanceRecord};
@@ -73,15 +71,11 @@ impl Worker {
                         );
                     }
                     self.forget(&partitions, progress);
-                    if lost && let Commit::ExactlyOnce(tx) = &mut self.commit {
+                    if lost && let Err(e) = self.abort_and_rewind(progress, "partitions lost") {
                         // The open transaction holds positions of partitions no longer
                         // ours: it cannot commit.
-                        let aborted = block_in_place(|| tx.abort("partitions lost"));
-                        self.sender.producer = tx.producer();
-                        if let Err(e) = aborted.and_then(|()| self.rewind(progress)) {
-                            progress.failure.get_or_insert(e);
-                            progress.drain_deadline = Some(Instant::now());
-                        }
+                        progress.failure.get_or_insert(e);
+                        progress.drain_deadline = Some(Instant::now());
                     }
                     self.changed(progress, &[], &partitions, lost, Duration::ZERO);
                 }
@@ -172,23 +166,14 @@ impl Worker {
                 return;
             }
             if committed != Committed::Yes {
-                self.warn_uncommitted(&progress.tracker, &revocation.partitions);
+                let why = format!(
+                    "handing over without a commit (the group coordinator refused it until the hand-over's deadline); their next owner reads (and writes) these records of {} again",
+                    self.sender.topics.input
+                );
+                let released = &revocation.partitions;
+                self.warn_uncommitted(&progress.tracker, |p| released.contains(&p), &why);
             }
             self.release(revocation, progress);
-        }
-    }
-
-    /// Says which records of the `partitions` being released will be written again by
-    /// their next owner, because their positions could not be committed.
-    pub(super) fn warn_uncommitted(&self, tracker: &OffsetTracker, partitions: &BTreeSet<i32>) {
-        let uncommitted = uncommitted_ranges(tracker, |p| partitions.contains(&p));
-        if !uncommitted.is_empty() {
-            log::warn!(
-                "worker {}: handing over without a commit (the group coordinator refused it until the hand-over's deadline); their next owner reads (and writes) these records of {} again: {}",
-                self.id,
-                self.sender.topics.input,
-                uncommitted.join(", ")
-            );
         }
     }
 

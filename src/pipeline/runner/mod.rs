@@ -69,21 +69,7 @@ pub const REVOKE_TIMEOUT: Duration = DRAIN_TIMEOUT;
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs `config`'s job on `kafka` until the input ends (`bounded`) or `cancel` fires.
-pub(super) fn run(
-    runtime: &tokio::runtime::Runtime,
-    config: &PipelineConfig,
-    kafka: &KafkaConfig,
-    topics: &Topics,
-    print_keys: bool,
-    stats: &Arc<Stats>,
-    cancel: &CancellationToken,
-) -> Result<()> {
-    runtime.block_on(run_workers(
-        config, kafka, topics, print_keys, stats, cancel,
-    ))
-}
-
-async fn run_workers(
+pub(super) async fn run(
     config: &PipelineConfig,
     kafka: &KafkaConfig,
     topics: &Topics,
@@ -152,6 +138,10 @@ async fn run_workers(
         stats,
         siblings: &siblings,
         max_record_bytes: facts.max_record_bytes,
+        limits: (
+            facts.record_limits.first().copied().flatten(),
+            facts.record_limits.get(1).copied().flatten(),
+        ),
         instance: claim.as_ref().map(|lock| lock.id.as_str()),
         shared: shared.as_ref(),
         router: &router,
@@ -229,6 +219,8 @@ struct Parts<'a> {
     stats: &'a Arc<Stats>,
     siblings: &'a Arc<Siblings>,
     max_record_bytes: Option<usize>,
+    /// The output's and the dead-letter topic's largest records.
+    limits: (Option<usize>, Option<usize>),
     /// Exactly once: this process's instance id.
     instance: Option<&'a str>,
     /// At least once: the producer the workers share.
@@ -300,6 +292,7 @@ impl Parts<'_> {
             sender: Sender {
                 producer,
                 topics: self.topics.clone(),
+                limits: self.limits,
                 worker: id,
                 generation: 0,
                 print_keys: self.print_keys,

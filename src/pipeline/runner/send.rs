@@ -182,7 +182,8 @@ pub(crate) struct Input<'a> {
 }
 
 impl Input<'_> {
-    fn size(&self) -> usize {
+    /// Bytes of its key and value.
+    pub(crate) fn size(&self) -> usize {
         self.payload.map_or(0, <[u8]>::len) + self.key.map_or(0, <[u8]>::len)
     }
 }
@@ -199,6 +200,12 @@ pub(crate) enum Sent {
 pub(crate) struct Sender {
     pub producer: Arc<OutputProducer>,
     pub topics: Topics,
+    /// The largest key and value the output and the dead-letter topics take (their
+    /// `max.message.bytes` less the batch framing), when the cluster said: a larger record
+    /// is refused here, one by one, rather than by the broker, which would refuse a whole
+    /// batch (and, exactly once, fail the transaction). librdkafka's own check cannot do it
+    /// below its floor of 1,000 bytes.
+    pub limits: (Option<usize>, Option<usize>),
     pub worker: usize,
     pub generation: u32,
     pub print_keys: bool,
@@ -219,6 +226,24 @@ impl Sender {
     /// Sends a record: an error when the producer cannot send at all (the caller says
     /// why: an exactly-once producer may have been fenced).
     fn send(&self, mut record: Outgoing<'_>) -> Result<Sent, KafkaError> {
+        let limit = if record.topic == self.topics.output {
+            self.limits.0
+        } else {
+            self.limits.1
+        };
+        if let Some(limit) = limit {
+            let size = record.key.map_or(0, <[u8]>::len) + record.payload.map_or(0, <[u8]>::len);
+            if size > limit {
+                return Ok(Sent::Refused(
+                    RejectKind::TooLarge,
+                    format!(
+                        "{size} bytes, over {}'s max.message.bytes less {} bytes of batch framing ({limit} bytes)",
+                        record.topic,
+                        crate::kafka::BATCH_FRAMING_BYTES
+                    ),
+                ));
+            }
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(Sent::Queued),
@@ -264,16 +289,24 @@ impl Sender {
                 Ok(Destination::Output)
             }
             Sent::Refused(kind, error) => {
-                let rejection = dead_letter::output_refused(
-                    key.len() + value.len(),
-                    &self.topics.output,
-                    kind,
-                    &error,
-                );
-                stats.reject(rejection.kind, &rejection.reason);
-                self.dead_letter(input, &rejection)
+                self.dead_letter(input, &self.refused(key, value, kind, &error, stats))
             }
         }
+    }
+
+    /// The reason of an output the output topic refused at `send`, counted in `stats`.
+    fn refused(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        kind: RejectKind,
+        error: &str,
+        stats: &Stats,
+    ) -> Rejection {
+        let rejection =
+            dead_letter::output_refused(key.len() + value.len(), &self.topics.output, kind, error);
+        stats.reject(rejection.kind, &rejection.reason);
+        rejection
     }
 
     fn position(&self, partition: i32, offset: i64) -> Position<'_> {
@@ -365,13 +398,7 @@ impl Sender {
         match self.send(record)? {
             Sent::Queued => Ok(Destination::Result),
             Sent::Refused(kind, error) => {
-                let rejection = dead_letter::output_refused(
-                    key.len() + value.len(),
-                    &self.topics.output,
-                    kind,
-                    &error,
-                );
-                stats.reject(rejection.kind, &rejection.reason);
+                let rejection = self.refused(key, value, kind, &error, stats);
                 self.result_dead_letter(key, value, &rejection)
             }
         }

@@ -11,7 +11,7 @@
 //! partition is released only after its records are committed (or at [`REVOKE_TIMEOUT`]);
 //! after cancellation the worker drains for at most [`DRAIN_TIMEOUT`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use crate::pipeline::guarantee::at_least_once::COMMIT_TIMEOUT;
 use crate::pipeline::guarantee::exactly_once::Transactions;
 use crate::pipeline::job::{Emitter, Job, Outcome, Record};
 use crate::pipeline::{DRAIN_TIMEOUT, Phase, Stats, dead_letter};
+use crate::transform::Rejection;
 use crate::windows::Now;
 
 /// Most messages, or acknowledgements, handled in one pass of the loop.
@@ -102,6 +103,10 @@ pub(super) struct Progress {
     /// A stateful job's checkpoint waits for every output sent to be acknowledged; no
     /// record is read meanwhile.
     pub(super) barrier: bool,
+    /// Exactly once: records the broker refused on delivery, whose transaction aborted.
+    pub(super) refused: Refused,
+    /// Exactly once: the open transaction failed (a send said so) and must abort.
+    pub(super) must_abort: bool,
     /// After a stop: when the drain ends.
     pub(super) drain_deadline: Option<Instant>,
     pub(super) retry_commit_at: Option<Instant>,
@@ -112,6 +117,51 @@ pub(super) struct Progress {
     pub(super) failure: Option<Error>,
     pub(super) last_read_error: Option<std::time::Instant>,
     pub(super) redelivered: u64,
+}
+
+/// Exactly once, what the broker refused on delivery (an output topic's
+/// `max.message.bytes` lowered while the job runs, say): the refusal fails the transaction,
+/// which aborts; when the record is read again (or the result fired again) it goes to the
+/// dead letters instead. An entry is kept until a commit covers its dead letter.
+#[derive(Default)]
+pub(super) struct Refused {
+    /// By input position: the dead letter to send in place of the record's output.
+    records: BTreeMap<(i32, i64), Replay>,
+    /// By key: results to dead-letter in place of writing them, and whether the open
+    /// transaction holds that dead letter.
+    results: BTreeMap<Vec<u8>, (Rejection, bool)>,
+}
+
+impl Refused {
+    /// A commit covered `positions` (partition, next offset) and the open transaction's
+    /// result dead letters.
+    pub(super) fn committed(&mut self, positions: &[(i32, i64)]) {
+        if !self.records.is_empty() {
+            self.records.retain(|&(partition, offset), _| {
+                positions
+                    .iter()
+                    .all(|&(p, next)| p != partition || offset >= next)
+            });
+        }
+        self.results
+            .retain(|_, (_, in_transaction)| !*in_transaction);
+    }
+
+    /// The open transaction aborted: its result dead letters are to be sent again.
+    pub(super) fn aborted(&mut self) {
+        for (_, in_transaction) in self.results.values_mut() {
+            *in_transaction = false;
+        }
+    }
+}
+
+/// What to send when a refused record is read again.
+#[derive(Clone)]
+enum Replay {
+    /// Its output was refused: its dead letter, with the reason.
+    DeadLetter(Rejection),
+    /// Its dead letter was refused: a dead letter by reference.
+    Reference(Rejection),
 }
 
 impl Progress {
@@ -207,7 +257,8 @@ impl Worker {
                     self.emitter.clear();
                     self.job.tick(now, &mut self.emitter);
                     self.job.publish(now);
-                    if let Err(e) = self.send_results(&mut progress) {
+                    let sent = self.send_results(&mut progress);
+                    if let Err(e) = sent.and_then(|()| self.abort_if_due(&mut progress)) {
                         self.fail(&mut progress, e, cancel);
                     }
                 }
@@ -385,9 +436,10 @@ impl Worker {
         self.process(message, now, progress)?;
         if inject_abort && let Commit::ExactlyOnce(tx) = &mut self.commit {
             block_in_place(|| tx.inject_abort())?;
+            self.sender.producer = tx.producer();
             self.rewind(progress)?;
         }
-        Ok(())
+        self.abort_if_due(progress)
     }
 
     /// Hands one record to the job and sends what it emits, or its dead letter.
@@ -416,37 +468,56 @@ impl Worker {
             headers: message.headers().filter(|_| forward).map(|h| h.detach()),
             timestamp_ms: message.timestamp().to_millis(),
         };
+        let replay = if progress.refused.records.is_empty() {
+            None
+        } else {
+            progress.refused.records.get(&(partition, offset)).cloned()
+        };
         let mut sent = 0u32;
-        match outcome {
-            Outcome::Emitted => {
-                for (key, value) in self.emitter.records() {
-                    let destination = self
-                        .sender
-                        .output(&input, key, value, &self.stats)
-                        .map_err(|e| self.send_error(&e))?;
-                    queued(&mut self.commit, destination);
-                    sent += 1;
+        let (sender, stats, emitter, commit) =
+            (&self.sender, &self.stats, &self.emitter, &mut self.commit);
+        let result = (|| -> std::result::Result<(), KafkaError> {
+            match (outcome, replay) {
+                (_, Some(Replay::DeadLetter(rejection))) => {
+                    stats.reject(rejection.kind, &rejection.reason);
+                    queue(commit, sender.dead_letter(&input, &rejection), &mut sent)
+                }
+                (_, Some(Replay::Reference(rejection))) => {
+                    let key = input.key;
+                    let reference = sender.reference(
+                        input.headers.clone(),
+                        partition,
+                        offset,
+                        input.size(),
+                        key,
+                        &rejection,
+                    );
+                    queue(commit, reference, &mut sent)
+                }
+                (Outcome::Emitted, None) => {
+                    for (key, value) in emitter.records() {
+                        queue(commit, sender.output(&input, key, value, stats), &mut sent)?;
+                    }
+                    Ok(())
+                }
+                (Outcome::Counted, None) => {
+                    match commit {
+                        Commit::AtLeastOnce => Stats::add(&stats.counted),
+                        Commit::ExactlyOnce(tx) => tx.open.counted += 1,
+                    }
+                    Ok(())
+                }
+                (Outcome::Rejected(rejection), None) => {
+                    stats.reject(rejection.kind, &rejection.reason);
+                    queue(commit, sender.dead_letter(&input, &rejection), &mut sent)
                 }
             }
-            Outcome::Counted => match &mut self.commit {
-                Commit::AtLeastOnce => Stats::add(&self.stats.counted),
-                Commit::ExactlyOnce(tx) => tx.open.counted += 1,
-            },
-            Outcome::Rejected(rejection) => {
-                self.stats.reject(rejection.kind, &rejection.reason);
-                let destination = self
-                    .sender
-                    .dead_letter(&input, &rejection)
-                    .map_err(|e| self.send_error(&e))?;
-                queued(&mut self.commit, destination);
-                sent += 1;
-            }
-        }
+        })();
         if sent != 1 {
             progress.tracker.settle(partition, offset, sent);
         }
         progress.in_flight += sent as usize;
-        Ok(())
+        result.or_else(|e| self.send_failed(&e, progress))
     }
 
     /// Sends what the job emitted on its own (window results): tied to no input position.
@@ -455,13 +526,59 @@ impl Worker {
             return Ok(());
         }
         self.begin()?;
+        let mut sent = 0u32;
+        let mut result = Ok(());
         for (key, value) in self.emitter.records() {
-            let destination = self
-                .sender
-                .result(key, value, &self.stats)
-                .map_err(|e| self.send_error(&e))?;
-            queued(&mut self.commit, destination);
-            progress.in_flight += 1;
+            let refused = progress.refused.results.get_mut(key);
+            let destination = match refused {
+                Some((rejection, in_transaction)) => {
+                    *in_transaction = true;
+                    self.sender.result_dead_letter(key, value, rejection)
+                }
+                None => self.sender.result(key, value, &self.stats),
+            };
+            result = queue(&mut self.commit, destination, &mut sent);
+            if result.is_err() {
+                break;
+            }
+        }
+        progress.in_flight += sent as usize;
+        result.or_else(|e| self.send_failed(&e, progress))
+    }
+
+    /// A send failed. Exactly once, a transaction that must abort (a record of it was
+    /// refused on delivery, so the producer takes no more) aborts at the next
+    /// [`Worker::abort_if_due`]; any other failure stops the worker, saying why.
+    fn send_failed(&self, error: &KafkaError, progress: &mut Progress) -> Result<()> {
+        if matches!(self.commit, Commit::ExactlyOnce(_))
+            && matches!(
+                error,
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::State)
+            )
+        {
+            progress.must_abort = true;
+            return Ok(());
+        }
+        Err(self.send_error(error))
+    }
+
+    /// Exactly once: aborts the transaction and rewinds, when a send said it must.
+    pub(super) fn abort_if_due(&mut self, progress: &mut Progress) -> Result<()> {
+        if !progress.must_abort {
+            return Ok(());
+        }
+        progress.must_abort = false;
+        self.abort_and_rewind(progress, "a record of it was refused on delivery")
+    }
+
+    /// Exactly once: aborts the open transaction, then rewinds to the committed positions
+    /// and the state saved there.
+    pub(super) fn abort_and_rewind(&mut self, progress: &mut Progress, why: &str) -> Result<()> {
+        if let Commit::ExactlyOnce(tx) = &mut self.commit {
+            let aborted = block_in_place(|| tx.abort(why));
+            self.sender.producer = tx.producer();
+            aborted?;
+            self.rewind(progress)?;
         }
         Ok(())
     }
@@ -490,19 +607,17 @@ impl Worker {
     /// longer in memory), one more record in flight for the same position. Exactly once,
     /// a failed delivery fails the transaction's commit, which aborts and replays it.
     fn acknowledge(&mut self, progress: &mut Progress, mut ack: Ack) -> Result<()> {
+        let exactly_once = matches!(self.commit, Commit::ExactlyOnce(_));
+        if exactly_once && let Some((code, error)) = ack.error.take() {
+            // Reported after its transaction aborted, most likely: the refusal still holds
+            // when the record is read again.
+            return self.refused_in_transaction(progress, ack, code, &error);
+        }
         if ack.generation != self.sender.generation {
             // A report of an aborted transaction's record: it moves nothing.
             return Ok(());
         }
-        let exactly_once = matches!(self.commit, Commit::ExactlyOnce(_));
         if let Some((code, error)) = ack.error.take() {
-            if exactly_once {
-                log::debug!(
-                    "worker {}: a delivery failed ({error}); the transaction will abort",
-                    self.id
-                );
-                return Ok(());
-            }
             return self.refused_on_delivery(progress, ack, code, &error);
         }
         if ack.destination.has_position() {
@@ -514,6 +629,55 @@ impl Worker {
             } else {
                 &self.stats.dead_lettered
             });
+        }
+        Ok(())
+    }
+
+    /// Exactly once: a record the broker refused on delivery fails its transaction, which
+    /// aborts; noted here, it goes to the dead letters when it is read again.
+    fn refused_in_transaction(
+        &mut self,
+        progress: &mut Progress,
+        ack: Ack,
+        code: Option<rdkafka::types::RDKafkaErrorCode>,
+        error: &str,
+    ) -> Result<()> {
+        log::debug!(
+            "worker {}: a delivery failed ({error}); the transaction will abort",
+            self.id
+        );
+        let Some(kind) = code.and_then(dead_letter::record_refusal) else {
+            return Ok(());
+        };
+        let topics = &self.sender.topics;
+        let position = (ack.partition, ack.offset);
+        match ack.destination {
+            Destination::Output => {
+                let rejection = dead_letter::refused_on_delivery(&topics.output, kind, error);
+                progress
+                    .refused
+                    .records
+                    .insert(position, Replay::DeadLetter(rejection));
+            }
+            Destination::DeadLetter => {
+                let rejection = dead_letter::refused_on_delivery(&topics.dead_letter, kind, error);
+                progress
+                    .refused
+                    .records
+                    .insert(position, Replay::Reference(rejection));
+            }
+            Destination::Result => {
+                if let Some((key, _)) = ack.refused_result {
+                    let rejection = dead_letter::refused_on_delivery(&topics.output, kind, error);
+                    progress.refused.results.insert(key, (rejection, false));
+                }
+            }
+            Destination::Reference | Destination::ResultDeadLetter => {
+                return Err(Error::Kafka(format!(
+                    "cannot deliver to {} even a dead letter by reference: {error}",
+                    topics.dead_letter
+                )));
+            }
         }
         Ok(())
     }
@@ -545,7 +709,7 @@ impl Worker {
         if ack.destination.is_output() {
             self.stats.reject(kind, &rejection.reason);
         }
-        let destination = match (ack.destination, ack.refused_result) {
+        let resent = match (ack.destination, ack.refused_result) {
             (Destination::Result, Some((key, value))) => {
                 log::warn!(
                     "worker {}: a result: {}; dead-lettered",
@@ -567,16 +731,24 @@ impl Worker {
                 self.sender
                     .reference(None, ack.partition, ack.offset, ack.size, None, &rejection)
             }
-        }
-        .map_err(|e| Error::Kafka(format!("cannot dead-letter a refused record: {e}")))?;
-        queued(&mut self.commit, destination);
-        progress.in_flight += 1;
+        };
+        let mut sent = 0;
+        queue(&mut self.commit, resent, &mut sent)
+            .map_err(|e| Error::Kafka(format!("cannot dead-letter a refused record: {e}")))?;
+        progress.in_flight += sent as usize;
         Ok(())
     }
 }
 
-/// A record was queued: exactly once, it counts with its transaction.
-fn queued(commit: &mut Commit, destination: Destination) {
+/// A send's result: a queued record counts in `sent` and, exactly once, with its
+/// transaction.
+fn queue(
+    commit: &mut Commit,
+    result: std::result::Result<Destination, KafkaError>,
+    sent: &mut u32,
+) -> std::result::Result<(), KafkaError> {
+    let destination = result?;
+    *sent += 1;
     if let Commit::ExactlyOnce(tx) = commit {
         if destination.is_output() {
             tx.open.written += 1;
@@ -584,4 +756,5 @@ fn queued(commit: &mut Commit, destination: Destination) {
             tx.open.dead_lettered += 1;
         }
     }
+    Ok(())
 }
