@@ -108,6 +108,15 @@ pub(crate) struct Transactions {
     /// Test hook: abort the first transaction that holds this many records, once per job.
     inject_abort_after: Option<u64>,
     injected: Arc<AtomicBool>,
+    /// The step of the commit to call again after it timed out.
+    resume: Option<Resume>,
+}
+
+/// A step of a transaction's commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    SendOffsets,
+    Commit,
 }
 
 impl Transactions {
@@ -153,6 +162,7 @@ impl Transactions {
             instance: instance.to_string(),
             inject_abort_after: eos.inject_abort_after,
             injected,
+            resume: None,
         })
     }
 
@@ -179,6 +189,20 @@ impl Transactions {
     /// Whether a transaction is open.
     pub(crate) fn is_open(&self) -> bool {
         self.open.started.is_some()
+    }
+
+    /// A call that timed out, to be called again: then no record is sent meanwhile.
+    fn note_timeout(&mut self, error: &KafkaError, step: Resume) {
+        self.resume = match error {
+            KafkaError::Transaction(e) if e.is_retriable() && !e.txn_requires_abort() => Some(step),
+            _ => None,
+        };
+    }
+
+    /// Whether a commit is under way (a call timed out and is to be called again): no
+    /// record may be sent until it ends.
+    pub(crate) fn committing(&self) -> bool {
+        self.resume.is_some()
     }
 
     /// A record read into the open transaction; `true` when the test hook says to abort
@@ -243,8 +267,10 @@ impl Transactions {
             return Ok(Committed::Yes);
         };
         let producer = self.producer();
-        let result = if offsets.count() == 0 {
-            producer.commit_transaction(CALL_TIMEOUT)
+        // A call that timed out is called again to resume (librdkafka's rule), never
+        // followed by another: the offsets go once, then the commit.
+        let sent = if self.resume == Some(Resume::Commit) || offsets.count() == 0 {
+            Ok(())
         } else {
             let Some(metadata) = consumer.group_metadata() else {
                 return Err(Error::Kafka(format!(
@@ -254,8 +280,23 @@ impl Transactions {
             };
             producer
                 .send_offsets_to_transaction(offsets, &metadata, CALL_TIMEOUT)
-                .and_then(|()| producer.commit_transaction(CALL_TIMEOUT))
+                .inspect_err(|e| self.note_timeout(e, Resume::SendOffsets))
         };
+        let result = sent.and_then(|()| {
+            producer
+                .commit_transaction(CALL_TIMEOUT)
+                .inspect_err(|e| self.note_timeout(e, Resume::Commit))
+        });
+        if result.is_ok() {
+            self.resume = None;
+        } else if self.resume.is_some() {
+            log::warn!(
+                "worker {}: the transaction's commit got no answer in {} s; trying again",
+                self.worker,
+                CALL_TIMEOUT.as_secs()
+            );
+            return Ok(Committed::TimedOut);
+        }
         match result {
             Ok(()) => {
                 let tx = self.stats.transactions();

@@ -49,33 +49,53 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
-/// The records a job emits, as (key, value) pairs; buffers are reused between calls, so
-/// emitting allocates nothing once warm.
+/// The records a job emits, as (key, value) pairs. The record being written has buffers of
+/// its own; earlier ones are packed into one buffer. So a transform's one record is never
+/// copied, a burst of window results costs a copy of their bytes and no allocation per
+/// record, and nothing is allocated once warm.
 #[derive(Debug, Default)]
 pub struct Emitter {
-    records: Vec<(Vec<u8>, Vec<u8>)>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    /// Earlier records' bytes: each key, then its value.
+    packed: Vec<u8>,
+    /// Where each packed record's key and value end.
+    ends: Vec<(usize, usize)>,
     len: usize,
 }
+
+/// Packed bytes kept between rounds; a larger burst's buffer is given back (kept, a
+/// burst's buffer would be faulted in again at every round).
+const PACKED_KEPT: usize = 64 << 20;
 
 impl Emitter {
     /// Empty buffers for the next record: write its key and value into them.
     pub fn record(&mut self) -> (&mut Vec<u8>, &mut Vec<u8>) {
-        if self.len == self.records.len() {
-            self.records
-                .push((Vec::with_capacity(128), Vec::with_capacity(1024)));
+        if self.len > 0 {
+            self.packed.extend_from_slice(&self.key);
+            let key_end = self.packed.len();
+            self.packed.extend_from_slice(&self.value);
+            self.ends.push((key_end, self.packed.len()));
         }
-        let (key, value) = &mut self.records[self.len];
         self.len += 1;
-        key.clear();
-        value.clear();
-        (key, value)
+        self.key.clear();
+        self.value.clear();
+        (&mut self.key, &mut self.value)
     }
 
     /// The records emitted since the last [`clear`](Self::clear), in order.
     pub fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.records[..self.len]
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        let mut start = 0;
+        let packed = self.ends.iter().map(move |&(key_end, value_end)| {
+            let record = (
+                &self.packed[start..key_end],
+                &self.packed[key_end..value_end],
+            );
+            start = value_end;
+            record
+        });
+        let last = (self.len > 0).then_some((self.key.as_slice(), self.value.as_slice()));
+        packed.chain(last)
     }
 
     pub fn len(&self) -> usize {
@@ -88,6 +108,11 @@ impl Emitter {
 
     pub fn clear(&mut self) {
         self.len = 0;
+        self.ends.clear();
+        self.packed.clear();
+        if self.packed.capacity() > PACKED_KEPT {
+            self.packed.shrink_to(PACKED_KEPT);
+        }
     }
 }
 
@@ -226,5 +251,41 @@ pub(super) fn visit_stages<'a>(
             }
             Err(rejection)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emitter_gives_back_every_record_in_order_and_forgets_them_on_clear() {
+        let mut out = Emitter::default();
+        assert_eq!(out.records().count(), 0);
+        for i in 0..3u8 {
+            let (key, value) = out.record();
+            key.extend_from_slice(&[b'k', i]);
+            value.extend_from_slice(&[b'v', i, i]);
+        }
+        let records: Vec<(Vec<u8>, Vec<u8>)> = out
+            .records()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(
+            records,
+            (0..3u8)
+                .map(|i| (vec![b'k', i], vec![b'v', i, i]))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(out.len(), 3);
+        out.clear();
+        assert!(out.is_empty());
+        assert_eq!(out.records().count(), 0);
+        let (key, _) = out.record();
+        key.push(b'x');
+        assert_eq!(
+            out.records().collect::<Vec<_>>(),
+            vec![(&b"x"[..], &b""[..])]
+        );
     }
 }

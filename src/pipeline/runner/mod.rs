@@ -89,13 +89,26 @@ pub(super) async fn run(
     }
     let (ack_senders, ack_receivers): (Vec<_>, Vec<_>) =
         (0..parallelism).map(|_| unbounded_channel()).unzip();
+    // Exactly once, deliveries are counted per worker rather than reported one by one.
+    let delivered: Option<Vec<Arc<send::Delivered>>> = match config.guarantee {
+        Guarantee::ExactlyOnce(_) => Some((0..parallelism).map(|_| Arc::default()).collect()),
+        Guarantee::AtLeastOnce => None,
+    };
     let router: Router = {
         let (servers, stats, senders) = (
             kafka.bootstrap_servers.clone(),
             Arc::clone(stats),
             ack_senders.clone(),
         );
-        Arc::new(move || AckRouter::new(&servers, senders.clone(), Arc::clone(&stats)))
+        let counted = delivered.clone();
+        Arc::new(move || {
+            AckRouter::new(
+                &servers,
+                senders.clone(),
+                Arc::clone(&stats),
+                counted.clone(),
+            )
+        })
     };
     let (config, claim) = claim_instance(config)?;
     let config = &config;
@@ -145,6 +158,7 @@ pub(super) async fn run(
         instance: claim.as_ref().map(|lock| lock.id.as_str()),
         shared: shared.as_ref(),
         router: &router,
+        delivered: delivered.as_deref(),
         injected: &injected,
         prefetch_kbytes,
     };
@@ -226,6 +240,8 @@ struct Parts<'a> {
     /// At least once: the producer the workers share.
     shared: Option<&'a Arc<OutputProducer>>,
     router: &'a Router,
+    /// Exactly once: each worker's deliveries so far.
+    delivered: Option<&'a [Arc<send::Delivered>]>,
     /// Exactly once: the test hook's abort has happened (once per job).
     injected: &'a Arc<AtomicBool>,
     prefetch_kbytes: usize,
@@ -308,6 +324,12 @@ impl Parts<'_> {
             stats: Arc::clone(self.stats),
             siblings: Arc::clone(self.siblings),
             group_instance: config.group.instance_id.clone(),
+            delivered: self
+                .delivered
+                .and_then(|all| all.get(id))
+                .map(Arc::clone)
+                .unwrap_or_default(),
+            sent: 0,
         })
     }
 }

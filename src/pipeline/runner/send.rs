@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, DeliveryResult, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc::UnboundedSender;
@@ -100,11 +100,23 @@ pub(crate) struct Ack {
 }
 
 /// The output producer's context: each delivery report goes straight to the channel of
-/// the worker that sent the record.
+/// the worker that sent the record (exactly once, each failure).
 pub(crate) struct AckRouter {
     errors: ErrorLog,
     workers: Vec<UnboundedSender<Ack>>,
     stats: Arc<Stats>,
+    /// Exactly once, per worker: successful deliveries are only counted (the
+    /// transaction's commit waits for every delivery itself); failures are reported. At
+    /// least once (`None`), every delivery is reported: it moves the committed positions.
+    counted: Option<Vec<Arc<Delivered>>>,
+}
+
+/// Exactly once, a worker's deliveries so far (successful or not), and a wake-up for a
+/// worker that waits for room in its read-ahead budget.
+#[derive(Debug, Default)]
+pub(crate) struct Delivered {
+    pub count: std::sync::atomic::AtomicU64,
+    pub wake: tokio::sync::Notify,
 }
 
 impl AckRouter {
@@ -112,11 +124,13 @@ impl AckRouter {
         servers: &str,
         workers: Vec<UnboundedSender<Ack>>,
         stats: Arc<Stats>,
+        counted: Option<Vec<Arc<Delivered>>>,
     ) -> Self {
         AckRouter {
             errors: ErrorLog::new(servers),
             workers,
             stats,
+            counted,
         }
     }
 }
@@ -140,6 +154,15 @@ impl ProducerContext for AckRouter {
                 if ticket.source_ms > 0 {
                     self.stats.record_end_to_end(ticket.source_ms);
                 }
+                if let Some(counted) = &self.counted {
+                    if let Some(delivered) = counted.get(ticket.worker) {
+                        delivered
+                            .count
+                            .fetch_add(1, std::sync::atomic::Ordering::Release);
+                        delivered.wake.notify_one();
+                    }
+                    return;
+                }
                 (None, 0, None)
             }
             Err((error, message)) => (
@@ -153,6 +176,12 @@ impl ProducerContext for AckRouter {
                 }),
             ),
         };
+        if let Some(delivered) = self.counted.as_ref().and_then(|c| c.get(ticket.worker)) {
+            delivered
+                .count
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+            delivered.wake.notify_one();
+        }
         if let Some(worker) = self.workers.get(ticket.worker) {
             // A worker that has stopped no longer listens: its uncommitted records are read
             // again on restart.
@@ -175,13 +204,19 @@ pub(crate) struct Input<'a> {
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
-    /// Its headers, to go along with what it becomes (none when the job drops them).
-    pub headers: Option<OwnedHeaders>,
+    /// Its headers, to go along with what it becomes (none when the job drops them);
+    /// copied only into what is sent.
+    pub headers: Option<&'a BorrowedHeaders>,
     /// Its timestamp (ms since the epoch), if any.
     pub timestamp_ms: Option<i64>,
 }
 
 impl Input<'_> {
+    /// A copy of its headers, for a record sent.
+    fn owned_headers(&self) -> Option<OwnedHeaders> {
+        self.headers.map(BorrowedHeaders::detach)
+    }
+
     /// Bytes of its key and value.
     pub(crate) fn size(&self) -> usize {
         self.payload.map_or(0, <[u8]>::len) + self.key.map_or(0, <[u8]>::len)
@@ -277,8 +312,8 @@ impl Sender {
         let mut record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
             .key(key)
             .payload(value);
-        if let Some(headers) = &input.headers {
-            record = record.headers(headers.clone());
+        if let Some(headers) = input.owned_headers() {
+            record = record.headers(headers);
         }
         match self.send(record)? {
             Sent::Queued => {
@@ -326,7 +361,7 @@ impl Sender {
     ) -> Result<Destination, KafkaError> {
         let ticket = self.ticket(input.partition, input.offset, Destination::DeadLetter);
         let source = self.position(input.partition, input.offset);
-        let headers = dead_letter::headers(input.headers.clone(), Some(source), rejection, None);
+        let headers = dead_letter::headers(input.owned_headers(), Some(source), rejection, None);
         let mut record: Outgoing<'_> =
             BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket).headers(headers);
         if let Some(key) = input.key {
@@ -338,7 +373,7 @@ impl Sender {
         match self.send(record)? {
             Sent::Queued => Ok(Destination::DeadLetter),
             Sent::Refused(_, error) => self.reference(
-                input.headers.clone(),
+                input.owned_headers(),
                 input.partition,
                 input.offset,
                 input.size(),

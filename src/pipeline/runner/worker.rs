@@ -83,6 +83,10 @@ pub(crate) struct Worker {
     pub siblings: Arc<Siblings>,
     /// The group instance id (static membership), if any.
     pub group_instance: Option<String>,
+    /// Exactly once: this worker's deliveries so far, counted by the producer's context.
+    pub delivered: Arc<super::send::Delivered>,
+    /// Exactly once: records this worker sent so far.
+    pub sent: u64,
 }
 
 /// The state of a worker's loop.
@@ -93,6 +97,9 @@ pub(super) struct Progress {
     pub(super) tracker: OffsetTracker,
     /// Records sent and not yet acknowledged.
     pub(super) in_flight: usize,
+    /// Of those, the job's own results (tied to no input record): bounded by the
+    /// producer's queue, they do not count against the read-ahead budget.
+    pub(super) results_in_flight: usize,
     /// Assigned partitions read to their end (for `--bounded`).
     pub(super) at_end: BTreeSet<i32>,
     pub(super) revoking: Option<Revocation>,
@@ -165,6 +172,11 @@ enum Replay {
 }
 
 impl Progress {
+    /// Sends in flight for input records: what the read-ahead budget bounds.
+    fn read_ahead(&self) -> usize {
+        self.in_flight.saturating_sub(self.results_in_flight)
+    }
+
     pub(super) fn reading(&self) -> bool {
         self.drain_deadline.is_none()
     }
@@ -209,12 +221,15 @@ impl Worker {
                 .map(|r| r.retry_at.unwrap_or(r.deadline));
             let reading = progress.reading();
             let drain_over = progress.drain_deadline.is_some_and(|d| Instant::now() >= d);
-            let may_read =
-                !reading || (progress.in_flight < self.max_in_flight && !progress.barrier);
+            let awaits = self.awaits_deliveries();
+            let room = self.read_ahead(&progress) < self.max_in_flight;
+            // Exactly once, nothing is read (and so sent) while a commit is under way.
+            let may_read = !reading || (room && !progress.barrier && !self.committing());
             tokio::select! {
                 biased;
                 // Every acknowledgement that is ready, up to a batch, before any new input.
-                received = self.acks.recv_many(&mut acks, BATCH), if progress.in_flight > 0 => {
+                // (Exactly once, only failures are reported, whenever they come.)
+                received = self.acks.recv_many(&mut acks, BATCH), if progress.in_flight > 0 || !awaits => {
                     progress.in_flight = progress.in_flight.saturating_sub(received);
                     for ack in acks.drain(..) {
                         if let Err(e) = self.acknowledge(&mut progress, ack) {
@@ -240,6 +255,9 @@ impl Worker {
                     // finish_revocation_if_done sees the deadline at the top of the loop.
                 }
                 _ = tokio::time::sleep_until(progress.next_drained_check.unwrap_or_else(Instant::now)), if progress.next_drained_check.is_some() && reading => {}
+                _ = self.delivered.wake.notified(), if !awaits && !room => {
+                    // Exactly once: deliveries made room to read on.
+                }
                 _ = consumer.context().notify.notified() => {
                     // A rebalance: handled at the top of the loop.
                 }
@@ -252,7 +270,7 @@ impl Worker {
                         self.checkpoint(&mut progress, Some(limit)).await;
                     }
                 }
-                _ = job_tick.tick(), if tick_every.is_some() && reading => {
+                _ = job_tick.tick(), if tick_every.is_some() && reading && !self.committing() => {
                     let now = Now::current();
                     self.emitter.clear();
                     self.job.tick(now, &mut self.emitter);
@@ -376,7 +394,9 @@ impl Worker {
             }
             taken += 1;
             let room = !progress.reading()
-                || (progress.in_flight < self.max_in_flight && !progress.barrier);
+                || (self.read_ahead(progress) < self.max_in_flight
+                    && !progress.barrier
+                    && !self.committing());
             next = if taken < BATCH && room {
                 consumer.recv().now_or_never()
             } else {
@@ -458,14 +478,19 @@ impl Worker {
         };
         self.emitter.clear();
         let outcome = self.job.process(&record, now, &mut self.emitter);
+        // Headers are parsed (librdkafka allocates them) only for what is sent with them.
         let forward = self.forward_headers
-            && (self.job.forwards_headers() || !matches!(outcome, Outcome::Emitted));
+            && match outcome {
+                Outcome::Emitted => self.job.forwards_headers(),
+                Outcome::Counted => false,
+                Outcome::Rejected(_) => true,
+            };
         let input = Input {
             partition,
             offset,
             key: record.key,
             payload: record.payload,
-            headers: message.headers().filter(|_| forward).map(|h| h.detach()),
+            headers: message.headers().filter(|_| forward),
             timestamp_ms: message.timestamp().to_millis(),
         };
         let replay = if progress.refused.records.is_empty() {
@@ -485,7 +510,7 @@ impl Worker {
                 (_, Some(Replay::Reference(rejection))) => {
                     let key = input.key;
                     let reference = sender.reference(
-                        input.headers.clone(),
+                        input.headers.map(|h| h.detach()),
                         partition,
                         offset,
                         input.size(),
@@ -513,10 +538,13 @@ impl Worker {
                 }
             }
         })();
-        if sent != 1 {
-            progress.tracker.settle(partition, offset, sent);
+        // Exactly once, deliveries are not reported one by one: the commit waits for them.
+        let awaited = if self.awaits_deliveries() { sent } else { 0 };
+        self.sent += u64::from(sent);
+        if awaited != 1 {
+            progress.tracker.settle(partition, offset, awaited);
         }
-        progress.in_flight += sent as usize;
+        progress.in_flight += awaited as usize;
         result.or_else(|e| self.send_failed(&e, progress))
     }
 
@@ -542,7 +570,11 @@ impl Worker {
                 break;
             }
         }
-        progress.in_flight += sent as usize;
+        self.sent += u64::from(sent);
+        if self.awaits_deliveries() {
+            progress.in_flight += sent as usize;
+            progress.results_in_flight += sent as usize;
+        }
         result.or_else(|e| self.send_failed(&e, progress))
     }
 
@@ -594,6 +626,32 @@ impl Worker {
         }
     }
 
+    /// Sends in flight for input records: what the read-ahead budget bounds (exactly once,
+    /// from the delivery count).
+    fn read_ahead(&self, progress: &Progress) -> usize {
+        if self.awaits_deliveries() {
+            progress.read_ahead()
+        } else {
+            let delivered = self
+                .delivered
+                .count
+                .load(std::sync::atomic::Ordering::Acquire);
+            self.sent.saturating_sub(delivered) as usize
+        }
+    }
+
+    /// Exactly once: a commit that timed out is to be called again before anything more
+    /// is sent.
+    fn committing(&self) -> bool {
+        matches!(&self.commit, Commit::ExactlyOnce(tx) if tx.committing())
+    }
+
+    /// Whether each delivery is awaited one by one (at least once); exactly once, the
+    /// transaction's commit awaits them all.
+    fn awaits_deliveries(&self) -> bool {
+        matches!(self.commit, Commit::AtLeastOnce)
+    }
+
     /// Exactly once: opens a transaction if none is open.
     pub(super) fn begin(&mut self) -> Result<()> {
         match &mut self.commit {
@@ -607,6 +665,9 @@ impl Worker {
     /// longer in memory), one more record in flight for the same position. Exactly once,
     /// a failed delivery fails the transaction's commit, which aborts and replays it.
     fn acknowledge(&mut self, progress: &mut Progress, mut ack: Ack) -> Result<()> {
+        if !ack.destination.has_position() {
+            progress.results_in_flight = progress.results_in_flight.saturating_sub(1);
+        }
         let exactly_once = matches!(self.commit, Commit::ExactlyOnce(_));
         if exactly_once && let Some((code, error)) = ack.error.take() {
             // Reported after its transaction aborted, most likely: the refusal still holds
@@ -709,6 +770,7 @@ impl Worker {
         if ack.destination.is_output() {
             self.stats.reject(kind, &rejection.reason);
         }
+        let was_result = ack.destination == Destination::Result;
         let resent = match (ack.destination, ack.refused_result) {
             (Destination::Result, Some((key, value))) => {
                 log::warn!(
@@ -736,6 +798,9 @@ impl Worker {
         queue(&mut self.commit, resent, &mut sent)
             .map_err(|e| Error::Kafka(format!("cannot dead-letter a refused record: {e}")))?;
         progress.in_flight += sent as usize;
+        if was_result {
+            progress.results_in_flight += sent as usize;
+        }
         Ok(())
     }
 }
