@@ -32,10 +32,13 @@
 //! then replaces its producer with a fresh one under the same id, rewinds and goes on,
 //! as Kafka Streams does, up to [`MAX_RENEWALS`] times in a row without a commit.
 //!
+//! **Refused records.** A record the output refuses at `send` (over the topic's limit) is
+//! dead-lettered in the transaction. One the broker refuses on delivery fails the
+//! transaction, which aborts; the runner notes it and dead-letters it when it is read
+//! again. A commit that times out is called again to resume, with nothing sent meanwhile.
+//!
 //! Limits: readers downstream must read with `isolation.level=read_committed`, or they
-//! also see aborted records. A record the output refuses at `send` (larger than the
-//! producer's `message.max.bytes`) is dead-lettered in the transaction; one the broker
-//! refuses on delivery fails the transaction, which is then aborted and replayed.
+//! also see aborted records.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -43,14 +43,14 @@ impl Worker {
         let mut ready = if reading {
             self.bounded && progress.finished && self.bounded_done(progress)
         } else {
-            progress.in_flight == 0 || drain_over
+            self.settled(progress) || drain_over
         };
-        if drain_over && progress.in_flight > 0 && !progress.warned_undrained {
+        if drain_over && !self.settled(progress) && !progress.warned_undrained {
             progress.warned_undrained = true;
             log::warn!(
                 "worker {}: {} deliveries still in flight after {} s; their records will be read again on restart",
                 self.id,
-                progress.in_flight,
+                progress.in_flight + self.counted_in_flight(),
                 DRAIN_TIMEOUT.as_secs()
             );
         }
@@ -143,11 +143,12 @@ impl Worker {
             committing.push((partition, at));
         }
         let started = std::time::Instant::now();
+        let settled = self.settled(progress);
         let committed = match &mut self.commit {
             Commit::AtLeastOnce if committing.is_empty() => return Committed::Yes,
             // A stateful job's state counts results that are not acknowledged yet: saved
             // now, a crash would lose them. The next try comes once they are.
-            Commit::AtLeastOnce if self.job.stateful() && progress.in_flight > 0 => {
+            Commit::AtLeastOnce if self.job.stateful() && !settled => {
                 return Committed::Failed;
             }
             Commit::AtLeastOnce => {
@@ -243,7 +244,7 @@ impl Worker {
     pub(super) fn bounded_done(&self, progress: &Progress) -> bool {
         progress.joined
             && progress.revoking.is_none()
-            && progress.in_flight == 0
+            && self.settled(progress)
             && progress
                 .partitions
                 .iter()

@@ -128,7 +128,7 @@ impl Worker {
             return;
         };
         let pending: usize = if self.job.stateful() {
-            progress.in_flight
+            progress.in_flight + self.counted_in_flight()
         } else {
             revocation
                 .partitions

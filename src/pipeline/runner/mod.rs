@@ -89,11 +89,9 @@ pub(super) async fn run(
     }
     let (ack_senders, ack_receivers): (Vec<_>, Vec<_>) =
         (0..parallelism).map(|_| unbounded_channel()).unzip();
-    // Exactly once, deliveries are counted per worker rather than reported one by one.
-    let delivered: Option<Vec<Arc<send::Delivered>>> = match config.guarantee {
-        Guarantee::ExactlyOnce(_) => Some((0..parallelism).map(|_| Arc::default()).collect()),
-        Guarantee::AtLeastOnce => None,
-    };
+    // Deliveries counted per worker rather than reported one by one (see `send`).
+    let delivered: Vec<Arc<send::Delivered>> = (0..parallelism).map(|_| Arc::default()).collect();
+    let exactly_once = matches!(config.guarantee, Guarantee::ExactlyOnce(_));
     let router: Router = {
         let (servers, stats, senders) = (
             kafka.bootstrap_servers.clone(),
@@ -107,6 +105,7 @@ pub(super) async fn run(
                 senders.clone(),
                 Arc::clone(&stats),
                 counted.clone(),
+                exactly_once,
             )
         })
     };
@@ -158,7 +157,7 @@ pub(super) async fn run(
         instance: claim.as_ref().map(|lock| lock.id.as_str()),
         shared: shared.as_ref(),
         router: &router,
-        delivered: delivered.as_deref(),
+        delivered: &delivered,
         injected: &injected,
         prefetch_kbytes,
     };
@@ -240,8 +239,8 @@ struct Parts<'a> {
     /// At least once: the producer the workers share.
     shared: Option<&'a Arc<OutputProducer>>,
     router: &'a Router,
-    /// Exactly once: each worker's deliveries so far.
-    delivered: Option<&'a [Arc<send::Delivered>]>,
+    /// Each worker's deliveries counted rather than reported.
+    delivered: &'a [Arc<send::Delivered>],
     /// Exactly once: the test hook's abort has happened (once per job).
     injected: &'a Arc<AtomicBool>,
     prefetch_kbytes: usize,
@@ -324,11 +323,7 @@ impl Parts<'_> {
             stats: Arc::clone(self.stats),
             siblings: Arc::clone(self.siblings),
             group_instance: config.group.instance_id.clone(),
-            delivered: self
-                .delivered
-                .and_then(|all| all.get(id))
-                .map(Arc::clone)
-                .unwrap_or_default(),
+            delivered: self.delivered.get(id).map(Arc::clone).unwrap_or_default(),
             sent: 0,
         })
     }

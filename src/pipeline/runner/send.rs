@@ -105,10 +105,12 @@ pub(crate) struct AckRouter {
     errors: ErrorLog,
     workers: Vec<UnboundedSender<Ack>>,
     stats: Arc<Stats>,
-    /// Exactly once, per worker: successful deliveries are only counted (the
-    /// transaction's commit waits for every delivery itself); failures are reported. At
-    /// least once (`None`), every delivery is reported: it moves the committed positions.
-    counted: Option<Vec<Arc<Delivered>>>,
+    /// Per worker, the deliveries only counted, not reported one by one: exactly once,
+    /// every record's (the transaction's commit waits for them itself); at least once,
+    /// the job's results' (they stand for no input position; counted in `stats` here).
+    /// Failures are reported all the same.
+    counted: Vec<Arc<Delivered>>,
+    exactly_once: bool,
 }
 
 /// Exactly once, a worker's deliveries so far (successful or not), and a wake-up for a
@@ -124,13 +126,15 @@ impl AckRouter {
         servers: &str,
         workers: Vec<UnboundedSender<Ack>>,
         stats: Arc<Stats>,
-        counted: Option<Vec<Arc<Delivered>>>,
+        counted: Vec<Arc<Delivered>>,
+        exactly_once: bool,
     ) -> Self {
         AckRouter {
             errors: ErrorLog::new(servers),
             workers,
             stats,
             counted,
+            exactly_once,
         }
     }
 }
@@ -149,17 +153,28 @@ impl ProducerContext for AckRouter {
     type DeliveryOpaque = Box<Ticket>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        let counted = self.exactly_once || !ticket.destination.has_position();
+        let count = || {
+            if let Some(delivered) = self.counted.get(ticket.worker) {
+                delivered
+                    .count
+                    .fetch_add(1, std::sync::atomic::Ordering::Release);
+                delivered.wake.notify_one();
+            }
+        };
         let (error, size, refused_result) = match result {
             Ok(_) => {
                 if ticket.source_ms > 0 {
                     self.stats.record_end_to_end(ticket.source_ms);
                 }
-                if let Some(counted) = &self.counted {
-                    if let Some(delivered) = counted.get(ticket.worker) {
-                        delivered
-                            .count
-                            .fetch_add(1, std::sync::atomic::Ordering::Release);
-                        delivered.wake.notify_one();
+                if counted {
+                    count();
+                    if !self.exactly_once {
+                        Stats::add(if ticket.destination.is_output() {
+                            &self.stats.written
+                        } else {
+                            &self.stats.dead_lettered
+                        });
                     }
                     return;
                 }
@@ -176,12 +191,6 @@ impl ProducerContext for AckRouter {
                 }),
             ),
         };
-        if let Some(delivered) = self.counted.as_ref().and_then(|c| c.get(ticket.worker)) {
-            delivered
-                .count
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
-            delivered.wake.notify_one();
-        }
         if let Some(worker) = self.workers.get(ticket.worker) {
             // A worker that has stopped no longer listens: its uncommitted records are read
             // again on restart.
@@ -194,6 +203,11 @@ impl ProducerContext for AckRouter {
                 size,
                 refused_result,
             });
+        }
+        // A counted failure is counted once reported, so that the worker never finds
+        // everything settled while its report waits.
+        if counted {
+            count();
         }
     }
 }

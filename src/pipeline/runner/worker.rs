@@ -97,9 +97,6 @@ pub(super) struct Progress {
     pub(super) tracker: OffsetTracker,
     /// Records sent and not yet acknowledged.
     pub(super) in_flight: usize,
-    /// Of those, the job's own results (tied to no input record): bounded by the
-    /// producer's queue, they do not count against the read-ahead budget.
-    pub(super) results_in_flight: usize,
     /// Assigned partitions read to their end (for `--bounded`).
     pub(super) at_end: BTreeSet<i32>,
     pub(super) revoking: Option<Revocation>,
@@ -172,11 +169,6 @@ enum Replay {
 }
 
 impl Progress {
-    /// Sends in flight for input records: what the read-ahead budget bounds.
-    fn read_ahead(&self) -> usize {
-        self.in_flight.saturating_sub(self.results_in_flight)
-    }
-
     pub(super) fn reading(&self) -> bool {
         self.drain_deadline.is_none()
     }
@@ -207,7 +199,7 @@ impl Worker {
             siblings_changed.as_mut().enable();
             self.handle_rebalances(&mut progress);
             self.finish_revocation_if_done(&mut progress).await;
-            if progress.barrier && progress.in_flight == 0 {
+            if progress.barrier && self.settled(&progress) {
                 progress.barrier = false;
                 let limit = Instant::now() + COMMIT_TIMEOUT;
                 self.checkpoint(&mut progress, Some(limit)).await;
@@ -221,16 +213,14 @@ impl Worker {
                 .map(|r| r.retry_at.unwrap_or(r.deadline));
             let reading = progress.reading();
             let drain_over = progress.drain_deadline.is_some_and(|d| Instant::now() >= d);
-            let awaits = self.awaits_deliveries();
             let room = self.read_ahead(&progress) < self.max_in_flight;
             // Exactly once, nothing is read (and so sent) while a commit is under way.
             let may_read = !reading || (room && !progress.barrier && !self.committing());
             tokio::select! {
                 biased;
                 // Every acknowledgement that is ready, up to a batch, before any new input.
-                // (Exactly once, only failures are reported, whenever they come.)
-                received = self.acks.recv_many(&mut acks, BATCH), if progress.in_flight > 0 || !awaits => {
-                    progress.in_flight = progress.in_flight.saturating_sub(received);
+                // (Deliveries only counted report their failures, whenever they come.)
+                _ = self.acks.recv_many(&mut acks, BATCH) => {
                     for ack in acks.drain(..) {
                         if let Err(e) = self.acknowledge(&mut progress, ack) {
                             self.fail(&mut progress, e, cancel);
@@ -255,14 +245,14 @@ impl Worker {
                     // finish_revocation_if_done sees the deadline at the top of the loop.
                 }
                 _ = tokio::time::sleep_until(progress.next_drained_check.unwrap_or_else(Instant::now)), if progress.next_drained_check.is_some() && reading => {}
-                _ = self.delivered.wake.notified(), if !awaits && !room => {
-                    // Exactly once: deliveries made room to read on.
+                _ = self.delivered.wake.notified(), if self.waits_for_counted(&progress, room) => {
+                    // Counted deliveries made room to read on, or settled what was waited for.
                 }
                 _ = consumer.context().notify.notified() => {
                     // A rebalance: handled at the top of the loop.
                 }
                 _ = checkpoint.tick() => {
-                    if self.job.stateful() && matches!(self.commit, Commit::AtLeastOnce) && progress.in_flight > 0 {
+                    if self.job.stateful() && matches!(self.commit, Commit::AtLeastOnce) && !self.settled(&progress) {
                         // Taken once every output sent is acknowledged (top of the loop).
                         progress.barrier = true;
                     } else {
@@ -539,8 +529,12 @@ impl Worker {
             }
         })();
         // Exactly once, deliveries are not reported one by one: the commit waits for them.
-        let awaited = if self.awaits_deliveries() { sent } else { 0 };
-        self.sent += u64::from(sent);
+        let awaited = if self.awaits_deliveries() {
+            sent
+        } else {
+            self.sent += u64::from(sent);
+            0
+        };
         if awaited != 1 {
             progress.tracker.settle(partition, offset, awaited);
         }
@@ -570,11 +564,8 @@ impl Worker {
                 break;
             }
         }
+        // Results stand for no input position: their deliveries are counted, not reported.
         self.sent += u64::from(sent);
-        if self.awaits_deliveries() {
-            progress.in_flight += sent as usize;
-            progress.results_in_flight += sent as usize;
-        }
         result.or_else(|e| self.send_failed(&e, progress))
     }
 
@@ -630,14 +621,49 @@ impl Worker {
     /// from the delivery count).
     fn read_ahead(&self, progress: &Progress) -> usize {
         if self.awaits_deliveries() {
-            progress.read_ahead()
+            progress.in_flight
         } else {
-            let delivered = self
-                .delivered
-                .count
-                .load(std::sync::atomic::Ordering::Acquire);
-            self.sent.saturating_sub(delivered) as usize
+            self.counted_in_flight()
         }
+    }
+
+    /// Sends whose deliveries are counted, not reported (every one exactly once; the
+    /// job's results at least once), and not delivered yet.
+    pub(super) fn counted_in_flight(&self) -> usize {
+        let delivered = self
+            .delivered
+            .count
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.sent.saturating_sub(delivered) as usize
+    }
+
+    /// Everything sent is acknowledged (exactly once, the commit waits for deliveries
+    /// itself).
+    /// (A counted delivery's failure is reported before it is counted: while its report
+    /// waits, nothing is settled.)
+    pub(super) fn settled(&self, progress: &Progress) -> bool {
+        progress.in_flight == 0
+            && self.acks.is_empty()
+            && (!self.awaits_deliveries() || self.counted_in_flight() == 0)
+    }
+
+    /// Whether the loop waits for a counted delivery to wake it: exactly once, when the
+    /// read-ahead budget is spent; at least once, when only results are outstanding and the
+    /// worker waits for everything to settle (a checkpoint, a drain, a hand-over, the end).
+    fn waits_for_counted(&self, progress: &Progress, room: bool) -> bool {
+        if !self.awaits_deliveries() {
+            return !room;
+        }
+        progress.in_flight == 0
+            && self.counted_in_flight() > 0
+            && (progress.barrier
+                || !progress.reading()
+                || progress.revoking.is_some()
+                || (self.bounded
+                    && progress
+                        .partitions
+                        .iter()
+                        .all(|p| progress.at_end.contains(p))))
     }
 
     /// Exactly once: a commit that timed out is to be called again before anything more
@@ -665,8 +691,9 @@ impl Worker {
     /// longer in memory), one more record in flight for the same position. Exactly once,
     /// a failed delivery fails the transaction's commit, which aborts and replays it.
     fn acknowledge(&mut self, progress: &mut Progress, mut ack: Ack) -> Result<()> {
-        if !ack.destination.has_position() {
-            progress.results_in_flight = progress.results_in_flight.saturating_sub(1);
+        // Only reported deliveries were counted in flight (see `send`).
+        if self.awaits_deliveries() && ack.destination.has_position() {
+            progress.in_flight = progress.in_flight.saturating_sub(1);
         }
         let exactly_once = matches!(self.commit, Commit::ExactlyOnce(_));
         if exactly_once && let Some((code, error)) = ack.error.take() {
@@ -797,9 +824,10 @@ impl Worker {
         let mut sent = 0;
         queue(&mut self.commit, resent, &mut sent)
             .map_err(|e| Error::Kafka(format!("cannot dead-letter a refused record: {e}")))?;
-        progress.in_flight += sent as usize;
         if was_result {
-            progress.results_in_flight += sent as usize;
+            self.sent += u64::from(sent);
+        } else {
+            progress.in_flight += sent as usize;
         }
         Ok(())
     }
