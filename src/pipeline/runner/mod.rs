@@ -26,6 +26,7 @@
 //! parallelism. Acknowledgements are handled before new input, so commits keep up.
 
 mod checkpoint;
+mod deliveries;
 pub(crate) mod group;
 mod handover;
 pub(crate) mod offsets;

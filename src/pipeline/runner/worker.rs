@@ -11,7 +11,7 @@
 //! partition is released only after its records are committed (or at [`REVOKE_TIMEOUT`]);
 //! after cancellation the worker drains for at most [`DRAIN_TIMEOUT`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,16 +25,16 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::Siblings;
+use super::deliveries::{Refused, Replay, queue};
 use super::group::Member;
 use super::handover::Revocation;
 use super::offsets::OffsetTracker;
-use super::send::{Ack, Destination, Input, Sender};
+use super::send::{Ack, Input, Sender};
 use crate::error::{Error, Result};
 use crate::pipeline::guarantee::at_least_once::COMMIT_TIMEOUT;
 use crate::pipeline::guarantee::exactly_once::Transactions;
 use crate::pipeline::job::{Emitter, Job, Outcome, Record};
-use crate::pipeline::{DRAIN_TIMEOUT, Phase, Stats, dead_letter};
-use crate::transform::Rejection;
+use crate::pipeline::{DRAIN_TIMEOUT, Phase, Stats};
 use crate::windows::Now;
 
 /// Most messages, or acknowledgements, handled in one pass of the loop.
@@ -121,51 +121,6 @@ pub(super) struct Progress {
     pub(super) failure: Option<Error>,
     pub(super) last_read_error: Option<std::time::Instant>,
     pub(super) redelivered: u64,
-}
-
-/// Exactly once, what the broker refused on delivery (an output topic's
-/// `max.message.bytes` lowered while the job runs, say): the refusal fails the transaction,
-/// which aborts; when the record is read again (or the result fired again) it goes to the
-/// dead letters instead. An entry is kept until a commit covers its dead letter.
-#[derive(Default)]
-pub(super) struct Refused {
-    /// By input position: the dead letter to send in place of the record's output.
-    records: BTreeMap<(i32, i64), Replay>,
-    /// By key: results to dead-letter in place of writing them, and whether the open
-    /// transaction holds that dead letter.
-    results: BTreeMap<Vec<u8>, (Rejection, bool)>,
-}
-
-impl Refused {
-    /// A commit covered `positions` (partition, next offset) and the open transaction's
-    /// result dead letters.
-    pub(super) fn committed(&mut self, positions: &[(i32, i64)]) {
-        if !self.records.is_empty() {
-            self.records.retain(|&(partition, offset), _| {
-                positions
-                    .iter()
-                    .all(|&(p, next)| p != partition || offset >= next)
-            });
-        }
-        self.results
-            .retain(|_, (_, in_transaction)| !*in_transaction);
-    }
-
-    /// The open transaction aborted: its result dead letters are to be sent again.
-    pub(super) fn aborted(&mut self) {
-        for (_, in_transaction) in self.results.values_mut() {
-            *in_transaction = false;
-        }
-    }
-}
-
-/// What to send when a refused record is read again.
-#[derive(Clone)]
-enum Replay {
-    /// Its output was refused: its dead letter, with the reason.
-    DeadLetter(Rejection),
-    /// Its dead letter was refused: a dead letter by reference.
-    Reference(Rejection),
 }
 
 impl Progress {
@@ -569,45 +524,8 @@ impl Worker {
         result.or_else(|e| self.send_failed(&e, progress))
     }
 
-    /// A send failed. Exactly once, a transaction that must abort (a record of it was
-    /// refused on delivery, so the producer takes no more) aborts at the next
-    /// [`Worker::abort_if_due`]; any other failure stops the worker, saying why.
-    fn send_failed(&self, error: &KafkaError, progress: &mut Progress) -> Result<()> {
-        if matches!(self.commit, Commit::ExactlyOnce(_))
-            && matches!(
-                error,
-                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::State)
-            )
-        {
-            progress.must_abort = true;
-            return Ok(());
-        }
-        Err(self.send_error(error))
-    }
-
-    /// Exactly once: aborts the transaction and rewinds, when a send said it must.
-    pub(super) fn abort_if_due(&mut self, progress: &mut Progress) -> Result<()> {
-        if !progress.must_abort {
-            return Ok(());
-        }
-        progress.must_abort = false;
-        self.abort_and_rewind(progress, "a record of it was refused on delivery")
-    }
-
-    /// Exactly once: aborts the open transaction, then rewinds to the committed positions
-    /// and the state saved there.
-    pub(super) fn abort_and_rewind(&mut self, progress: &mut Progress, why: &str) -> Result<()> {
-        if let Commit::ExactlyOnce(tx) = &mut self.commit {
-            let aborted = block_in_place(|| tx.abort(why));
-            self.sender.producer = tx.producer();
-            aborted?;
-            self.rewind(progress)?;
-        }
-        Ok(())
-    }
-
     /// Why the producer cannot send.
-    fn send_error(&self, error: &KafkaError) -> Error {
+    pub(super) fn send_error(&self, error: &KafkaError) -> Error {
         match &self.commit {
             Commit::ExactlyOnce(tx) => tx.send_failed(error),
             Commit::AtLeastOnce => Error::Kafka(format!(
@@ -619,7 +537,7 @@ impl Worker {
 
     /// Sends in flight for input records: what the read-ahead budget bounds (exactly once,
     /// from the delivery count).
-    fn read_ahead(&self, progress: &Progress) -> usize {
+    pub(super) fn read_ahead(&self, progress: &Progress) -> usize {
         if self.awaits_deliveries() {
             progress.in_flight
         } else {
@@ -668,13 +586,13 @@ impl Worker {
 
     /// Exactly once: a commit that timed out is to be called again before anything more
     /// is sent.
-    fn committing(&self) -> bool {
+    pub(super) fn committing(&self) -> bool {
         matches!(&self.commit, Commit::ExactlyOnce(tx) if tx.committing())
     }
 
     /// Whether each delivery is awaited one by one (at least once); exactly once, the
     /// transaction's commit awaits them all.
-    fn awaits_deliveries(&self) -> bool {
+    pub(super) fn awaits_deliveries(&self) -> bool {
         matches!(self.commit, Commit::AtLeastOnce)
     }
 
@@ -685,169 +603,4 @@ impl Worker {
             Commit::AtLeastOnce => Ok(()),
         }
     }
-
-    /// Records one delivery report. At least once, a record the broker refused because of
-    /// the record itself is dead-lettered instead (by reference: the input record is no
-    /// longer in memory), one more record in flight for the same position. Exactly once,
-    /// a failed delivery fails the transaction's commit, which aborts and replays it.
-    fn acknowledge(&mut self, progress: &mut Progress, mut ack: Ack) -> Result<()> {
-        // Only reported deliveries were counted in flight (see `send`).
-        if self.awaits_deliveries() && ack.destination.has_position() {
-            progress.in_flight = progress.in_flight.saturating_sub(1);
-        }
-        let exactly_once = matches!(self.commit, Commit::ExactlyOnce(_));
-        if exactly_once && let Some((code, error)) = ack.error.take() {
-            // Reported after its transaction aborted, most likely: the refusal still holds
-            // when the record is read again.
-            return self.refused_in_transaction(progress, ack, code, &error);
-        }
-        if ack.generation != self.sender.generation {
-            // A report of an aborted transaction's record: it moves nothing.
-            return Ok(());
-        }
-        if let Some((code, error)) = ack.error.take() {
-            return self.refused_on_delivery(progress, ack, code, &error);
-        }
-        if ack.destination.has_position() {
-            progress.tracker.ack(ack.partition, ack.offset);
-        }
-        if !exactly_once {
-            Stats::add(if ack.destination.is_output() {
-                &self.stats.written
-            } else {
-                &self.stats.dead_lettered
-            });
-        }
-        Ok(())
-    }
-
-    /// Exactly once: a record the broker refused on delivery fails its transaction, which
-    /// aborts; noted here, it goes to the dead letters when it is read again.
-    fn refused_in_transaction(
-        &mut self,
-        progress: &mut Progress,
-        ack: Ack,
-        code: Option<rdkafka::types::RDKafkaErrorCode>,
-        error: &str,
-    ) -> Result<()> {
-        log::debug!(
-            "worker {}: a delivery failed ({error}); the transaction will abort",
-            self.id
-        );
-        let Some(kind) = code.and_then(dead_letter::record_refusal) else {
-            return Ok(());
-        };
-        let topics = &self.sender.topics;
-        let position = (ack.partition, ack.offset);
-        match ack.destination {
-            Destination::Output => {
-                let rejection = dead_letter::refused_on_delivery(&topics.output, kind, error);
-                progress
-                    .refused
-                    .records
-                    .insert(position, Replay::DeadLetter(rejection));
-            }
-            Destination::DeadLetter => {
-                let rejection = dead_letter::refused_on_delivery(&topics.dead_letter, kind, error);
-                progress
-                    .refused
-                    .records
-                    .insert(position, Replay::Reference(rejection));
-            }
-            Destination::Result => {
-                if let Some((key, _)) = ack.refused_result {
-                    let rejection = dead_letter::refused_on_delivery(&topics.output, kind, error);
-                    progress.refused.results.insert(key, (rejection, false));
-                }
-            }
-            Destination::Reference | Destination::ResultDeadLetter => {
-                return Err(Error::Kafka(format!(
-                    "cannot deliver to {} even a dead letter by reference: {error}",
-                    topics.dead_letter
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// At least once: a record the broker refused on delivery.
-    fn refused_on_delivery(
-        &mut self,
-        progress: &mut Progress,
-        ack: Ack,
-        code: Option<rdkafka::types::RDKafkaErrorCode>,
-        error: &str,
-    ) -> Result<()> {
-        let topics = &self.sender.topics;
-        let topic = if ack.destination.is_output() {
-            &topics.output
-        } else {
-            &topics.dead_letter
-        };
-        let kind = code.and_then(dead_letter::record_refusal);
-        let Some(kind) = kind.filter(|_| {
-            !matches!(
-                ack.destination,
-                Destination::Reference | Destination::ResultDeadLetter
-            )
-        }) else {
-            return Err(Error::Kafka(format!("cannot deliver to {topic}: {error}")));
-        };
-        let rejection = dead_letter::refused_on_delivery(topic, kind, error);
-        if ack.destination.is_output() {
-            self.stats.reject(kind, &rejection.reason);
-        }
-        let was_result = ack.destination == Destination::Result;
-        let resent = match (ack.destination, ack.refused_result) {
-            (Destination::Result, Some((key, value))) => {
-                log::warn!(
-                    "worker {}: a result: {}; dead-lettered",
-                    self.id,
-                    rejection.reason
-                );
-                self.sender.result_dead_letter(&key, &value, &rejection)
-            }
-            _ => {
-                log::warn!(
-                    "worker {}: {} partition {} offset {}: {}; dead-lettered by reference",
-                    self.id,
-                    topics.input,
-                    ack.partition,
-                    ack.offset,
-                    rejection.reason
-                );
-                // The input record is no longer in memory: its headers stay with it.
-                self.sender
-                    .reference(None, ack.partition, ack.offset, ack.size, None, &rejection)
-            }
-        };
-        let mut sent = 0;
-        queue(&mut self.commit, resent, &mut sent)
-            .map_err(|e| Error::Kafka(format!("cannot dead-letter a refused record: {e}")))?;
-        if was_result {
-            self.sent += u64::from(sent);
-        } else {
-            progress.in_flight += sent as usize;
-        }
-        Ok(())
-    }
-}
-
-/// A send's result: a queued record counts in `sent` and, exactly once, with its
-/// transaction.
-fn queue(
-    commit: &mut Commit,
-    result: std::result::Result<Destination, KafkaError>,
-    sent: &mut u32,
-) -> std::result::Result<(), KafkaError> {
-    let destination = result?;
-    *sent += 1;
-    if let Commit::ExactlyOnce(tx) = commit {
-        if destination.is_output() {
-            tx.open.written += 1;
-        } else {
-            tx.open.dead_lettered += 1;
-        }
-    }
-    Ok(())
 }
