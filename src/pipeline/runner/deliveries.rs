@@ -1,4 +1,7 @@
-//! Deliveries: what the runner does with each report of the producer. At least once, a
+//! Deliveries: what is in flight, and what the runner does with each report of the
+//! producer. At least once, a record's delivery is reported and awaited one by one (the
+//! job's results, standing for no position, are only counted); exactly once, every
+//! delivery is only counted, since the transaction's commit awaits them. At least once, a
 //! record's acknowledgement moves its position; a record refused on delivery for what it
 //! is becomes a dead letter (by reference: the input record is no longer in memory).
 //! Exactly once, a refusal fails the open transaction: it aborts, and the refused record
@@ -64,6 +67,61 @@ pub(super) enum Replay {
 }
 
 impl Worker {
+    /// Sends in flight for input records: what the read-ahead budget bounds (exactly once,
+    /// from the delivery count).
+    pub(super) fn read_ahead(&self, progress: &Progress) -> usize {
+        if self.awaits_deliveries() {
+            progress.in_flight
+        } else {
+            self.counted_in_flight()
+        }
+    }
+
+    /// Sends whose deliveries are counted, not reported (every one exactly once; the
+    /// job's results at least once), and not delivered yet.
+    pub(super) fn counted_in_flight(&self) -> usize {
+        let delivered = self
+            .delivered
+            .count
+            .load(std::sync::atomic::Ordering::Acquire);
+        self.sent.saturating_sub(delivered) as usize
+    }
+
+    /// Everything sent is acknowledged (exactly once, the commit waits for deliveries
+    /// itself).
+    /// (A counted delivery's failure is reported before it is counted: while its report
+    /// waits, nothing is settled.)
+    pub(super) fn settled(&self, progress: &Progress) -> bool {
+        progress.in_flight == 0
+            && self.acks.is_empty()
+            && (!self.awaits_deliveries() || self.counted_in_flight() == 0)
+    }
+
+    /// Whether the loop waits for a counted delivery to wake it: exactly once, when the
+    /// read-ahead budget is spent; at least once, when only results are outstanding and the
+    /// worker waits for everything to settle (a checkpoint, a drain, a hand-over, the end).
+    pub(super) fn waits_for_counted(&self, progress: &Progress, room: bool) -> bool {
+        if !self.awaits_deliveries() {
+            return !room;
+        }
+        progress.in_flight == 0
+            && self.counted_in_flight() > 0
+            && (progress.barrier
+                || !progress.reading()
+                || progress.revoking.is_some()
+                || (self.bounded
+                    && progress
+                        .partitions
+                        .iter()
+                        .all(|p| progress.at_end.contains(p))))
+    }
+
+    /// Whether each delivery is awaited one by one (at least once); exactly once, the
+    /// transaction's commit awaits them all.
+    pub(super) fn awaits_deliveries(&self) -> bool {
+        matches!(self.commit, Commit::AtLeastOnce)
+    }
+
     /// A send failed. Exactly once, a transaction that must abort (a record of it was
     /// refused on delivery, so the producer takes no more) aborts at the next
     /// [`Worker::abort_if_due`]; any other failure stops the worker, saying why.
@@ -155,19 +213,22 @@ impl Worker {
         let topics = &self.sender.topics;
         let position = (ack.partition, ack.offset);
         match ack.destination {
-            Destination::Output => {
-                let rejection = dead_letter::refused_on_delivery(&topics.output, kind, error);
-                progress
-                    .refused
-                    .records
-                    .insert(position, Replay::DeadLetter(rejection));
-            }
-            Destination::DeadLetter => {
-                let rejection = dead_letter::refused_on_delivery(&topics.dead_letter, kind, error);
-                progress
-                    .refused
-                    .records
-                    .insert(position, Replay::Reference(rejection));
+            // Its output refused: its dead letter next time; its dead letter refused: a
+            // dead letter by reference.
+            Destination::Output | Destination::DeadLetter => {
+                let output = ack.destination == Destination::Output;
+                let topic = if output {
+                    &topics.output
+                } else {
+                    &topics.dead_letter
+                };
+                let rejection = dead_letter::refused_on_delivery(topic, kind, error);
+                let replay = if output {
+                    Replay::DeadLetter(rejection)
+                } else {
+                    Replay::Reference(rejection)
+                };
+                progress.refused.records.insert(position, replay);
             }
             Destination::Result => {
                 if let Some((key, _)) = ack.refused_result {

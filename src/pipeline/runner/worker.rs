@@ -535,65 +535,10 @@ impl Worker {
         }
     }
 
-    /// Sends in flight for input records: what the read-ahead budget bounds (exactly once,
-    /// from the delivery count).
-    pub(super) fn read_ahead(&self, progress: &Progress) -> usize {
-        if self.awaits_deliveries() {
-            progress.in_flight
-        } else {
-            self.counted_in_flight()
-        }
-    }
-
-    /// Sends whose deliveries are counted, not reported (every one exactly once; the
-    /// job's results at least once), and not delivered yet.
-    pub(super) fn counted_in_flight(&self) -> usize {
-        let delivered = self
-            .delivered
-            .count
-            .load(std::sync::atomic::Ordering::Acquire);
-        self.sent.saturating_sub(delivered) as usize
-    }
-
-    /// Everything sent is acknowledged (exactly once, the commit waits for deliveries
-    /// itself).
-    /// (A counted delivery's failure is reported before it is counted: while its report
-    /// waits, nothing is settled.)
-    pub(super) fn settled(&self, progress: &Progress) -> bool {
-        progress.in_flight == 0
-            && self.acks.is_empty()
-            && (!self.awaits_deliveries() || self.counted_in_flight() == 0)
-    }
-
-    /// Whether the loop waits for a counted delivery to wake it: exactly once, when the
-    /// read-ahead budget is spent; at least once, when only results are outstanding and the
-    /// worker waits for everything to settle (a checkpoint, a drain, a hand-over, the end).
-    fn waits_for_counted(&self, progress: &Progress, room: bool) -> bool {
-        if !self.awaits_deliveries() {
-            return !room;
-        }
-        progress.in_flight == 0
-            && self.counted_in_flight() > 0
-            && (progress.barrier
-                || !progress.reading()
-                || progress.revoking.is_some()
-                || (self.bounded
-                    && progress
-                        .partitions
-                        .iter()
-                        .all(|p| progress.at_end.contains(p))))
-    }
-
     /// Exactly once: a commit that timed out is to be called again before anything more
     /// is sent.
     pub(super) fn committing(&self) -> bool {
         matches!(&self.commit, Commit::ExactlyOnce(tx) if tx.committing())
-    }
-
-    /// Whether each delivery is awaited one by one (at least once); exactly once, the
-    /// transaction's commit awaits them all.
-    pub(super) fn awaits_deliveries(&self) -> bool {
-        matches!(self.commit, Commit::AtLeastOnce)
     }
 
     /// Exactly once: opens a transaction if none is open.
