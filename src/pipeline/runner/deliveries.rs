@@ -216,14 +216,9 @@ impl Worker {
             // Its output refused: its dead letter next time; its dead letter refused: a
             // dead letter by reference.
             Destination::Output | Destination::DeadLetter => {
-                let output = ack.destination == Destination::Output;
-                let topic = if output {
-                    &topics.output
-                } else {
-                    &topics.dead_letter
-                };
+                let topic = self.sender.topic_of(ack.destination);
                 let rejection = dead_letter::refused_on_delivery(topic, kind, error);
-                let replay = if output {
+                let replay = if ack.destination == Destination::Output {
                     Replay::DeadLetter(rejection)
                 } else {
                     Replay::Reference(rejection)
@@ -232,7 +227,8 @@ impl Worker {
             }
             Destination::Result => {
                 if let Some((key, _)) = ack.refused_result {
-                    let rejection = dead_letter::refused_on_delivery(&topics.output, kind, error);
+                    let topic = self.sender.topic_of(ack.destination);
+                    let rejection = dead_letter::refused_on_delivery(topic, kind, error);
                     progress.refused.results.insert(key, (rejection, false));
                 }
             }
@@ -255,11 +251,7 @@ impl Worker {
         error: &str,
     ) -> Result<()> {
         let topics = &self.sender.topics;
-        let topic = if ack.destination.is_output() {
-            &topics.output
-        } else {
-            &topics.dead_letter
-        };
+        let topic = self.sender.topic_of(ack.destination);
         let kind = code.and_then(dead_letter::record_refusal);
         let Some(kind) = kind.filter(|_| {
             !matches!(

@@ -358,6 +358,15 @@ impl Sender {
         rejection
     }
 
+    /// The topic a record of `destination` goes to.
+    pub(crate) fn topic_of(&self, destination: Destination) -> &str {
+        if destination.is_output() {
+            &self.topics.output
+        } else {
+            &self.topics.dead_letter
+        }
+    }
+
     fn position(&self, partition: i32, offset: i64) -> Position<'_> {
         Position {
             topic: &self.topics.input,
