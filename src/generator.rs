@@ -292,6 +292,7 @@ impl EventSource {
         })
     }
 
+    #[cfg(test)]
     pub fn pool(&self) -> &UserPool {
         &self.pool
     }

@@ -59,12 +59,9 @@ impl History {
     }
 
     /// How many points are kept now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.points.lock().map_or(0, |p| p.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The history as columns (see the module doc).

@@ -5,25 +5,27 @@
 //! [`datagen`] generates events into files or Kafka. The binaries in `src/bin` only parse
 //! flags, set up logging and signals, and call into these modules.
 
-pub mod browse;
-pub mod cli;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench;
+pub(crate) mod browse;
+pub(crate) mod cli;
 pub mod datagen;
-pub mod error;
-pub mod generator;
-pub mod geo;
-pub mod history;
-pub mod kafka;
-pub mod latency;
-pub mod logging;
-pub mod pacing;
-pub mod paths;
+pub(crate) mod error;
+pub(crate) mod generator;
+pub(crate) mod geo;
+pub(crate) mod history;
+pub(crate) mod kafka;
+pub(crate) mod latency;
+pub(crate) mod logging;
+pub(crate) mod pacing;
+pub(crate) mod paths;
 pub mod pipeline;
-pub mod progress;
+pub(crate) mod progress;
 pub mod schema;
-pub mod shutdown;
-pub mod transform;
-pub mod web;
-pub mod windows;
+pub(crate) mod shutdown;
+pub(crate) mod transform;
+pub(crate) mod web;
+pub(crate) mod windows;
 
-pub use error::{Error, Result};
 pub use schema::EventLog;

@@ -108,6 +108,7 @@ impl RateSchedule {
     }
 
     /// How long the segments last together (the last rate holds after it).
+    #[cfg(test)]
     pub fn length(&self) -> Duration {
         let seconds = self.segments.last().map_or(0.0, |s| s.start + s.length);
         Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)

@@ -38,6 +38,8 @@ pub enum RejectKind {
     Late,
     /// An event whose time is too far past the wall clock (traffic-agg).
     Future,
+    /// A kind a job of its own names (see [`Rejection::new`]).
+    Job(&'static str),
 }
 
 impl RejectKind {
@@ -52,6 +54,7 @@ impl RejectKind {
             RejectKind::OutputRejected => "output_rejected",
             RejectKind::Late => "late",
             RejectKind::Future => "future",
+            RejectKind::Job(kind) => kind,
         }
     }
 }
@@ -61,6 +64,18 @@ impl RejectKind {
 pub struct Rejection {
     pub kind: RejectKind,
     pub reason: String,
+}
+
+impl Rejection {
+    /// A rejection of a kind the job names (`kind`, the dead letter's
+    /// `streamkit.error.kind` header and the dashboard's group; say `"not_json"`), and a
+    /// reason a person can act on (the `streamkit.error` header).
+    pub fn new(kind: &'static str, reason: impl Into<String>) -> Self {
+        Rejection {
+            kind: RejectKind::Job(kind),
+            reason: reason.into(),
+        }
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -162,6 +177,7 @@ pub fn create_message(
 
 /// The whole transform of one Kafka value into the output key and value: [`pass_through`]
 /// when it applies, else Decode → Parse → Create messages.
+#[cfg(any(test, feature = "bench"))]
 pub fn transform(
     value: Option<&[u8]>,
     key_out: &mut Vec<u8>,

@@ -177,20 +177,38 @@ pub fn window_start(event_ms: i64, size_ms: i64) -> i64 {
     event_ms.div_euclid(size_ms.max(1)) * size_ms.max(1)
 }
 
-/// One fired window of one user.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct WindowResult {
-    pub start_ms: i64,
-    pub id: String,
-    pub end_ms: i64,
-    pub page_views: u64,
+/// What is kept per key and window: merged from one value per event, then across the
+/// partitions of this process when the window fires (a commutative, associative merge).
+pub trait Aggregate: Send + 'static {
+    /// Folds `other` (one event's value, or another partition's aggregate) into `self`.
+    fn merge(&mut self, other: Self);
 }
 
-impl WindowResult {
+/// A count: traffic-agg's page views.
+impl Aggregate for u64 {
+    fn merge(&mut self, other: Self) {
+        *self = self.saturating_add(other);
+    }
+}
+
+/// One fired window of one key (traffic-agg: one user's page views).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WindowResult<A = u64> {
+    /// The window's start, in epoch milliseconds (inclusive).
+    pub start_ms: i64,
+    /// The grouping key.
+    pub key: String,
+    /// The window's end, in epoch milliseconds (exclusive).
+    pub end_ms: i64,
+    /// What was aggregated for the key in the window.
+    pub value: A,
+}
+
+impl WindowResult<u64> {
     /// `{"event_id": <id>, "window_start": "<start>"}`, with Python's `json.dumps` spacing.
     pub fn write_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"event_id\": ");
-        write_json_string(&self.id, out);
+        write_json_string(&self.key, out);
         out.extend_from_slice(b", \"window_start\": \"");
         out.extend_from_slice(format_time(self.start_ms).as_bytes());
         out.extend_from_slice(b"\"}");
@@ -200,13 +218,13 @@ impl WindowResult {
     /// `json.dumps` spacing.
     pub fn write_value(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"id\": ");
-        write_json_string(&self.id, out);
+        write_json_string(&self.key, out);
         out.extend_from_slice(b", \"window_start\": \"");
         out.extend_from_slice(format_time(self.start_ms).as_bytes());
         out.extend_from_slice(b"\", \"window_end\": \"");
         out.extend_from_slice(format_time(self.end_ms).as_bytes());
         out.extend_from_slice(b"\", \"page_views\": ");
-        out.extend_from_slice(itoa::Buffer::new().format(self.page_views).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(self.value).as_bytes());
         out.push(b'}');
     }
 }
@@ -237,21 +255,21 @@ pub enum Verdict {
 }
 
 #[derive(Debug)]
-struct PartitionWindow {
-    counts: HashMap<Box<str>, u64>,
+struct PartitionWindow<A> {
+    counts: HashMap<Box<str>, A>,
     /// The first offset of this partition counted in the window.
     first_offset: i64,
 }
 
 #[derive(Debug)]
-struct PartitionState {
+struct PartitionState<A> {
     /// The latest event time seen (`i64::MIN` before any).
     max_event_ms: i64,
     last_active: Instant,
-    windows: BTreeMap<i64, PartitionWindow>,
+    windows: BTreeMap<i64, PartitionWindow<A>>,
 }
 
-impl PartitionState {
+impl<A> PartitionState<A> {
     fn watermark(&self, out_of_orderness_ms: i64) -> i64 {
         self.max_event_ms.saturating_sub(out_of_orderness_ms)
     }
@@ -281,15 +299,16 @@ pub struct WindowStatus {
     pub fired: u64,
 }
 
-/// Counts page views per user and window; see the module doc.
+/// Aggregates values per key and window (traffic-agg: page views per user); see the
+/// module doc.
 #[derive(Debug)]
-pub struct Aggregator {
+pub struct Aggregator<A = u64> {
     size_ms: i64,
     out_of_orderness_ms: i64,
     lateness_ms: i64,
     idle_timeout: Duration,
     ahead_ms: i64,
-    partitions: BTreeMap<i32, PartitionState>,
+    partitions: BTreeMap<i32, PartitionState<A>>,
     /// The job's watermark (`i64::MIN` before any).
     watermark: i64,
     /// Every window whose end plus the allowed lateness is at or before this has fired.
@@ -298,7 +317,24 @@ pub struct Aggregator {
     fired: u64,
 }
 
-impl Aggregator {
+#[cfg(any(test, feature = "bench"))]
+impl Aggregator<u64> {
+    /// Counts one event of `partition` at `offset` for user `id`: [`add_value`] with 1.
+    ///
+    /// [`add_value`]: Aggregator::add_value
+    pub fn add(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        id: &str,
+        event_ms: i64,
+        now: Now,
+    ) -> Verdict {
+        self.add_value(partition, offset, id, event_ms, 1, now)
+    }
+}
+
+impl<A: Aggregate> Aggregator<A> {
     pub fn new(config: &WindowConfig) -> Self {
         Aggregator {
             size_ms: millis(config.size).max(1),
@@ -341,14 +377,16 @@ impl Aggregator {
         self.watermark = self.watermark.max(fired_through);
     }
 
-    /// Counts one event of `partition` at `offset`, unless its time is too far ahead of
-    /// the wall clock ([`Verdict::Future`]) or its window has fired ([`Verdict::Late`]).
-    pub fn add(
+    /// Merges one event's `value` of `partition` at `offset` into its key's window,
+    /// unless its time is too far ahead of the wall clock ([`Verdict::Future`]) or its
+    /// window has fired ([`Verdict::Late`]).
+    pub fn add_value(
         &mut self,
         partition: i32,
         offset: i64,
-        id: &str,
+        key: &str,
         event_ms: i64,
+        value: A,
         now: Now,
     ) -> Verdict {
         let ahead_ms = event_ms.saturating_sub(now.wall_ms);
@@ -388,10 +426,10 @@ impl Aggregator {
                 first_offset: offset,
             });
         window.first_offset = window.first_offset.min(offset);
-        match window.counts.get_mut(id) {
-            Some(count) => *count += 1,
+        match window.counts.get_mut(key) {
+            Some(held) => held.merge(value),
             None => {
-                window.counts.insert(id.into(), 1);
+                window.counts.insert(key.into(), value);
             }
         }
         Verdict::Counted
@@ -447,7 +485,7 @@ impl Aggregator {
 
     /// Fires every window the watermark has passed (its end plus the allowed lateness),
     /// merged over this process's partitions, ordered by window then user.
-    pub fn fire(&mut self, now: Now) -> Vec<WindowResult> {
+    pub fn fire(&mut self, now: Now) -> Vec<WindowResult<A>> {
         let watermark = self.advance(now);
         // Cheap when nothing is due: the earliest open window's expiry, per partition.
         let due = self
@@ -464,7 +502,7 @@ impl Aggregator {
     }
 
     /// Fires every open window: the end of a bounded input, as Beam does.
-    pub fn fire_all(&mut self) -> Vec<WindowResult> {
+    pub fn fire_all(&mut self) -> Vec<WindowResult<A>> {
         let last = self
             .partitions
             .values()
@@ -480,27 +518,34 @@ impl Aggregator {
         }
     }
 
-    fn fire_through(&mut self, watermark: i64) -> Vec<WindowResult> {
+    fn fire_through(&mut self, watermark: i64) -> Vec<WindowResult<A>> {
         // Windows whose end + lateness <= watermark: start <= watermark - size - lateness.
         let last_start = watermark
             .saturating_sub(self.size_ms)
             .saturating_sub(self.lateness_ms);
-        let mut merged: Vec<WindowResult> = Vec::new();
-        let mut shared: HashMap<(i64, Box<str>), u64> = HashMap::default();
+        let mut merged: Vec<WindowResult<A>> = Vec::new();
+        let mut shared: HashMap<(i64, Box<str>), A> = HashMap::default();
         let several = self.partitions.len() > 1;
         for state in self.partitions.values_mut() {
             let open = state.windows.split_off(&last_start.saturating_add(1));
             let closed = std::mem::replace(&mut state.windows, open);
             for (start, window) in closed {
-                for (id, count) in window.counts {
+                for (key, value) in window.counts {
                     if several {
-                        *shared.entry((start, id)).or_default() += count;
+                        match shared.entry((start, key)) {
+                            std::collections::hash_map::Entry::Occupied(mut held) => {
+                                held.get_mut().merge(value);
+                            }
+                            std::collections::hash_map::Entry::Vacant(slot) => {
+                                slot.insert(value);
+                            }
+                        }
                     } else {
                         merged.push(WindowResult {
                             start_ms: start,
                             end_ms: start + self.size_ms,
-                            id: id.into(),
-                            page_views: count,
+                            key: key.into(),
+                            value,
                         });
                     }
                 }
@@ -509,15 +554,15 @@ impl Aggregator {
         merged.extend(
             shared
                 .into_iter()
-                .map(|((start_ms, id), page_views)| WindowResult {
+                .map(|((start_ms, key), value)| WindowResult {
                     start_ms,
                     end_ms: start_ms + self.size_ms,
-                    id: id.into(),
-                    page_views,
+                    key: key.into(),
+                    value,
                 }),
         );
         // By window, then user: the order does not depend on hashing.
-        merged.sort_unstable_by(|a, b| (a.start_ms, &a.id).cmp(&(b.start_ms, &b.id)));
+        merged.sort_unstable_by(|a, b| (a.start_ms, &a.key).cmp(&(b.start_ms, &b.key)));
         self.fired_through = self.fired_through.max(watermark);
         self.fired += merged.len() as u64;
         merged
@@ -615,14 +660,6 @@ impl UserTraffic {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.users.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
-
     /// One JSON line per user, as the original's `json.dumps(UserTraffic._asdict())`.
     pub fn write_lines(&self, out: &mut Vec<u8>) {
         for (id, t) in &self.users {
@@ -666,7 +703,7 @@ mod tests {
     fn results(fired: &[WindowResult]) -> Vec<(String, String, u64)> {
         fired
             .iter()
-            .map(|r| (r.id.clone(), format_time(r.start_ms), r.page_views))
+            .map(|r| (r.key.clone(), format_time(r.start_ms), r.value))
             .collect()
     }
 
@@ -770,7 +807,7 @@ mod tests {
         let fired = agg.fire(now);
         assert_eq!(fired.len(), 1);
         assert_eq!(
-            (fired[0].start_ms, fired[0].end_ms, fired[0].page_views),
+            (fired[0].start_ms, fired[0].end_ms, fired[0].value),
             (20_000, 40_000, 1)
         );
         assert_eq!(agg.hold(0), Some(1), "the open window still needs offset 1");
@@ -1090,7 +1127,7 @@ mod tests {
             agg.fire(now);
         }
         assert_eq!(late, 0);
-        let fired: u64 = agg.fire_all().iter().map(|r| r.page_views).sum();
+        let fired: u64 = agg.fire_all().iter().map(|r| r.value).sum();
         assert_eq!(agg.status(now).fired, 30);
         assert!(
             fired > 0 && fired < 600,

@@ -152,7 +152,7 @@ fn delivery_latency_is_reported_every_5_s_at_the_end_and_on_metrics() {
 
 /// `1234567` as `1,234,567`.
 fn group(n: u64) -> String {
-    streamkit::datagen::group_thousands(n)
+    common::group_thousands(n)
 }
 
 #[test]

@@ -804,7 +804,7 @@ fn verification_across_a_killed_pipeline_finds_nothing_lost_and_counts_duplicate
 }
 
 fn group(n: u64) -> String {
-    streamkit::datagen::group_thousands(n)
+    common::group_thousands(n)
 }
 
 #[test]
@@ -1059,7 +1059,7 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         (&["--job", "traffic-agg", "--window", "0"], "--window"),
         (
             &["--job", "traffic-agg", "--parallelism", "2"],
-            "partial count for the same window",
+            "partial result for the same window",
         ),
         (&["--job", "traffic-agg", "--window", "soon"], "--window"),
         (

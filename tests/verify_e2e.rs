@@ -227,7 +227,7 @@ fn events_sharing_identities_at_a_high_rate_are_counted_exactly() {
 }
 
 fn group(n: u64) -> String {
-    streamkit::datagen::group_thousands(n)
+    common::group_thousands(n)
 }
 
 /// The JVM job on `job`'s topics, started as `java` itself (the test signals the JVM, not a

@@ -54,10 +54,6 @@ impl EncodedBatch {
         self.ends.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
     /// The values as JSON lines, ready for a file.
     pub fn lines(&self) -> &[u8] {
         &self.lines

@@ -255,12 +255,9 @@ impl IdentityTable {
     }
 
     /// Identities held.
+    #[cfg(feature = "bench")]
     pub fn len(&self) -> usize {
         self.slots.len() + self.bad.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Fills `report`'s accounting (see the module doc); `dead_letters_read` when a

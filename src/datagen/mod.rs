@@ -21,9 +21,10 @@
 //! the summary in `summary`, `--verify-topic` in `verify`, `--report` in `report`.
 
 mod batch;
+mod cli;
 mod dirt;
 mod file_sink;
-pub mod identity;
+pub(crate) mod identity;
 mod kafka_sink;
 mod metrics;
 mod report;
@@ -38,12 +39,15 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-pub use batch::{EncodedBatch, encode};
-pub use dirt::{BadKind, Dirt, DirtCounts};
-pub use metrics::LiveCounts;
-pub use report::json_path as report_json_path;
-pub use summary::{Summary, group_thousands};
-pub use verify::{VerifyConfig, VerifyReport};
+#[cfg(feature = "bench")]
+pub(crate) use batch::{EncodedBatch, encode};
+pub use cli::main;
+pub(crate) use dirt::{Dirt, DirtCounts};
+pub(crate) use metrics::LiveCounts;
+pub(crate) use summary::{Summary, group_thousands};
+pub(crate) use verify::VerifyConfig;
+#[cfg(feature = "bench")]
+pub(crate) use verify::VerifyReport;
 
 use crate::error::Result;
 use crate::generator::{Clock, EventSource, GeneratorConfig};
@@ -55,11 +59,11 @@ use run::Run;
 use sink::{Sent, open_sink};
 
 /// After cancellation, how long outstanding deliveries may take before they are purged.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Where events go.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Output {
+pub(crate) enum Output {
     /// JSON lines, one event per line; the file is created (with its folders) or truncated.
     File(PathBuf),
     /// JSON lines on stdout.
@@ -86,7 +90,7 @@ impl fmt::Display for Output {
 
 /// Everything a run needs; built by the binary from its flags.
 #[derive(Debug, Clone)]
-pub struct DatagenConfig {
+pub(crate) struct DatagenConfig {
     pub generator: GeneratorConfig,
     pub clock: Clock,
     /// Stop after this many events.
@@ -112,7 +116,7 @@ pub struct DatagenConfig {
 /// Refuses, before anything is generated or written, a run whose files would overwrite
 /// each other (the events file, the report and the report's JSON, compared as files) and
 /// a report that cannot be written.
-pub fn check_outputs(config: &DatagenConfig) -> Result<()> {
+pub(crate) fn check_outputs(config: &DatagenConfig) -> Result<()> {
     let Some(report) = &config.report else {
         return Ok(());
     };
@@ -146,7 +150,7 @@ fn expected_events(config: &DatagenConfig) -> usize {
 }
 
 /// Generates events as configured until the count, the duration or `cancel` ends the run.
-pub fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary> {
+pub(crate) fn run(config: &DatagenConfig, cancel: &CancellationToken) -> Result<Summary> {
     let source = EventSource::new(&config.generator)?;
     let verify = match (&config.verify, &config.output) {
         (Some(verify), Output::Kafka { kafka, .. }) => Some((kafka, verify)),

@@ -28,25 +28,6 @@ use crate::browse::TopicBrowser;
 use crate::history::{History, Point};
 use crate::web::{Topics, View, encode_samples, metrics_registry, render_metrics};
 
-/// The operators, in order, as the original Beam job names them.
-const OPERATORS: [&str; 6] = [
-    "Read from Kafka",
-    "Decode messages",
-    "Parse elements",
-    "Create messages",
-    "Write to Kafka",
-    "Dead letters",
-];
-/// The same, as Prometheus label values.
-const OPERATOR_LABELS: [&str; 6] = [
-    "read",
-    "decode",
-    "parse",
-    "create_messages",
-    "write",
-    "dead_letter",
-];
-
 pub(super) struct JobView {
     name: String,
     guarantee: &'static str,
@@ -59,7 +40,7 @@ pub(super) struct JobView {
     started_at: SystemTime,
     stats: Arc<Stats>,
     /// Last sample of records out per operator, for rates.
-    sample: Mutex<(Instant, [u64; 6], [f64; 6])>,
+    sample: Mutex<(Instant, Vec<u64>, Vec<f64>)>,
     /// When the history's last point was taken (commits after it go in the next one).
     last_point: Mutex<SystemTime>,
     history: History,
@@ -110,6 +91,7 @@ impl JobView {
             input: topics
                 .as_ref()
                 .map_or_else(|| "file".to_string(), |t| t.0.clone()),
+            files: topics.is_none(),
             started,
             stats: Arc::clone(&stats),
         }));
@@ -130,7 +112,7 @@ impl JobView {
             started,
             started_at: SystemTime::now(),
             stats,
-            sample: Mutex::new((started, [0; 6], [0.0; 6])),
+            sample: Mutex::new((started, Vec::new(), Vec::new())),
             last_point: Mutex::new(SystemTime::now()),
             history: History::default(),
             browser,
@@ -139,25 +121,16 @@ impl JobView {
     }
 
     fn snapshot(&self) -> JobSnapshot {
-        let counts = self.stats.operator_counts();
-        let rates = self.sample.lock().map(|s| s.2).unwrap_or_default();
-        let files = self.topics.is_none();
-        let operators = OPERATORS
+        let counts = self.stats.operator_counts(self.topics.is_none());
+        let rates = self.sample.lock().map(|s| s.2.clone()).unwrap_or_default();
+        let operators = counts
             .iter()
-            .zip(counts)
-            .zip(rates)
-            .map(|((name, (records_in, records_out)), rate)| {
-                let name = match (*name, files) {
-                    ("Read from Kafka", true) => "Read from file",
-                    ("Write to Kafka", true) => "Write to file",
-                    (name, _) => name,
-                };
-                OperatorSnapshot {
-                    name,
-                    records_in,
-                    records_out,
-                    rate_per_second: rate,
-                }
+            .enumerate()
+            .map(|(i, count)| OperatorSnapshot {
+                name: count.name,
+                records_in: count.records_in,
+                records_out: count.records_out,
+                rate_per_second: rates.get(i).copied().unwrap_or(0.0),
             })
             .collect();
         let partitions = self
@@ -258,7 +231,7 @@ impl JobView {
 
 impl JobView {
     /// The history's point for now, from this second's operator `rates`.
-    fn point(&self, rates: &[f64; 6]) -> Point {
+    fn point(&self, rates: &[f64]) -> Point {
         let now = SystemTime::now();
         let since = self
             .last_point
@@ -279,9 +252,13 @@ impl JobView {
         Point {
             t_ms: epoch_ms(now),
             values: vec![
-                ("records_in_per_second", Some(rates[0])),
-                ("records_out_per_second", Some(rates[4])),
-                ("dead_letters_per_second", Some(rates[5])),
+                ("records_in_per_second", rates.first().copied()),
+                // The write, then the dead letters, close the chain.
+                (
+                    "records_out_per_second",
+                    rates.len().checked_sub(2).map(|i| rates[i]),
+                ),
+                ("dead_letters_per_second", rates.last().copied()),
                 ("lag_records", lag.map(|l| l as f64)),
                 ("commit_duration_ms", commit_ms),
                 ("end_to_end_latency_p50_ms", latency.ms(|l| l.p50)),
@@ -309,17 +286,25 @@ impl View for JobView {
     }
 
     fn tick(&self) {
-        let counts = self.stats.operator_counts();
+        let counts = self.stats.operator_counts(self.topics.is_none());
         let Ok(mut sample) = self.sample.lock() else {
             return;
         };
         let now = Instant::now();
         let seconds = now.duration_since(sample.0).as_secs_f64();
-        let mut rates = [0.0; 6];
-        for (i, (_, out)) in counts.iter().enumerate() {
-            rates[i] = crate::history::rate(*out, sample.1[i], seconds);
-        }
-        *sample = (now, counts.map(|(_, out)| out), rates);
+        let rates: Vec<f64> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, count)| {
+                let before = sample.1.get(i).copied().unwrap_or(0);
+                crate::history::rate(count.records_out, before, seconds)
+            })
+            .collect();
+        *sample = (
+            now,
+            counts.iter().map(|c| c.records_out).collect(),
+            rates.clone(),
+        );
         drop(sample);
         self.history.push(self.point(&rates));
     }
@@ -350,6 +335,8 @@ struct JobMetrics {
     guarantee: &'static str,
     /// The input topic, or `file`.
     input: String,
+    /// File mode: the read and the write are named for files.
+    files: bool,
     started: Instant,
     stats: Arc<Stats>,
 }
@@ -357,27 +344,24 @@ struct JobMetrics {
 impl Collector for JobMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         let job = self.job.as_str();
-        let counts = self.stats.operator_counts();
+        let counts = self.stats.operator_counts(self.files);
         encode_samples(
             &mut encoder,
             "streamkit_pipeline_records",
             "Records into and out of each operator.",
             MetricType::Counter,
-            OPERATOR_LABELS
-                .iter()
-                .zip(counts)
-                .flat_map(|(operator, (records_in, records_out))| {
-                    [("in", records_in), ("out", records_out)].map(|(direction, n)| {
-                        (
-                            [
-                                ("job", job),
-                                ("operator", operator),
-                                ("direction", direction),
-                            ],
-                            ConstCounter::new(n),
-                        )
-                    })
-                }),
+            counts.iter().flat_map(|count| {
+                [("in", count.records_in), ("out", count.records_out)].map(|(direction, n)| {
+                    (
+                        [
+                            ("job", job),
+                            ("operator", count.label),
+                            ("direction", direction),
+                        ],
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
         )?;
         encode_samples(
             &mut encoder,

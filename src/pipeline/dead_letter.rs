@@ -47,11 +47,11 @@ pub const OMITTED_SIZE: &str = "payload.omitted.size";
 
 /// Longest key kept on a dead letter by reference (a longer key may be what made the
 /// record too large).
-pub const REFERENCE_KEY_BYTES: usize = 1024;
+pub(crate) const REFERENCE_KEY_BYTES: usize = 1024;
 
 /// Where an input record is.
 #[derive(Debug, Clone, Copy)]
-pub struct Position<'a> {
+pub(crate) struct Position<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
@@ -59,7 +59,7 @@ pub struct Position<'a> {
 
 /// The dead-letter kind for an error that is about one record, not the cluster: the record
 /// goes to the dead letters and the job goes on.
-pub fn record_refusal(code: RDKafkaErrorCode) -> Option<RejectKind> {
+pub(crate) fn record_refusal(code: RDKafkaErrorCode) -> Option<RejectKind> {
     match code {
         RDKafkaErrorCode::MessageSizeTooLarge => Some(RejectKind::TooLarge),
         RDKafkaErrorCode::InvalidRecord => Some(RejectKind::OutputRejected),
@@ -70,7 +70,7 @@ pub fn record_refusal(code: RDKafkaErrorCode) -> Option<RejectKind> {
 /// A dead letter's headers: the input record's own (`inherited`) first, then the error, its
 /// kind, the source position (when there is an input record) and, for a reference, the
 /// size of what was left out.
-pub fn headers(
+pub(crate) fn headers(
     inherited: Option<OwnedHeaders>,
     source: Option<Position<'_>>,
     rejection: &Rejection,
@@ -111,7 +111,7 @@ pub fn headers(
 }
 
 /// The value of a dead letter by reference: where the record is and how big it was.
-pub fn reference(source: Position<'_>, size: usize) -> String {
+pub(crate) fn reference(source: Position<'_>, size: usize) -> String {
     serde_json::json!({
         "omitted_payload": {
             "topic": source.topic,
@@ -124,7 +124,7 @@ pub fn reference(source: Position<'_>, size: usize) -> String {
 }
 
 /// The reason of an output record the output topic refused at `send`.
-pub fn output_refused(size: usize, topic: &str, kind: RejectKind, error: &str) -> Rejection {
+pub(crate) fn output_refused(size: usize, topic: &str, kind: RejectKind, error: &str) -> Rejection {
     Rejection {
         kind,
         reason: format!("the output record ({size} bytes) cannot go to {topic}: {error}"),
@@ -132,7 +132,7 @@ pub fn output_refused(size: usize, topic: &str, kind: RejectKind, error: &str) -
 }
 
 /// The reason of a record a topic refused on delivery (the broker's answer).
-pub fn refused_on_delivery(topic: &str, kind: RejectKind, error: &str) -> Rejection {
+pub(crate) fn refused_on_delivery(topic: &str, kind: RejectKind, error: &str) -> Rejection {
     Rejection {
         kind,
         reason: format!("{topic} refused the record: {error}"),
@@ -140,7 +140,7 @@ pub fn refused_on_delivery(topic: &str, kind: RejectKind, error: &str) -> Reject
 }
 
 /// The reason once the dead-letter topic refused the dead letter too.
-pub fn refused_twice(rejection: &Rejection, error: &str) -> Rejection {
+pub(crate) fn refused_twice(rejection: &Rejection, error: &str) -> Rejection {
     Rejection {
         kind: rejection.kind,
         reason: format!("{}; the dead letter too: {error}", rejection.reason),
@@ -148,7 +148,7 @@ pub fn refused_twice(rejection: &Rejection, error: &str) -> Rejection {
 }
 
 /// An event whose `event_datetime` is no time.
-pub fn invalid_event_time(text: &str) -> Rejection {
+pub(crate) fn invalid_event_time(text: &str) -> Rejection {
     Rejection {
         kind: RejectKind::InvalidField,
         reason: format!(
@@ -158,7 +158,7 @@ pub fn invalid_event_time(text: &str) -> Rejection {
 }
 
 /// The dead letter that an event's [`Verdict`] calls for, if any: `late` or `future`.
-pub fn verdict(verdict: Verdict) -> Option<Rejection> {
+pub(crate) fn verdict(verdict: Verdict) -> Option<Rejection> {
     match verdict {
         Verdict::Counted => None,
         Verdict::Late {
@@ -189,7 +189,7 @@ pub fn verdict(verdict: Verdict) -> Option<Rejection> {
 
 /// One line of a dead-letter file.
 #[derive(Debug, serde::Serialize)]
-pub struct FileLine<'a> {
+pub(crate) struct FileLine<'a> {
     pub line: u64,
     pub kind: &'static str,
     pub error: &'a str,

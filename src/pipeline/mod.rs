@@ -26,21 +26,23 @@
 //! nothing; a `kill -9` of one process loses nothing. Partitions added to the input are
 //! picked up while the job runs.
 
+mod cli;
 mod dashboard;
 pub mod dead_letter;
-pub mod guarantee;
+pub(crate) mod guarantee;
 mod io;
 pub mod job;
 mod runner;
 mod stats;
 mod watch;
 
-pub use guarantee::instance::{self, InstanceId};
-pub use guarantee::{ExactlyOnce, TRANSACTION_TIMEOUT};
-pub use io::files::{MAX_LINE_BYTES, check_distinct as check_files};
-pub use job::JobKind;
-pub use runner::{IN_FLIGHT_BUDGET, PREFETCH_BUDGET_KBYTES, REVOKE_TIMEOUT};
-pub use stats::*;
+pub use cli::{JobConfig, Program, main, main_with};
+pub(crate) use guarantee::ExactlyOnce;
+pub(crate) use guarantee::instance::InstanceId;
+pub use io::files::MAX_LINE_BYTES;
+pub(crate) use io::files::check_distinct as check_files;
+pub use runner::IN_FLIGHT_BUDGET;
+pub(crate) use stats::*;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,13 +61,13 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// How often the status line is printed.
-pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The job's settings, named like the original's options.
 #[derive(Debug, Clone)]
-pub struct PipelineConfig {
-    /// Which job: the article's, or one of the seed repository's aggregations.
-    pub job: JobKind,
+pub(crate) struct PipelineConfig {
+    /// Which job: the article's, one of the seed repository's aggregations, or yours.
+    pub job: job::JobSpec,
     /// At-least-once (the default), or exactly-once with transactions.
     pub guarantee: Guarantee,
     /// Also the consumer group under which positions are committed.
@@ -94,7 +96,7 @@ pub struct PipelineConfig {
 
 /// `--processing-guarantee`, named as in Kafka Streams.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Guarantee {
+pub(crate) enum Guarantee {
     #[default]
     AtLeastOnce,
     ExactlyOnce(ExactlyOnce),
@@ -111,7 +113,7 @@ impl Guarantee {
 
 /// Where records come from and go to.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     Kafka {
         cluster: Cluster,
         topics: Topics,
@@ -122,7 +124,7 @@ pub enum Source {
 
 /// Which Kafka cluster.
 #[derive(Debug, Clone)]
-pub enum Cluster {
+pub(crate) enum Cluster {
     /// An in-process mock cluster fed by an in-process generator: the article's demo.
     Embedded(DemoConfig),
     /// A real cluster (the local one with `--use-own`, or any address).
@@ -130,7 +132,7 @@ pub enum Cluster {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct DemoConfig {
+pub(crate) struct DemoConfig {
     pub users: u32,
     /// Events per second fed into the input topic.
     pub rate: f64,
@@ -139,7 +141,7 @@ pub struct DemoConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
+pub(crate) struct Topics {
     pub input: String,
     pub output: String,
     pub dead_letter: String,
@@ -147,7 +149,7 @@ pub struct Topics {
 
 /// File mode: JSON lines in, value JSON lines out, bad lines to a dead-letter file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     /// `None` reads stdin.
     pub input: Option<PathBuf>,
     /// `None` writes stdout.
@@ -156,12 +158,12 @@ pub struct FileConfig {
 }
 
 /// Runs the job until its input ends (`bounded`, files) or `cancel` fires.
-pub fn run(config: &PipelineConfig, cancel: &CancellationToken) -> Result<Summary> {
+pub(crate) fn run(config: &PipelineConfig, cancel: &CancellationToken) -> Result<Summary> {
     run_with_stats(config, &Arc::new(Stats::default()), cancel)
 }
 
 /// [`run`], updating `stats` as it goes (for a caller that watches the job).
-pub fn run_with_stats(
+pub(crate) fn run_with_stats(
     config: &PipelineConfig,
     stats: &Arc<Stats>,
     cancel: &CancellationToken,

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::job::{MAX_OPERATORS, Operator, Tally};
 use crate::datagen::group_thousands;
 use crate::transform::RejectKind;
 
@@ -21,12 +22,13 @@ use super::STATUS_INTERVAL;
 pub struct Stats {
     /// Read from Kafka (or the input file).
     pub read: AtomicU64,
-    /// Decoded as UTF-8.
-    pub decoded: AtomicU64,
-    /// Parsed into an `EventLog`.
-    pub parsed: AtomicU64,
-    /// Output messages created and handed to the writer.
-    pub created: AtomicU64,
+    /// The job's operators between the read and the write (set when its first instance
+    /// is built).
+    operators: Mutex<&'static [Operator]>,
+    /// Records out of each of the job's operators.
+    passed: [AtomicU64; MAX_OPERATORS],
+    /// Output records the job emitted (handed to the writer).
+    pub emitted: AtomicU64,
     /// Output messages acknowledged by the broker (or written to the output file).
     pub written: AtomicU64,
     /// Dead letters acknowledged (or written to the dead-letter file).
@@ -43,7 +45,8 @@ pub struct Stats {
     /// From an input record's timestamp to its output's acknowledgement (Kafka modes; one
     /// record in eight is measured).
     end_to_end: crate::latency::DeliveryLatency,
-    /// Aggregation jobs: events counted into a window or a user's totals.
+    /// Events counted into a window or a user's totals (aggregation jobs), or dropped on
+    /// purpose (others).
     pub counted: AtomicU64,
     /// Set by an aggregation job: a record is done once counted, not once written.
     aggregating: std::sync::atomic::AtomicBool,
@@ -165,10 +168,23 @@ pub struct Totals {
     /// Aggregation jobs: events counted (then `read = counted + dead_lettered + in_flight`,
     /// and `written` counts results); `null` otherwise.
     pub counted: Option<u64>,
+    /// Other jobs: records dropped on purpose (then `read = written + dropped +
+    /// dead_lettered + in_flight`); `null` when none.
+    pub dropped: Option<u64>,
     /// Read and neither written nor dead-lettered yet: deliveries in flight (or stuck)
     /// and, under exactly-once, the records of open transactions (which count in `read`
     /// once their transaction commits).
     pub in_flight: u64,
+}
+
+/// One operator's counts, as the dashboard and `/metrics` show them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperatorCount {
+    pub name: &'static str,
+    /// The `operator` label in `/metrics`.
+    pub label: &'static str,
+    pub records_in: u64,
+    pub records_out: u64,
 }
 
 /// Dead letters of one kind.
@@ -204,23 +220,46 @@ impl Stats {
             Self::get(&self.written),
             Self::get(&self.dead_lettered),
         );
-        let counted = self
-            .aggregating
-            .load(Ordering::Relaxed)
-            .then(|| Self::get(&self.counted));
+        let aggregating = self.aggregating.load(Ordering::Relaxed);
+        let counted = Self::get(&self.counted);
+        // An aggregation's records are done once counted (what it writes are results); a
+        // transform's once written, or dropped.
+        let done = if aggregating {
+            counted
+        } else {
+            written + counted
+        };
         Totals {
             read,
             written,
             dead_lettered,
-            counted,
-            in_flight: read.saturating_sub(counted.unwrap_or(written) + dead_lettered)
-                + Self::get(&self.in_transaction),
+            counted: aggregating.then_some(counted),
+            dropped: (!aggregating && counted > 0).then_some(counted),
+            in_flight: read.saturating_sub(done + dead_lettered) + Self::get(&self.in_transaction),
         }
     }
 
-    /// Marks the job as an aggregation: a record is done once counted.
-    pub fn set_aggregating(&self) {
-        self.aggregating.store(true, Ordering::Relaxed);
+    /// The job's operators, and whether it aggregates (a record is done once counted).
+    pub(crate) fn set_operators(&self, operators: &'static [Operator], aggregating: bool) {
+        if let Ok(mut named) = self.operators.lock() {
+            *named = &operators[..operators.len().min(MAX_OPERATORS)];
+        }
+        self.aggregating.store(aggregating, Ordering::Relaxed);
+    }
+
+    /// Adds what a worker's job counted: records through each operator, and emitted.
+    pub(crate) fn add_tally(&self, tally: &Tally) {
+        // `reached[n]` records went through operators 0..n.
+        let mut through = 0;
+        for i in (0..MAX_OPERATORS).rev() {
+            through += tally.reached[i + 1];
+            if through > 0 {
+                self.passed[i].fetch_add(through, Ordering::Relaxed);
+            }
+        }
+        if tally.emitted > 0 {
+            self.emitted.fetch_add(tally.emitted, Ordering::Relaxed);
+        }
     }
 
     /// Dead letters per kind, with the latest reason of each.
@@ -250,24 +289,44 @@ impl Stats {
         self.checkpoint_durations.clone()
     }
 
-    /// (records in, records out) of each operator, in chain order, the dead-letter branch
-    /// last: Read, Decode, Parse, Create messages, Write, Dead letters.
-    pub fn operator_counts(&self) -> [(u64, u64); 6] {
-        let (read, decoded, parsed, created) = (
-            Self::get(&self.read),
-            Self::get(&self.decoded),
-            Self::get(&self.parsed),
-            Self::get(&self.created),
-        );
+    /// Records into and out of each operator, in chain order, the dead-letter branch
+    /// last: Read, the job's operators, Write, Dead letters. `files` names the read and
+    /// the write for file mode.
+    pub fn operator_counts(&self, files: bool) -> Vec<OperatorCount> {
+        let read = Self::get(&self.read);
+        let named: &'static [Operator] = self.operators.lock().map_or(&[], |named| *named);
+        let (read_name, write_name) = if files {
+            ("Read from file", "Write to file")
+        } else {
+            ("Read from Kafka", "Write to Kafka")
+        };
+        let count = |name, label, records_in, records_out| OperatorCount {
+            name,
+            label,
+            records_in,
+            records_out,
+        };
+        let mut counts = vec![count(read_name, "read", read, read)];
+        let mut last = read;
+        for (i, operator) in named.iter().enumerate() {
+            let out = Self::get(&self.passed[i]);
+            counts.push(count(operator.name, operator.label, last, out));
+            last = out;
+        }
         let rejected: u64 = self.rejections().values().map(|r| r.count).sum();
-        [
-            (read, read),
-            (read, decoded),
-            (decoded, parsed),
-            (parsed, created),
-            (created, Self::get(&self.written)),
-            (rejected, Self::get(&self.dead_lettered)),
-        ]
+        counts.push(count(
+            write_name,
+            "write",
+            Self::get(&self.emitted),
+            Self::get(&self.written),
+        ));
+        counts.push(count(
+            "Dead letters",
+            "dead_letter",
+            rejected,
+            Self::get(&self.dead_lettered),
+        ));
+        counts
     }
 
     pub(crate) fn record_checkpoint(&self, duration: Duration, positions: &[(i32, i64)]) {
@@ -452,7 +511,14 @@ impl Stats {
                 group_thousands(counted),
                 group_thousands(totals.written)
             ),
-            None => format!("written {}", group_thousands(totals.written)),
+            None => match totals.dropped {
+                Some(dropped) => format!(
+                    "written {}, dropped {}",
+                    group_thousands(totals.written),
+                    group_thousands(dropped)
+                ),
+                None => format!("written {}", group_thousands(totals.written)),
+            },
         };
         format!(
             "read {}, {done}, dead-lettered {}, undelivered {}, {} records/s, lag {}",
@@ -498,6 +564,8 @@ pub struct Summary {
     pub written: u64,
     /// Aggregation jobs: events counted (`written` then counts results).
     pub counted: Option<u64>,
+    /// Records dropped on purpose (a filter), when any.
+    pub dropped: Option<u64>,
     pub dead_lettered: u64,
     /// Read but not acknowledged when the job stopped: read again on restart.
     pub unfinished: u64,
@@ -512,6 +580,7 @@ impl Summary {
             read: totals.read,
             written: totals.written,
             counted: totals.counted,
+            dropped: totals.dropped,
             dead_lettered: totals.dead_lettered,
             unfinished: totals.in_flight,
             elapsed,
@@ -529,9 +598,16 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "read {} = {done} {} + dead-lettered {}",
+            "read {} = {done} {}",
             group_thousands(self.read),
             group_thousands(counted_or_written),
+        )?;
+        if let Some(dropped) = self.dropped {
+            write!(f, " + dropped {}", group_thousands(dropped))?;
+        }
+        write!(
+            f,
+            " + dead-lettered {}",
             group_thousands(self.dead_lettered)
         )?;
         if self.unfinished > 0 {

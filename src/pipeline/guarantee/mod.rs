@@ -14,7 +14,7 @@ pub(super) mod at_least_once;
 pub(super) mod exactly_once;
 pub mod instance;
 
-pub use exactly_once::{ExactlyOnce, TRANSACTION_TIMEOUT};
+pub use exactly_once::ExactlyOnce;
 
 /// How a commit ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

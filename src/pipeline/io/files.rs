@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::pipeline::dead_letter::FileLine;
-use crate::pipeline::job::{self, Emitter, Job, JobKind, Outcome, Record};
+use crate::pipeline::job::{self, Emitter, Headers, Job, JobSpec, Outcome, Record};
 use crate::pipeline::{FileConfig, Stats, StatusLine};
 use crate::transform::RejectKind;
 use crate::windows::Now;
@@ -94,7 +94,7 @@ enum Chunk {
 
 pub(crate) fn run(
     config: &FileConfig,
-    job: &JobKind,
+    job: &JobSpec,
     stats: &Arc<Stats>,
     cancel: &CancellationToken,
 ) -> Result<()> {
@@ -116,7 +116,7 @@ pub(crate) fn run(
         Some(path) => Box::new(File::create(path).map_err(|e| Error::io(path, e))?),
     };
     let chunks = spawn_reader(input)?;
-    let job = job::build(job, stats);
+    let job = job.build(stats);
     let mut lines = LineWriter {
         config,
         stats,
@@ -260,24 +260,31 @@ impl LineWriter<'_> {
             partition: 0,
             offset: self.number as i64,
             key: None,
-            payload: Some(payload),
+            value: Some(payload),
+            timestamp: None,
+            headers: Headers::none(),
         };
-        self.emitter.clear();
-        match self.job.process(&record, self.now, &mut self.emitter) {
+        self.emitter.begin();
+        let outcome = self.job.process(&record, self.now, &mut self.emitter);
+        self.emitter
+            .tally_record(&outcome, self.job.operators().len());
+        match outcome {
             Outcome::Emitted => self.write_emitted()?,
-            Outcome::Counted => Stats::add(&self.stats.counted),
+            Outcome::Counted | Outcome::Dropped => Stats::add(&self.stats.counted),
             Outcome::Rejected(rejection) => {
                 self.stats.reject(rejection.kind, &rejection.reason);
                 self.dead_letter(&FileLine::of(self.number, payload, &rejection))?;
             }
         }
         if self.ticking {
-            self.emitter.clear();
+            self.emitter.begin();
             self.job.tick(self.now, &mut self.emitter);
+            self.emitter.tally_results();
             self.write_emitted()?;
         }
         if self.number.is_multiple_of(FIRE_EVERY) {
-            self.job.publish(self.now);
+            job::publish(self.job.as_ref(), self.stats, self.now);
+            self.flush_tally();
         }
         if self.number.is_multiple_of(4096) {
             self.status.maybe_print(self.stats);
@@ -320,12 +327,22 @@ impl LineWriter<'_> {
     fn fire(&mut self) -> Result<()> {
         if self.ticking {
             let now = Now::current();
-            self.emitter.clear();
+            self.emitter.begin();
             self.job.tick(now, &mut self.emitter);
-            self.job.publish(now);
+            self.emitter.tally_results();
+            job::publish(self.job.as_ref(), self.stats, now);
             self.write_emitted()?;
         }
+        self.flush_tally();
         Ok(())
+    }
+
+    /// Adds what the job counted (records through its operators, outputs) to the stats.
+    fn flush_tally(&mut self) {
+        let tally = self.emitter.take_tally();
+        if !tally.is_empty() {
+            self.stats.add_tally(&tally);
+        }
     }
 
     /// Dead-letters a line of `size` bytes that was too long to hold, by number and size.
@@ -385,9 +402,11 @@ impl LineWriter<'_> {
 
     /// The end of the input: the job writes what it holds.
     fn finish(mut self) -> Result<()> {
-        self.emitter.clear();
+        self.emitter.begin();
         self.job.finish(&mut self.emitter);
-        self.job.publish(Now::current());
+        self.emitter.tally_results();
+        job::publish(self.job.as_ref(), self.stats, Now::current());
+        self.flush_tally();
         self.write_emitted()?;
         self.flush()
     }

@@ -18,35 +18,194 @@
 //!
 //! Adding a job means one file here and one arm in [`build`] (and a `--job` value).
 
+//! Jobs: what a pipeline does with each record, behind one trait, [`Job`], that every
+//! runner drives: the Kafka runner under either guarantee, the file runner, and the
+//! in-memory [test driver](crate::testing::TestDriver). The built-in jobs (`kafka-io`,
+//! `traffic-agg`, `user-traffic`) implement it as a job of your own does.
+//!
+//! A [`Job`] is pure: it never touches Kafka, a file or a clock. The runner hands it one
+//! [`Record`] at a time (key, value, headers, timestamp, partition and offset) and sends
+//! what it [emits](Emitter); the job answers with an [`Outcome`]: its outputs were
+//! emitted, the record was counted into its state or dropped, or the record is rejected
+//! (the runner dead-letters it, with the reason). A stateful job also gets the hooks of
+//! Kafka Streams' `Processor` and Arroyo's operators:
+//! - [`Job::tick`]: time passes (event-time windows fire);
+//! - [`Job::hold`] and [`Job::save`]: the state to commit with the input positions (the
+//!   position a commit may reach, and the commit's metadata);
+//! - [`Job::assign`] and [`Job::revoke`]: a partition arrives with the state saved at its
+//!   last commit, or leaves (after a rebalance, a restart or an aborted transaction);
+//! - [`Job::finish`]: the end of a bounded input.
+//!
+//! Event-time windows need none of these by hand: implement [`WindowedJob`] (a grouping
+//! key, an event time and a value per record; a result per key and window) and run it as
+//! [`Windowed`], which brings watermarks, lateness, the far-future bound and the state
+//! saved with each commit.
+//!
+//! Guarantee: a job is the same code in every mode; a record's outcome depends on the
+//! record, the job's state and the [`Now`] it is given, nothing else. So what a job does
+//! under the test driver is what it does on Kafka.
+//!
+//! ```
+//! use streamkit::pipeline::job::{Emitter, Job, Now, Outcome, Record, Rejection};
+//!
+//! /// Upper-cases each value; an empty one is dead-lettered.
+//! struct Shout;
+//!
+//! impl Job for Shout {
+//!     fn process(&mut self, record: &Record<'_>, _now: Now, out: &mut Emitter) -> Outcome {
+//!         match record.value {
+//!             Some(value) if !value.is_empty() => {
+//!                 let (key, out_value) = out.record();
+//!                 key.extend_from_slice(record.key.unwrap_or_default());
+//!                 out_value.extend(value.iter().map(u8::to_ascii_uppercase));
+//!                 Outcome::Emitted
+//!             }
+//!             _ => Outcome::Rejected(Rejection::new("empty", "no value")),
+//!         }
+//!     }
+//! }
+//! ```
+
 mod kafka_io;
 mod traffic_agg;
 mod user_traffic;
+mod windowed;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Stats;
-use crate::transform::{self, RejectKind, Rejection};
-use crate::windows::Now;
+use crate::transform;
+
+pub use crate::schema::{EventLog, write_key as write_event_key};
+pub use crate::transform::{RejectKind, Rejection};
+pub use crate::windows::WindowResult;
+pub use crate::windows::{
+    Aggregate, Now, PartitionWatermark, WindowConfig, WindowStatus, event_time_ms,
+};
+pub use windowed::{Keyed, Windowed, WindowedJob};
 
 /// One input record, as the runner read it.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
+    /// The input partition (0 in file mode).
     pub partition: i32,
+    /// Its offset in the partition (the line number, from 1, in file mode).
     pub offset: i64,
     pub key: Option<&'a [u8]>,
-    pub payload: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// The record's timestamp, epoch milliseconds (`None` in file mode).
+    pub timestamp: Option<i64>,
+    pub headers: Headers<'a>,
+}
+
+/// A record's headers, read only when asked for (librdkafka parses them on demand).
+#[derive(Clone, Copy, Default)]
+pub struct Headers<'a>(HeaderSource<'a>);
+
+#[derive(Clone, Copy, Default)]
+enum HeaderSource<'a> {
+    #[default]
+    None,
+    Kafka(&'a rdkafka::message::BorrowedMessage<'a>),
+    List(&'a [(String, Option<Vec<u8>>)]),
+}
+
+impl<'a> Headers<'a> {
+    /// No headers.
+    pub fn none() -> Self {
+        Headers(HeaderSource::None)
+    }
+
+    /// Headers held as (name, value) pairs.
+    pub fn from_list(list: &'a [(String, Option<Vec<u8>>)]) -> Self {
+        Headers(HeaderSource::List(list))
+    }
+
+    pub(crate) fn kafka(message: &'a rdkafka::message::BorrowedMessage<'a>) -> Self {
+        Headers(HeaderSource::Kafka(message))
+    }
+
+    /// Every header, in order: its name and value (`None`: a null value).
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + 'a {
+        use rdkafka::message::{Headers as _, Message as _};
+        let (kafka, list) = match self.0 {
+            HeaderSource::None => (None, &[][..]),
+            HeaderSource::Kafka(message) => (message.headers(), &[][..]),
+            HeaderSource::List(list) => (None, list),
+        };
+        let kafka = kafka
+            .into_iter()
+            .flat_map(|headers| headers.iter().map(|h| (h.key, h.value)));
+        let list = list
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_deref()));
+        kafka.chain(list)
+    }
+
+    /// The value of the last header named `name` (`Some(None)`: a null value).
+    pub fn get(&self, name: &str) -> Option<Option<&'a [u8]>> {
+        self.iter()
+            .filter(|(n, _)| *n == name)
+            .last()
+            .map(|(_, value)| value)
+    }
+}
+
+impl std::fmt::Debug for Headers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 /// What became of a record.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Its outputs are in the emitter (one per record for a transform).
+    /// Its outputs are in the emitter (one per record for a transform). They are sent, and
+    /// the record's position is committed once they are acknowledged.
     Emitted,
-    /// Counted into the job's state: nothing to send for it now.
+    /// Counted into the job's state (an aggregation): nothing to send for it now.
     Counted,
+    /// Dropped on purpose (a filter): nothing to send, nothing kept.
+    Dropped,
     /// It cannot be processed: the runner dead-letters it with this reason.
     Rejected(Rejection),
+}
+
+/// An operator of a job, as the dashboard and `/metrics` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operator {
+    /// Shown on the dashboard (`"Parse elements"`).
+    pub name: &'static str,
+    /// The `operator` label of `streamkit_pipeline_records` (`"parse"`).
+    pub label: &'static str,
+}
+
+impl Operator {
+    pub const fn new(name: &'static str, label: &'static str) -> Self {
+        Operator { name, label }
+    }
+}
+
+/// The most operators a job shows between the read and the write.
+pub const MAX_OPERATORS: usize = 6;
+
+/// A job's one operator when it names none.
+const PROCESS: [Operator; 1] = [Operator::new("Process", "process")];
+
+/// What the emitter counted since the runner last took it: per record, how many of the
+/// job's operators it went through, and the records emitted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// `reached[n]`: records that went through the first `n` operators.
+    pub reached: [u64; MAX_OPERATORS + 1],
+    pub emitted: u64,
+}
+
+impl Tally {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.emitted == 0 && self.reached.iter().all(|&n| n == 0)
+    }
 }
 
 /// The records a job emits, as (key, value) pairs. The record being written has buffers of
@@ -62,6 +221,9 @@ pub struct Emitter {
     /// Where each packed record's key and value end.
     ends: Vec<(usize, usize)>,
     len: usize,
+    /// How many operators the record being processed went through, if the job said.
+    reached: Option<usize>,
+    tally: Tally,
 }
 
 /// Packed bytes kept between rounds; a larger burst's buffer is given back (kept, a
@@ -83,6 +245,14 @@ impl Emitter {
         (&mut self.key, &mut self.value)
     }
 
+    /// The record being processed went through the first `operators` of the job's
+    /// [operators](Job::operators) (the dashboard counts it there). Without this call, an
+    /// emitted or counted record went through all of them, a dropped one through all but
+    /// the last, a rejected one through none.
+    pub fn passed(&mut self, operators: usize) {
+        self.reached = Some(operators.min(MAX_OPERATORS));
+    }
+
     /// The records emitted since the last [`clear`](Self::clear), in order.
     pub fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let mut start = 0;
@@ -98,6 +268,7 @@ impl Emitter {
         packed.chain(last)
     }
 
+    /// How many records were emitted since the last [`clear`](Self::clear).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -106,6 +277,7 @@ impl Emitter {
         self.len == 0
     }
 
+    /// Forgets the records emitted (a job that rejects a record after emitting for it).
     pub fn clear(&mut self) {
         self.len = 0;
         self.ends.clear();
@@ -114,17 +286,61 @@ impl Emitter {
             self.packed.shrink_to(PACKED_KEPT);
         }
     }
+
+    /// Before the runner hands the job a record (or a tick).
+    pub(crate) fn begin(&mut self) {
+        self.clear();
+        self.reached = None;
+    }
+
+    /// Counts the record just processed: how far it went through the job's `operators`,
+    /// and what it emitted.
+    pub(crate) fn tally_record(&mut self, outcome: &Outcome, operators: usize) {
+        let reached = self.reached.take().unwrap_or(match outcome {
+            Outcome::Emitted | Outcome::Counted => operators,
+            Outcome::Dropped => operators.saturating_sub(1),
+            Outcome::Rejected(_) => 0,
+        });
+        self.tally.reached[reached.min(MAX_OPERATORS)] += 1;
+        if matches!(outcome, Outcome::Emitted) {
+            self.tally.emitted += self.len as u64;
+        }
+    }
+
+    /// Counts what a tick or the end of the input emitted.
+    pub(crate) fn tally_results(&mut self) {
+        self.tally.emitted += self.len as u64;
+    }
+
+    /// What was counted since the last call.
+    pub(crate) fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
+    }
 }
 
 /// A job: see the module doc. Every hook but `process` has a stateless default.
 pub trait Job: Send {
-    /// One record: emit its outputs, count it, or reject it.
+    /// One record: emit its outputs, count it, drop it, or reject it. `now` is the time
+    /// the runner read it (the wall clock bounds event time).
     fn process(&mut self, record: &Record<'_>, now: Now, out: &mut Emitter) -> Outcome;
+
+    /// The job's operators, in order, between the read and the write, as the dashboard
+    /// shows them (at most [`MAX_OPERATORS`]; see [`Emitter::passed`]). One, `Process`,
+    /// unless the job says otherwise.
+    fn operators(&self) -> &'static [Operator] {
+        &PROCESS
+    }
 
     /// Whether the outputs of `process` carry the input record's headers (a transform's
     /// do, as Kafka Streams forwards them; an aggregate's results have none).
     fn forwards_headers(&self) -> bool {
         true
+    }
+
+    /// Whether outputs are results of many records (an aggregation): then a record is
+    /// done once counted, and the summary counts results apart.
+    fn aggregates(&self) -> bool {
+        self.stateful()
     }
 
     /// How often the runner calls [`tick`](Self::tick); `None`: never.
@@ -138,11 +354,14 @@ pub trait Job: Send {
     /// The end of a bounded input: emit everything held.
     fn finish(&mut self, _out: &mut Emitter) {}
 
-    /// Refreshes the job's part of the dashboard.
-    fn publish(&self, _now: Now) {}
+    /// Event time as the job sees it, for the dashboard; `None`: the job has none.
+    fn watermarks(&self, _now: Now) -> Option<WindowStatus> {
+        None
+    }
 
     /// A stateful job's state must be committed with the positions: the runner then takes
-    /// a checkpoint only when every output sent has been acknowledged.
+    /// a checkpoint only when every output sent has been acknowledged, and runs one worker
+    /// per process (a key's state lives in one place).
     fn stateful(&self) -> bool {
         false
     }
@@ -165,91 +384,174 @@ pub trait Job: Send {
     fn revoke(&mut self, _partition: i32) {}
 }
 
+impl<J: Job + ?Sized> Job for Box<J> {
+    fn process(&mut self, record: &Record<'_>, now: Now, out: &mut Emitter) -> Outcome {
+        (**self).process(record, now, out)
+    }
+    fn operators(&self) -> &'static [Operator] {
+        (**self).operators()
+    }
+    fn forwards_headers(&self) -> bool {
+        (**self).forwards_headers()
+    }
+    fn aggregates(&self) -> bool {
+        (**self).aggregates()
+    }
+    fn tick_interval(&self) -> Option<Duration> {
+        (**self).tick_interval()
+    }
+    fn tick(&mut self, now: Now, out: &mut Emitter) {
+        (**self).tick(now, out)
+    }
+    fn finish(&mut self, out: &mut Emitter) {
+        (**self).finish(out)
+    }
+    fn watermarks(&self, now: Now) -> Option<WindowStatus> {
+        (**self).watermarks(now)
+    }
+    fn stateful(&self) -> bool {
+        (**self).stateful()
+    }
+    fn hold(&self, partition: i32) -> Option<i64> {
+        (**self).hold(partition)
+    }
+    fn save(&self, partition: i32, read: i64) -> Option<String> {
+        (**self).save(partition, read)
+    }
+    fn assign(&mut self, partition: i32, saved: Option<&str>, now: Now) {
+        (**self).assign(partition, saved, now)
+    }
+    fn revoke(&mut self, partition: i32) {
+        (**self).revoke(partition)
+    }
+}
+
+/// Decode → Parse, with kafka-io's rejections: the value as an [`EventLog`] (empty
+/// `lat`/`lng` read as -1, as the article's job does), or why it is not one.
+pub fn parse_event(value: Option<&[u8]>) -> Result<EventLog<'_>, Rejection> {
+    transform::decode(value).and_then(transform::parse)
+}
+
+/// A job the runner can start: its name and how to make one instance per worker.
+#[derive(Clone)]
+pub(crate) struct JobSpec {
+    /// The default `--job-name`.
+    pub name: String,
+    make: Arc<dyn Fn() -> Box<dyn Job> + Send + Sync>,
+    /// The job's windows, named in its first log line.
+    pub windows: Option<WindowConfig>,
+    /// Read from one instance: see [`Job::stateful`] and [`Job::aggregates`].
+    pub stateful: bool,
+    pub aggregates: bool,
+}
+
+impl std::fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSpec")
+            .field("name", &self.name)
+            .field("windows", &self.windows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobSpec {
+    /// A job made by `make`, one instance per worker.
+    pub(crate) fn new<J, F>(name: &str, windows: Option<WindowConfig>, make: F) -> Self
+    where
+        J: Job + 'static,
+        F: Fn() -> J + Send + Sync + 'static,
+    {
+        let probe = make();
+        JobSpec {
+            name: name.to_string(),
+            windows: windows.filter(|_| probe.stateful()),
+            stateful: probe.stateful(),
+            aggregates: probe.aggregates(),
+            make: Arc::new(move || Box::new(make()) as Box<dyn Job>),
+        }
+    }
+
+    /// One of the jobs of the seed repository.
+    pub(crate) fn builtin(kind: JobKind) -> Self {
+        match kind {
+            JobKind::KafkaIo => JobSpec::new(kind.name(), None, kafka_io::KafkaIo::default),
+            JobKind::TrafficAgg(windows) => JobSpec::new(kind.name(), Some(windows), move || {
+                traffic_agg::traffic_agg(&windows)
+            }),
+            JobKind::UserTraffic => {
+                JobSpec::new(kind.name(), None, user_traffic::UserTraffic::default)
+            }
+        }
+    }
+
+    /// A fresh instance (one per worker); its operators are the ones `stats` shows.
+    pub(crate) fn build(&self, stats: &Stats) -> Box<dyn Job> {
+        let job = (self.make)();
+        stats.set_operators(job.operators(), self.aggregates);
+        job
+    }
+}
+
 /// The jobs of the seed repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
+pub(crate) enum JobKind {
     /// `kafka_io.py`: parse each event and republish it (the default).
     KafkaIo,
     /// `traffic_agg.py`: page views per user in event-time windows.
-    TrafficAgg(crate::windows::WindowConfig),
+    TrafficAgg(WindowConfig),
     /// `user_traffic.py`: page views and bytes per user, written at the end of the input.
     UserTraffic,
 }
 
 impl JobKind {
     /// The name the original gives the job (the default `--job-name`).
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             JobKind::KafkaIo => "kafka-io",
             JobKind::TrafficAgg(_) => "traffic-agg",
             JobKind::UserTraffic => "user-traffic",
         }
     }
+}
 
-    /// Whether a record is done once counted (then `written` counts results).
-    pub fn aggregates(&self) -> bool {
-        !matches!(self, JobKind::KafkaIo)
+/// Shows the job's event time on the dashboard, if it has one.
+pub(crate) fn publish(job: &dyn Job, stats: &Stats, now: Now) {
+    if let Some(status) = job.watermarks(now) {
+        stats.set_windows(status);
     }
 }
 
-/// A fresh instance of `kind` (one per worker), counting its operators in `stats`.
-pub fn build(kind: &JobKind, stats: &Arc<Stats>) -> Box<dyn Job> {
-    if kind.aggregates() {
-        stats.set_aggregating();
-    }
-    match kind {
-        JobKind::KafkaIo => Box::new(kafka_io::KafkaIo::new(Arc::clone(stats))),
-        JobKind::TrafficAgg(windows) => {
-            Box::new(traffic_agg::TrafficAgg::new(windows, Arc::clone(stats)))
-        }
-        JobKind::UserTraffic => Box::new(user_traffic::UserTraffic::new(Arc::clone(stats))),
-    }
-}
+/// The operators of the article's Beam job, between its read and its write.
+pub(super) const BEAM_OPERATORS: [Operator; 3] = [
+    Operator::new("Decode messages", "decode"),
+    Operator::new("Parse elements", "parse"),
+    Operator::new("Create messages", "create_messages"),
+];
 
-/// Decode → Parse → Create messages, counting each operator's output in `stats`: the
-/// article's transform, the same code in every mode.
-pub(super) fn run_stages(
-    payload: Option<&[u8]>,
-    stats: &Stats,
-    key: &mut Vec<u8>,
-    value: &mut Vec<u8>,
-) -> Result<(), Rejection> {
-    if let Some(bytes) = payload
-        && transform::pass_through(bytes, key, value)
+/// Decode → Parse → Create messages ([`BEAM_OPERATORS`]): the article's transform, the
+/// same code in every mode. A rejected record says how far it went.
+pub(super) fn run_stages(value: Option<&[u8]>, out: &mut Emitter) -> Outcome {
+    let (key, out_value) = out.record();
+    if let Some(bytes) = value
+        && transform::pass_through(bytes, key, out_value)
     {
         // The fast path: the record went through all three operators.
-        for counter in [&stats.decoded, &stats.parsed, &stats.created] {
-            Stats::add(counter);
-        }
-        return Ok(());
+        return Outcome::Emitted;
     }
     key.clear();
-    value.clear();
-    transform::decode(payload)
-        .inspect(|_| Stats::add(&stats.decoded))
+    out_value.clear();
+    let mut passed = 0;
+    let created = transform::decode(value)
+        .inspect(|_| passed = 1)
         .and_then(transform::parse)
-        .inspect(|_| Stats::add(&stats.parsed))
-        .and_then(|event| transform::create_message(&event, key, value))
-        .inspect(|()| Stats::add(&stats.created))
-}
-
-/// Decode → Parse for the aggregation jobs ([`transform::visit`]), counting each
-/// operator's output in `stats`.
-pub(super) fn visit_stages<'a>(
-    payload: Option<&'a [u8]>,
-    stats: &Stats,
-) -> Result<transform::Visit<'a>, Rejection> {
-    match transform::visit(payload) {
-        Ok(visit) => {
-            Stats::add(&stats.decoded);
-            Stats::add(&stats.parsed);
-            Ok(visit)
-        }
+        .inspect(|_| passed = 2)
+        .and_then(|event| transform::create_message(&event, key, out_value));
+    match created {
+        Ok(()) => Outcome::Emitted,
         Err(rejection) => {
-            if !matches!(rejection.kind, RejectKind::Empty | RejectKind::NotUtf8) {
-                Stats::add(&stats.decoded);
-            }
-            Err(rejection)
+            out.clear();
+            out.passed(passed);
+            Outcome::Rejected(rejection)
         }
     }
 }

@@ -32,7 +32,7 @@ impl Worker {
         if reading && self.bounded && !progress.finished && self.bounded_done(progress) {
             // The end of the input: the job emits what it holds, once.
             progress.finished = true;
-            self.emitter.clear();
+            self.emitter.begin();
             self.job.finish(&mut self.emitter);
             let sent = self.send_results(progress);
             if let Err(e) = sent.and_then(|()| self.abort_if_due(progress)) {

@@ -314,7 +314,7 @@ impl Parts<'_> {
                 print_keys: self.print_keys,
             },
             acks,
-            job: job::build(&config.job, self.stats),
+            job: config.job.build(self.stats),
             emitter: job::Emitter::default(),
             commit,
             forward_headers: !config.drop_input_headers,
@@ -350,20 +350,20 @@ fn log_start(
             config.checkpointing_interval.as_millis()
         ),
     };
-    let windows = match &config.job {
-        job::JobKind::TrafficAgg(w) => format!(
+    let windows = match &config.job.windows {
+        Some(w) => format!(
             " ({} windows, out-of-orderness {}, allowed lateness {}, idle timeout {})",
             humantime::format_duration(w.size),
             humantime::format_duration(w.max_out_of_orderness),
             humantime::format_duration(w.allowed_lateness),
             humantime::format_duration(w.idle_timeout),
         ),
-        _ => String::new(),
+        None => String::new(),
     };
     log::info!(
         "job {} ({}): {} ({partitions} partitions) → {}{windows}, dead letters → {}; {} workers in consumer group {} ({} protocol), {guarantee}, at {}",
         config.job_name,
-        config.job.name(),
+        config.job.name,
         topics.input,
         topics.output,
         topics.dead_letter,

@@ -33,7 +33,7 @@ use super::send::{Ack, Input, Sender};
 use crate::error::{Error, Result};
 use crate::pipeline::guarantee::at_least_once::COMMIT_TIMEOUT;
 use crate::pipeline::guarantee::exactly_once::Transactions;
-use crate::pipeline::job::{Emitter, Job, Outcome, Record};
+use crate::pipeline::job::{self, Emitter, Headers, Job, Outcome, Record};
 use crate::pipeline::{DRAIN_TIMEOUT, Phase, Stats};
 use crate::windows::Now;
 
@@ -217,9 +217,9 @@ impl Worker {
                 }
                 _ = job_tick.tick(), if tick_every.is_some() && reading && !self.committing() => {
                     let now = Now::current();
-                    self.emitter.clear();
+                    self.emitter.begin();
                     self.job.tick(now, &mut self.emitter);
-                    self.job.publish(now);
+                    job::publish(self.job.as_ref(), &self.stats, now);
                     let sent = self.send_results(&mut progress);
                     if let Err(e) = sent.and_then(|()| self.abort_if_due(&mut progress)) {
                         self.fail(&mut progress, e, cancel);
@@ -348,6 +348,15 @@ impl Worker {
                 None
             };
         }
+        self.flush_tally();
+    }
+
+    /// Adds what the job counted (records through its operators, outputs) to the stats.
+    pub(super) fn flush_tally(&mut self) {
+        let tally = self.emitter.take_tally();
+        if !tally.is_empty() {
+            self.stats.add_tally(&tally);
+        }
     }
 
     /// One record read: processed, or skipped when it is not this worker's to process.
@@ -419,22 +428,26 @@ impl Worker {
             partition,
             offset,
             key: message.key(),
-            payload: message.payload(),
+            value: message.payload(),
+            timestamp: message.timestamp().to_millis(),
+            headers: Headers::kafka(message),
         };
-        self.emitter.clear();
+        self.emitter.begin();
         let outcome = self.job.process(&record, now, &mut self.emitter);
+        self.emitter
+            .tally_record(&outcome, self.job.operators().len());
         // Headers are parsed (librdkafka allocates them) only for what is sent with them.
         let forward = self.forward_headers
             && match outcome {
                 Outcome::Emitted => self.job.forwards_headers(),
-                Outcome::Counted => false,
+                Outcome::Counted | Outcome::Dropped => false,
                 Outcome::Rejected(_) => true,
             };
         let input = Input {
             partition,
             offset,
             key: record.key,
-            payload: record.payload,
+            payload: record.value,
             headers: message.headers().filter(|_| forward),
             timestamp_ms: message.timestamp().to_millis(),
         };
@@ -470,7 +483,7 @@ impl Worker {
                     }
                     Ok(())
                 }
-                (Outcome::Counted, None) => {
+                (Outcome::Counted | Outcome::Dropped, None) => {
                     match commit {
                         Commit::AtLeastOnce => Stats::add(&stats.counted),
                         Commit::ExactlyOnce(tx) => tx.open.counted += 1,
@@ -499,6 +512,8 @@ impl Worker {
 
     /// Sends what the job emitted on its own (window results): tied to no input position.
     pub(super) fn send_results(&mut self, progress: &mut Progress) -> Result<()> {
+        self.emitter.tally_results();
+        self.flush_tally();
         if self.emitter.is_empty() {
             return Ok(());
         }

@@ -1,11 +1,11 @@
 //! The memory and speed of `datagen --verify-topic`'s matching by content: fills the
 //! identity table as a 5-minute run at 50,000 events/s over 50 users would (15 million
 //! events), then matches as many arrivals, and prints the bytes per event and the time per
-//! operation. `cargo run --release --example identity_bench [EVENTS] [USERS]`
+//! operation. `cargo run --release --features bench --bin bench -- identity [EVENTS] [USERS]`
 
 use std::time::Instant;
 
-use streamkit::datagen::identity::{IdentityTable, MatchSpec, hash, identity};
+use crate::datagen::identity::{IdentityTable, MatchSpec, hash, identity};
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -18,8 +18,8 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn main() {
-    let mut args = std::env::args().skip(1);
+pub(super) fn main() {
+    let mut args = super::args().skip(1);
     let events: u64 = args
         .next()
         .and_then(|a| a.parse().ok())
@@ -49,7 +49,7 @@ fn main() {
         table.arrived(hash(&ids[user], ts), false);
     }
     let arrived = started.elapsed();
-    let mut counts = streamkit::datagen::VerifyReport::default();
+    let mut counts = crate::datagen::VerifyReport::default();
     table.account(true, &mut counts);
     // The reader's parse of an output key, the original job's.
     let key = br#"{"event_id": "-4315835577877225391", "event_ts": 1713430800995}"#;

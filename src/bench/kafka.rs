@@ -14,12 +14,13 @@
 //! For each: records/s, and CPU seconds (user + sys, all threads, from /proc/self/stat)
 //! per million records. Figures go to stderr; stdout gets the names of the input topic and
 //! of a spare output and dead-letter topic, for a follow-up run.
-//! Run: `cargo run --release --example kafka_bench -- [EVENTS] [-X key=value ...]`
+//! Run: `cargo run --release --features bench --bin bench -- kafka [EVENTS] [-X key=value ...]`
 //! (for tansu 0.6, pass `-X fetch.wait.max.ms=5`).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::kafka::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -29,21 +30,18 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use streamkit::kafka::KafkaConfig;
 use tokio_util::sync::CancellationToken;
 
-#[path = "common/measure.rs"]
-mod measure;
-use measure::Measure;
+use super::measure::Measure;
 
-fn main() {
-    let mut args = std::env::args().skip(1);
+pub(super) fn main() {
+    let mut args = super::args().skip(1);
     let mut events: u64 = 1_000_000;
     let mut properties = Vec::new();
     while let Some(arg) = args.next() {
         if arg == "-X" {
             properties.push(
-                streamkit::cli::parse_property(&args.next().expect("-X needs KEY=VALUE"))
+                crate::cli::parse_property(&args.next().expect("-X needs KEY=VALUE"))
                     .expect("KEY=VALUE"),
             );
         } else {
@@ -63,35 +61,35 @@ fn main() {
         .collect();
     create_topics(&kafka, &names);
 
-    let load = streamkit::datagen::DatagenConfig {
-        generator: streamkit::generator::GeneratorConfig {
+    let load = crate::datagen::DatagenConfig {
+        generator: crate::generator::GeneratorConfig {
             num_users: 50,
             missing_geo_ratio: 0.2,
             max_lag_ms: 0,
             seed: 1,
             user_skew: None,
         },
-        clock: streamkit::generator::Clock::Simulated {
+        clock: crate::generator::Clock::Simulated {
             start_ms: 1_713_430_800_000,
             step_us: 1000,
         },
         num_events: Some(events),
         duration: None,
-        pace: streamkit::pacing::Pace::Unlimited,
+        pace: crate::pacing::Pace::Unlimited,
         threads: 1,
-        output: streamkit::datagen::Output::Kafka {
+        output: crate::datagen::Output::Kafka {
             kafka: kafka.clone(),
             topic: topic("in"),
-            compression: streamkit::kafka::Compression::None,
+            compression: crate::kafka::Compression::None,
         },
-        progress: streamkit::progress::ProgressMode::Quiet,
+        progress: crate::progress::ProgressMode::Quiet,
         metrics_addr: None,
         dirt: None,
         verify: None,
         report: None,
     };
     let loaded =
-        streamkit::datagen::run(&load, &CancellationToken::new()).expect("load the input topic");
+        crate::datagen::run(&load, &CancellationToken::new()).expect("load the input topic");
     eprintln!("loaded: {loaded}");
 
     // The copy runs twice, first and last, and its better run is the baseline: the broker's
@@ -111,17 +109,17 @@ fn main() {
     let first_copy = copy_once("copy");
     let mut runs = Vec::new();
     for parallelism in 1..=3 {
-        let config = streamkit::pipeline::PipelineConfig {
-            job: streamkit::pipeline::JobKind::KafkaIo,
-            guarantee: streamkit::pipeline::Guarantee::AtLeastOnce,
+        let config = crate::pipeline::PipelineConfig {
+            job: crate::pipeline::job::JobSpec::builtin(crate::pipeline::job::JobKind::KafkaIo),
+            guarantee: crate::pipeline::Guarantee::AtLeastOnce,
             job_name: format!("bench-{run_id}-p{parallelism}"),
             parallelism,
             group: Default::default(),
             checkpointing_interval: Duration::from_secs(60),
             bounded: true,
-            source: streamkit::pipeline::Source::Kafka {
-                cluster: streamkit::pipeline::Cluster::External(kafka.clone()),
-                topics: streamkit::pipeline::Topics {
+            source: crate::pipeline::Source::Kafka {
+                cluster: crate::pipeline::Cluster::External(kafka.clone()),
+                topics: crate::pipeline::Topics {
                     input: topic("in"),
                     output: topic(&format!("out{parallelism}")),
                     dead_letter: topic("dlq"),
@@ -133,12 +131,11 @@ fn main() {
             browse_internal_topics: false,
             drop_input_headers: false,
         };
-        let stats = std::sync::Arc::new(streamkit::pipeline::Stats::default());
+        let stats = std::sync::Arc::new(crate::pipeline::Stats::default());
         let started = std::time::SystemTime::now();
         let measured = Measure::start();
-        let summary =
-            streamkit::pipeline::run_with_stats(&config, &stats, &CancellationToken::new())
-                .expect("pipeline run");
+        let summary = crate::pipeline::run_with_stats(&config, &stats, &CancellationToken::new())
+            .expect("pipeline run");
         let run = measured.finish(summary.written);
         let joined = every_partition_assigned(&stats.rebalances(), 3)
             .and_then(|at| at.duration_since(started).ok())
@@ -180,7 +177,7 @@ fn main() {
 
 /// When the job's workers first owned all `partitions` partitions between them.
 fn every_partition_assigned(
-    rebalances: &[streamkit::pipeline::RebalanceRecord],
+    rebalances: &[crate::pipeline::RebalanceRecord],
     partitions: usize,
 ) -> Option<std::time::SystemTime> {
     let mut owned = HashSet::new();

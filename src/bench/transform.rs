@@ -1,15 +1,15 @@
 //! Benchmark: the pipeline's transform alone (parse and re-serialise), on one thread,
 //! next to a bare serde_json parse-and-serialise loop over the same records.
-//! Run: `taskset -c 0 cargo run --release --example transform_bench [RECORDS [--ours-only]]`
+//! Run: `taskset -c 0 cargo run --release --features bench --bin bench -- transform [RECORDS [--ours-only]]`
 
 use std::time::Instant;
 
-fn main() {
-    let records: usize = std::env::args()
+pub(super) fn main() {
+    let records: usize = super::args()
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(3_000_000);
-    let fixture = include_str!("../fixtures/website-visit.jsonl");
+    let fixture = include_str!("../../fixtures/website-visit.jsonl");
     let lines: Vec<&[u8]> = fixture.lines().map(str::as_bytes).collect();
 
     let (mut key, mut value) = (Vec::with_capacity(128), Vec::with_capacity(1024));
@@ -18,12 +18,12 @@ fn main() {
     for i in 0..records {
         key.clear();
         value.clear();
-        streamkit::transform::transform(Some(lines[i % lines.len()]), &mut key, &mut value)
+        crate::transform::transform(Some(lines[i % lines.len()]), &mut key, &mut value)
             .expect("valid fixture");
         bytes += key.len() + value.len();
     }
     let ours = records as f64 / started.elapsed().as_secs_f64();
-    if std::env::args().nth(2).as_deref() == Some("--ours-only") {
+    if super::args().nth(2).as_deref() == Some("--ours-only") {
         // For `perf record`: the transform alone.
         eprintln!("transform: {ours:>9.0} records/s");
         return;

@@ -3,14 +3,14 @@
 //! events read from a file of JSON lines; and `event_time_ms` next to chrono's
 //! `parse_from_str` on the same texts.
 //! Run: `datagen -e 1000000 -u 10000 --seed 1 --start-time 2024-04-28T00:00:00Z --time-step-ms 10 -l 3 -o /tmp/w.jsonl`
-//! then `taskset -c 0 cargo run --release --example window_bench /tmp/w.jsonl`
+//! then `taskset -c 0 cargo run --release --features bench --bin bench -- window /tmp/w.jsonl`
 
 use std::time::{Duration, Instant};
 
-use streamkit::windows::{Aggregator, Now, WindowConfig, event_time_ms};
+use crate::windows::{Aggregator, Now, WindowConfig, event_time_ms};
 
-fn main() {
-    let path = std::env::args()
+pub(super) fn main() {
+    let path = super::args()
         .nth(1)
         .expect("usage: window_bench EVENTS.jsonl");
     let text = std::fs::read_to_string(&path).expect("readable events");
@@ -21,7 +21,7 @@ fn main() {
     let started = Instant::now();
     let mut fired = 0usize;
     for (offset, line) in lines.iter().enumerate() {
-        let event = streamkit::transform::visit(Some(line.as_bytes())).expect("valid events");
+        let event = crate::transform::visit(Some(line.as_bytes())).expect("valid events");
         let at = event_time_ms(&event.event_datetime).expect("a valid time");
         aggregator.add(0, offset as i64, &event.id, at, now);
         if offset % 1024 == 0 {

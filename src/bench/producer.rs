@@ -9,22 +9,20 @@
 //! Prints on stderr the records/s, MB/s (keys and values) and µs of CPU per record
 //! (user + sys of every thread, sending phase only), and `RATE CPU_US` on stdout for
 //! `bench/datagen.sh`. Exits non-zero if any delivery failed.
-//! Run: `cargo run --release --example producer_bench -- TOPIC PAYLOAD_FILE RECORDS [none|lz4|...]`
+//! Run: `cargo run --release --features bench --bin bench -- producer -- TOPIC PAYLOAD_FILE RECORDS [none|lz4|...]`
 
 use std::time::Duration;
 
+use crate::kafka::{Compression, KafkaConfig};
+use crate::schema::{EventLog, write_key};
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use streamkit::kafka::{Compression, KafkaConfig};
-use streamkit::schema::{EventLog, write_key};
 
-#[path = "common/measure.rs"]
-mod measure;
-use measure::Measure;
+use super::measure::Measure;
 
 /// Counts failed deliveries, and nothing else.
 #[derive(Default)]
@@ -41,8 +39,8 @@ impl ProducerContext for Failures {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+pub(super) fn main() {
+    let args: Vec<String> = super::args().skip(1).collect();
     let [topic, payload_file, records, rest @ ..] = args.as_slice() else {
         eprintln!("usage: producer_bench TOPIC PAYLOAD_FILE RECORDS [COMPRESSION]");
         std::process::exit(2);
@@ -76,8 +74,7 @@ fn main() {
             .unwrap_or_else(|_| "localhost:29092".into()),
         properties: Vec::new(),
     };
-    let config =
-        streamkit::kafka::throughput_producer_config(&kafka, "producer-bench", compression);
+    let config = crate::kafka::throughput_producer_config(&kafka, "producer-bench", compression);
     let producer: BaseProducer<Failures> = config
         .create_with_context(Failures::default())
         .expect("producer");

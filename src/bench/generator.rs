@@ -1,13 +1,13 @@
 //! Benchmark: event generation and encoding on one thread, and the cost of formatting
 //! `event_datetime` with chrono for every event against `DatetimeFormatter`, which reuses
 //! chrono's text within a second.
-//! Run: `taskset -c 0 cargo run --release --example generator_bench [EVENTS]`
+//! Run: `taskset -c 0 cargo run --release --features bench --bin bench -- generator [EVENTS]`
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use streamkit::datagen::{EncodedBatch, encode};
-use streamkit::generator::{
+use crate::datagen::{EncodedBatch, encode};
+use crate::generator::{
     Clock, DatetimeFormatter, EventSource, GeneratorConfig, format_event_datetime,
 };
 
@@ -15,8 +15,8 @@ fn rate(events: u64, started: Instant) -> f64 {
     events as f64 / started.elapsed().as_secs_f64()
 }
 
-fn main() {
-    let events: u64 = std::env::args()
+pub(super) fn main() {
+    let events: u64 = super::args()
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(3_000_000);

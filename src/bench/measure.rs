@@ -1,4 +1,4 @@
-//! Shared by the Kafka benchmarks (included with `#[path]`): the wall time and CPU time of
+//! Shared by the Kafka benchmarks : the wall time and CPU time of
 //! one phase of a benchmark, from this process's own accounting.
 
 use std::time::Instant;
