@@ -6,7 +6,7 @@
 #   kafka-producer-perf-test: the same number of records and the same value bytes (datagen's
 #   events, through --payload-file), both idempotent with acks=all, both batching as datagen
 #   does (linger.ms=20, batches up to 1 MB); and a bare idempotent librdkafka producer
-#   (examples/producer_bench.rs) sending the same events with datagen's settings, prepared
+#   (src/bench/producer.rs) sending the same events with datagen's settings, prepared
 #   in memory before its clock starts. Records/s, MB/s and CPU per record for each.
 # Usage: bench/datagen.sh [BATCH_EVENTS]   (default 3,000,000; STREAM_EVENTS, default
 # 1,000,000, sets the streaming count; ROUNDS, default 2, how often each streaming run repeats)
@@ -16,7 +16,7 @@ events=${1:-3000000}
 stream_events=${STREAM_EVENTS:-1000000}
 rounds=${ROUNDS:-2}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/streamkit-target}
-cargo build --quiet --release --bin datagen --example producer_bench
+cargo build --quiet --release --bin datagen --bin bench --features bench
 bin=$CARGO_TARGET_DIR/release/datagen
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -55,7 +55,7 @@ for round in $(seq "$rounds"); do
     # The baseline of target 5: a bare idempotent producer with datagen's settings, sending
     # the same events (prepared before its clock starts), in the same round.
     topic=$(fresh_topic bare)
-    read -r bare_rate bare_cpu < <(BOOTSTRAP_SERVERS=$servers "$release/examples/producer_bench" \
+    read -r bare_rate bare_cpu < <(BOOTSTRAP_SERVERS=$servers "$release/bench" producer \
       "$topic" "$out/payload.jsonl" "$stream_events" "$compression" 2>/dev/null)
     awk -v d="$datagen_rate" -v b="$bare_rate" -v c="$bare_cpu" -v r="$round" -v z="$compression" 'BEGIN {
       printf "   round %s, compression %s: bare idempotent producer %d records/s, %.2f µs CPU/record; datagen = %.2f of it\n", r, z, b, c, d / b }' >&2

@@ -12,14 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${EVENTS:-1000000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/streamkit-target}
-cargo build --quiet --release --bins --examples
+cargo build --quiet --release --bins --features bench
 source bench/lib.sh
 
 echo "== the transform alone, one core" >&2
-taskset -c 0 "$release/examples/transform_bench" 3000000
+taskset -c 0 "$release/bench" transform 3000000
 
 echo "== Kafka to Kafka, $events events, at $servers" >&2
-read -r input output dead_letters < <(BOOTSTRAP_SERVERS=$servers "$release/examples/kafka_bench" "$events" \
+read -r input output dead_letters < <(BOOTSTRAP_SERVERS=$servers "$release/bench" kafka "$events" \
   "${client_props[@]}" "$@" 2> >(grep -v '^pipeline: \(job\|read\|warning\)' >&2))
 
 echo "== peak memory of pipeline (default --parallelism 3) draining that backlog of $events" >&2

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${EVENTS:-1000000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/streamkit-target}
-cargo build --quiet --release --bins --examples
+cargo build --quiet --release --bins --features bench
 source bench/lib.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -19,7 +19,7 @@ for users in 10000 100; do
   "$release/datagen" -e "$events" -u "$users" --seed 1 --start-time 2024-04-28T00:00:00Z \
     --time-step-ms 10 -l 3 -o "$work/events.jsonl" -q
   echo "== the aggregation alone, one core, $events events of $users users" >&2
-  taskset -c 0 "$release/examples/window_bench" "$work/events.jsonl"
+  taskset -c 0 "$release/bench" window "$work/events.jsonl"
 done
 
 echo "== Kafka to Kafka, $events events of 10000 users, at $servers" >&2

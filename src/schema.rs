@@ -12,7 +12,7 @@
 //! from the user pool: neither allocates per field.
 //!
 //! Both directions have a hand-written path for the fixed layout, justified by
-//! `examples/transform_bench.rs` (about twice the transform's speed):
+//! the transform benchmark (`bench transform`, about twice the transform's speed):
 //! [`EventLog::from_original_layout`] reads records laid out as the original writes them
 //! (serde_json reads everything else), through `OriginalLayout::scan`, which finds each
 //! field's bytes in one pass and which the transform's pass-through path shares; the
@@ -42,15 +42,19 @@ pub struct EventLog<'a> {
     /// Longitude in degrees, or missing.
     pub lng: Coordinate,
     #[serde(borrow)]
+    /// The browser's user agent string.
     pub user_agent: Cow<'a, str>,
     /// One of `18-25`, `26-40`, `41-55`, `55+`.
     #[serde(borrow)]
     pub age_bracket: Cow<'a, str>,
+    /// Whether the user opted into marketing.
     pub opted_into_marketing: bool,
     /// `GET <page> HTTP/1.0`.
     #[serde(borrow)]
     pub http_request: Cow<'a, str>,
+    /// The HTTP status code.
     pub http_response: i64,
+    /// The size of the file served, in bytes.
     pub file_size_bytes: i64,
     /// ISO-8601 UTC without zone, milliseconds: `2024-04-14T21:51:33.042`.
     #[serde(borrow)]
@@ -63,7 +67,9 @@ pub struct EventLog<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventKey<'a> {
     #[serde(borrow)]
+    /// The event's `id`.
     pub event_id: Cow<'a, str>,
+    /// The event's `event_ts`, epoch milliseconds.
     pub event_ts: i64,
 }
 
@@ -86,7 +92,7 @@ impl<'a> EventLog<'a> {
     /// characters, plain decimal numbers. `None` for anything else, which the caller then
     /// parses with serde_json (the reference, and the source of precise errors).
     ///
-    /// Hand-written because `examples/transform_bench.rs` shows serde_json's derive at
+    /// Hand-written because the transform benchmark (`bench transform`) shows serde_json's derive at
     /// about half the transform's time. For every text it accepts, the result equals
     /// serde_json's (a property test checks this on valid and mutated records).
     pub fn from_original_layout(text: &'a str) -> Option<Self> {
@@ -280,7 +286,9 @@ impl<'a> LayoutCursor<'a> {
 /// Deserialises from a number, `""` or `null`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Coordinate {
+    /// The empty string: a user without a known location.
     Missing,
+    /// A latitude or longitude in degrees.
     Degrees(f64),
 }
 
@@ -402,7 +410,7 @@ fn write_python_json<T: Serialize + ?Sized>(
 /// escapes for `"`, `\`, `\n`, `\r`, `\t`, `\b` and `\f`, `\u00XX` for other control
 /// characters, and `\uXXXX` (UTF-16 units, lowercase hex) for everything non-ASCII.
 ///
-/// Hand-written for the fixed `EventLog` layout: `examples/transform_bench.rs` shows the
+/// Hand-written for the fixed `EventLog` layout: the transform benchmark (`bench transform`) shows the
 /// serde serializer with [`PythonFormatter`] at about half the speed of this, and the
 /// strings of real events are plain ASCII, copied in one piece.
 fn write_python_str(out: &mut Vec<u8>, text: &str) {

@@ -44,7 +44,7 @@
 //!
 //! Hand-written: `event_time_ms` splits the fixed `YYYY-MM-DDTHH:MM:SS.fff` text itself and
 //! lets chrono validate and build the date: chrono's `parse_from_str` takes several times
-//! longer (`cargo run --release --example window_bench` prints both).
+//! longer (`cargo run --release --features bench --bin bench -- window` prints both).
 
 use std::collections::BTreeMap;
 
@@ -86,7 +86,9 @@ impl Default for WindowConfig {
 /// milliseconds (the bound on event time). The core reads no clock itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {
+    /// The monotonic clock (how long a partition has been idle).
     pub instant: Instant,
+    /// The wall clock, epoch milliseconds (the bound on event time).
     pub wall_ms: i64,
 }
 
@@ -278,10 +280,13 @@ impl<A> PartitionState<A> {
 /// A partition's place in the job's watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PartitionWatermark {
+    /// The input partition.
     pub partition: i32,
     /// `None` before the partition's first event.
     pub watermark_ms: Option<i64>,
+    /// No record for longer than the idle timeout: it does not hold the watermark back.
     pub idle: bool,
+    /// Windows of this partition not fired yet.
     pub open_windows: usize,
 }
 
@@ -290,12 +295,15 @@ pub struct PartitionWatermark {
 pub struct WindowStatus {
     /// `None` until there is one.
     pub watermark_ms: Option<i64>,
+    /// Each owned partition's watermark.
     pub partitions: Vec<PartitionWatermark>,
     /// Distinct windows not yet fired.
     pub open_windows: usize,
     /// (window, user) counts held.
     pub open_counts: usize,
+    /// Events dead-lettered as late.
     pub late: u64,
+    /// Window results fired.
     pub fired: u64,
 }
 

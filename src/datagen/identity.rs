@@ -20,7 +20,7 @@
 //! in an open-addressing table (hashbrown) whose buckets are a power of two at most 7/8
 //! full, so 19 to 39 bytes an identity ([`IdentityTable::bytes`]). The table is sized for
 //! the run's expected events up front, so it never holds two copies while growing:
-//! `examples/identity_bench.rs` measures 38 bytes an event and a peak RSS of 546 MB for a
+//! `bench identity` measures 38 bytes an event and a peak RSS of 546 MB for a
 //! 5-minute run at 50,000 events/s (15 million events). Dead letters and bad records,
 //! rare, are kept in small side tables. Two identities whose hashes collide (about 1 in 10^13 for a million identities)
 //! count as one.

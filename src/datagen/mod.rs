@@ -6,7 +6,7 @@
 //!   byte-identical on every run, whatever `threads` is.
 //! - **Accounted delivery.** In Kafka mode every event handed to the producer ends as
 //!   delivered or as counted in `Summary::delivery_failures`, also after a cancellation:
-//!   cancelling stops generation, waits up to [`DRAIN_TIMEOUT`] for outstanding deliveries,
+//!   cancelling stops generation, waits up to `DRAIN_TIMEOUT` (8 s) for outstanding deliveries,
 //!   then purges and counts whatever is left as failed. Without a cancellation, a dead
 //!   broker ends the run within librdkafka's `message.timeout.ms` plus a few seconds.
 //! - **Fail fast.** An unreachable broker or a missing topic is reported, naming the
@@ -16,7 +16,9 @@
 //! event reported failed may still have reached the broker (for example, when its
 //! acknowledgement was lost).
 //!
-//! Layout: [`run`] here; the loop in `run`, the destinations in `sink`, `file_sink` and
+//! The public surface is [`main`], the `datagen` program (see the README for its flags).
+//!
+//! Layout: `run` here; the loop in `run`, the destinations in `sink`, `file_sink` and
 //! `kafka_sink`, the encoding in `batch`, dirty data in `dirt`, `/metrics` in `metrics`,
 //! the summary in `summary`, `--verify-topic` in `verify`, `--report` in `report`.
 

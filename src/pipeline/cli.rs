@@ -531,11 +531,10 @@ impl Program {
         J: Job + 'static,
         F: Fn(&JobConfig) -> J + Send + Sync + 'static,
     {
-        let mut command = PipelineArgs::augment_args(
-            Command::new(self.name)
-                .about(self.about)
-                .version(env!("CARGO_PKG_VERSION")),
-        );
+        // The flags' own doc would be the about line: the program's comes after them.
+        let mut command =
+            PipelineArgs::augment_args(Command::new(self.name).version(env!("CARGO_PKG_VERSION")))
+                .about(self.about);
         let matches = command.get_matches_mut();
         let args: PipelineArgs = parsed(&mut command, &matches);
         let windows = match args.windows(&mut command, self.window) {

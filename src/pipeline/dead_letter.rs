@@ -17,12 +17,12 @@
 //! **A job's own result** that the output refuses (a window result, say) has no input
 //! record: its dead letter is the result's key and value with [`ERROR`] and [`KIND`].
 //!
-//! **In files** ([`FileLine`]) each dead letter is one JSON line with the line number, the
+//! **In files** each dead letter is one JSON line with the line number, the
 //! error, its kind and the raw text (`raw_base64` too when it is not UTF-8), or only the
 //! size of a line too long to hold.
 //!
 //! Guarantee: a record is refused for what it is (too large, invalid) only through
-//! [`record_refusal`]; every other error is the cluster's, and stops the job.
+//! `record_refusal`; every other error is the cluster's, and stops the job.
 
 use std::time::Duration;
 

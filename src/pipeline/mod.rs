@@ -1,10 +1,10 @@
 //! `pipeline`: the streaming job, from `website-visit` to `website-out`, losing nothing.
 //!
-//! A [job](job) (the article's `kafka-io`, or the seed repository's `traffic-agg` and
-//! `user-traffic`) runs on Kafka (an embedded mock cluster, the local cluster, or any
-//! address) or on files, with a dead-letter branch ([`dead_letter`]) for records it cannot
-//! process. On Kafka, every job runs on [one runner](runner) whose commit strategy is the
-//! [guarantee](guarantee):
+//! A [job] (the article's `kafka-io`, the seed repository's `traffic-agg` and
+//! `user-traffic`, or one of your own through [`main_with`]) runs on Kafka (an embedded
+//! mock cluster, the local cluster, or any address) or on files, with a dead-letter branch
+//! ([`dead_letter`]) for records it cannot process. On Kafka, every job runs on one runner
+//! (`runner`) whose commit strategy is the guarantee (`guarantee`):
 //! - **at-least-once** (the default): an input position is committed only after the
 //!   output (or dead letter) of every record before it in its partition has been
 //!   acknowledged by the broker. A crash at any moment loses nothing; records in flight

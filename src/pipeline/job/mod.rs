@@ -1,23 +1,3 @@
-//! Jobs: what the pipeline does with each record, behind one trait that every runner
-//! drives (the Kafka runner under either guarantee, and the file runner).
-//!
-//! A [`Job`] is pure: it never touches Kafka, a file or a clock. The runner hands it one
-//! [`Record`] at a time and sends what it [emits](Emitter); the job answers with an
-//! [`Outcome`]: its outputs were emitted, the record was counted into its state, or the
-//! record is rejected (the runner dead-letters it, with the reason). A stateful job also
-//! gets the hooks of Kafka Streams' `Processor` and Arroyo's operators:
-//! - [`Job::tick`]: time passes (event-time windows fire);
-//! - [`Job::hold`] and [`Job::save`]: the state to commit with the input positions (the
-//!   position a commit may reach, and the commit's metadata);
-//! - [`Job::assign`] and [`Job::revoke`]: a partition arrives with the state saved at its
-//!   last commit, or leaves (after a rebalance, a restart or an aborted transaction);
-//! - [`Job::finish`]: the end of a bounded input.
-//!
-//! Guarantee: a job is the same code in every mode; a record's outcome depends on the
-//! record, the job's state and the `Now` it is given, nothing else.
-//!
-//! Adding a job means one file here and one arm in [`build`] (and a `--job` value).
-
 //! Jobs: what a pipeline does with each record, behind one trait, [`Job`], that every
 //! runner drives: the Kafka runner under either guarantee, the file runner, and the
 //! in-memory [test driver](crate::testing::TestDriver). The built-in jobs (`kafka-io`,
@@ -71,6 +51,9 @@ mod traffic_agg;
 mod user_traffic;
 mod windowed;
 
+#[cfg(test)]
+mod fixture_replay;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,10 +75,13 @@ pub struct Record<'a> {
     pub partition: i32,
     /// Its offset in the partition (the line number, from 1, in file mode).
     pub offset: i64,
+    /// The record's key (`None`: a null key).
     pub key: Option<&'a [u8]>,
+    /// The record's value (`None`: a null value, a tombstone).
     pub value: Option<&'a [u8]>,
     /// The record's timestamp, epoch milliseconds (`None` in file mode).
     pub timestamp: Option<i64>,
+    /// The record's headers.
     pub headers: Headers<'a>,
 }
 
@@ -182,6 +168,7 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// An operator shown as `name`, labelled `label` in `/metrics`.
     pub const fn new(name: &'static str, label: &'static str) -> Self {
         Operator { name, label }
     }
@@ -273,6 +260,7 @@ impl Emitter {
         self.len
     }
 
+    /// Whether nothing was emitted since the last [`clear`](Self::clear).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -589,5 +577,52 @@ mod tests {
             out.records().collect::<Vec<_>>(),
             vec![(&b"x"[..], &b""[..])]
         );
+    }
+
+    #[test]
+    fn operators_count_how_far_each_record_went_and_the_dashboard_chains_them() {
+        let stats = Stats::default();
+        let mut job = JobSpec::builtin(JobKind::KafkaIo).build(&stats);
+        let mut out = Emitter::default();
+        let now = Now::current();
+        let good = include_str!("../../../fixtures/website-visit.jsonl")
+            .lines()
+            .next()
+            .unwrap();
+        // Good, then not UTF-8 (no operator), then not JSON (through Decode only).
+        for value in [good.as_bytes(), &[0xff, 0xfe][..], b"not json"] {
+            let record = Record {
+                partition: 0,
+                offset: 0,
+                key: None,
+                value: Some(value),
+                timestamp: None,
+                headers: Headers::none(),
+            };
+            out.begin();
+            let outcome = job.process(&record, now, &mut out);
+            out.tally_record(&outcome, job.operators().len());
+            stats
+                .read
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        stats.add_tally(&out.take_tally());
+        let counts: Vec<(&str, u64, u64)> = stats
+            .operator_counts(false)
+            .iter()
+            .map(|c| (c.label, c.records_in, c.records_out))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                ("read", 3, 3),
+                ("decode", 3, 2),
+                ("parse", 2, 1),
+                ("create_messages", 1, 1),
+                ("write", 1, 0),
+                ("dead_letter", 0, 0),
+            ]
+        );
+        assert!(out.take_tally().is_empty(), "taken once");
     }
 }

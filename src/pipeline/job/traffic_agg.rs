@@ -3,8 +3,6 @@
 //! state saved with each commit are its). Malformed events and events without a valid
 //! time are rejected with the reason; `late` and `future` ones by the windows.
 
-use std::borrow::Cow;
-
 use super::{
     BEAM_OPERATORS, Keyed, Operator, Record, Rejection, WindowConfig, Windowed, WindowedJob,
 };
@@ -34,12 +32,8 @@ impl WindowedJob for TrafficAgg {
         let Some(event_ms) = event_time_ms(&event.event_datetime) else {
             return Err(dead_letter::invalid_event_time(&event.event_datetime));
         };
-        let key = match event.id {
-            Cow::Borrowed(id) => Cow::Borrowed(id),
-            Cow::Owned(id) => Cow::Owned(id),
-        };
         Ok(Keyed {
-            key,
+            key: event.id,
             event_ms,
             value: 1,
         })
