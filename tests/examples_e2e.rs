@@ -1,0 +1,360 @@
+//! The two example jobs (`examples/marketing_optins.rs`, `examples/bytes_by_age.rs`) on
+//! Apache Kafka (`setup/start-env.sh --backend kafka`) and on files, against an
+//! independent computation of their rules over the same `datagen` input; and exactly once
+//! through a `kill -9`. The examples are built by the test (`cargo build --examples`).
+//! Run with `cargo test --features e2e --test examples_e2e -- --test-threads=1`.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use common::broker::{BOOTSTRAP, Job, fetch_args, job, partition_count, topic_args};
+use common::{Reaper, datagen, output_within, read_topic, signal, stderr, wait_with_timeout};
+use serde_json::{Value, json};
+
+const PARTITIONS: i32 = 3;
+
+/// The example `name`, built once by this test run (same profile and target directory as
+/// the test itself).
+fn example(name: &str) -> Command {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--examples", "--features", "e2e"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "cargo build --examples failed");
+    });
+    let path: PathBuf = PathBuf::from(env!("CARGO_BIN_EXE_pipeline"))
+        .with_file_name("examples")
+        .join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    let mut command = Command::new(path);
+    command
+        .env_remove("BOOTSTRAP_SERVERS")
+        .env_remove("RUST_LOG")
+        .arg("--no-ui");
+    command
+}
+
+/// `example` on `job`'s topics, one worker, plus `extra`.
+fn on_kafka(name: &str, job: &Job, extra: &[&str]) -> Command {
+    let mut command = example(name);
+    command
+        .args(["--use-own", "--job-name", &job.name, "--parallelism", "1"])
+        .args(topic_args(&job.input, &job.output, &job.dead))
+        .args(fetch_args())
+        .args(extra);
+    command
+}
+
+/// `n` seeded events, 20 ms apart in simulated time from `start` (so a 60 s window holds
+/// about 3,000), as datagen writes them: to `topic`, or as JSON lines (returned).
+fn events(n: u64, seed: u64, topic: Option<&str>) -> Vec<u8> {
+    let mut command = datagen();
+    command
+        .args([
+            "-q",
+            "--num-events",
+            &n.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .args([
+            "--start-time",
+            "2024-03-01T05:50:17Z",
+            "--time-step-ms",
+            "20",
+        ]);
+    match topic {
+        Some(topic) => command.args(["-s", "streaming", "--topic", topic]),
+        None => command.args(["--output", "-"]),
+    };
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    output.stdout
+}
+
+/// Every value of `topic`, as JSON, with its key as JSON (read_committed).
+fn records(topic: &str) -> Vec<(Value, Value)> {
+    read_topic(BOOTSTRAP, topic, partition_count(topic))
+        .into_iter()
+        .map(|r| {
+            (
+                serde_json::from_slice(&r.key).unwrap(),
+                serde_json::from_slice(&r.value).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Python's truthiness of a coordinate: `""` and `0` are false.
+fn truthy(coordinate: &Value) -> bool {
+    match coordinate {
+        Value::String(text) => !text.is_empty(),
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        _ => true,
+    }
+}
+
+/// marketing_optins' rule, computed here: the opted-in events, keyed `{"event_id",
+/// "event_ts"}`, without `ip` and `user_agent`, an empty `lat`/`lng` read as -1. Sorted.
+fn expected_opt_ins(inputs: &[Value]) -> Vec<(Value, Value)> {
+    let mut expected: Vec<(Value, Value)> = inputs
+        .iter()
+        .filter(|event| event["opted_into_marketing"] == json!(true))
+        .map(|event| {
+            let mut value = event.as_object().unwrap().clone();
+            value.remove("ip");
+            value.remove("user_agent");
+            if !truthy(&event["lat"]) || !truthy(&event["lng"]) {
+                value.insert("lat".into(), json!(-1));
+                value.insert("lng".into(), json!(-1));
+            }
+            let key = json!({"event_id": event["id"], "event_ts": event["event_ts"]});
+            (key, Value::Object(value))
+        })
+        .collect();
+    expected.sort_by_key(|(key, value)| (key.to_string(), value.to_string()));
+    expected
+}
+
+/// bytes_by_age's rule, computed here: events and bytes per age bracket and 60 s window of
+/// `event_ts`, as (key, value). Sorted.
+fn expected_windows(inputs: &[Value]) -> Vec<(Value, Value)> {
+    let mut totals: BTreeMap<(String, i64), (u64, i64)> = BTreeMap::new();
+    for event in inputs {
+        let start = event["event_ts"].as_i64().unwrap().div_euclid(60_000) * 60_000;
+        let total = totals
+            .entry((event["age_bracket"].as_str().unwrap().to_string(), start))
+            .or_default();
+        total.0 += 1;
+        total.1 += event["file_size_bytes"].as_i64().unwrap();
+    }
+    let mut expected: Vec<(Value, Value)> = totals
+        .into_iter()
+        .map(|((age, start), (events, bytes))| {
+            (
+                json!({"age_bracket": age, "window_start": start}),
+                json!({"age_bracket": age, "window_start": start, "window_end": start + 60_000, "events": events, "bytes": bytes}),
+            )
+        })
+        .collect();
+    expected.sort_by_key(|(key, value)| (key.to_string(), value.to_string()));
+    expected
+}
+
+fn sorted(mut records: Vec<(Value, Value)>) -> Vec<(Value, Value)> {
+    records.sort_by_key(|(key, value)| (key.to_string(), value.to_string()));
+    records
+}
+
+/// The input topic's events, as JSON.
+fn inputs_of(topic: &str) -> Vec<Value> {
+    records(topic).into_iter().map(|(_, value)| value).collect()
+}
+
+#[test]
+fn both_examples_on_kafka_write_what_their_rules_give_on_the_same_input() {
+    let optins = job("example-optins", PARTITIONS);
+    let by_age = job("example-by-age", PARTITIONS);
+    for job in [&optins, &by_age] {
+        events(20_000, 7, Some(&job.input));
+    }
+    for (name, job) in [("marketing_optins", &optins), ("bytes_by_age", &by_age)] {
+        let run = output_within(
+            &mut on_kafka(name, job, &["--bounded"]),
+            Duration::from_secs(120),
+        );
+        assert_eq!(run.status.code(), Some(0), "{name}: {}", stderr(&run));
+        assert!(records(&job.dead).is_empty(), "{name}: dead letters");
+    }
+    let inputs = inputs_of(&optins.input);
+    assert_eq!(inputs.len(), 20_000);
+    let expected = expected_opt_ins(&inputs);
+    assert!(
+        expected.len() > 5_000 && expected.len() < 15_000,
+        "{}",
+        expected.len()
+    );
+    assert!(
+        sorted(records(&optins.output)) == expected,
+        "marketing_optins differs"
+    );
+
+    let expected = expected_windows(&inputs_of(&by_age.input));
+    // 400 s of events: 7 or 8 windows, each with every bracket.
+    assert!(expected.len() >= 20, "{} windows", expected.len());
+    assert!(
+        sorted(records(&by_age.output)) == expected,
+        "bytes_by_age differs"
+    );
+}
+
+#[test]
+fn both_examples_in_file_mode_write_what_their_rules_give_on_the_same_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let lines = events(20_000, 8, None);
+    std::fs::write(&input, &lines).unwrap();
+    let inputs: Vec<Value> = lines
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    for (name, expected) in [
+        ("marketing_optins", expected_opt_ins(&inputs)),
+        ("bytes_by_age", expected_windows(&inputs)),
+    ] {
+        let dead = dir.path().join(format!("{name}-dlq.jsonl"));
+        let output = example(name)
+            .arg("--input")
+            .arg(&input)
+            .arg("--dead-letter-file")
+            .arg(&dead)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{name}: {}", stderr(&output));
+        assert!(!dead.exists(), "{name}: dead letters");
+        // File mode writes values only: the key is checked on Kafka.
+        let values: BTreeSet<String> = output
+            .stdout
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice::<Value>(l).unwrap().to_string())
+            .collect();
+        let expected: BTreeSet<String> = expected.iter().map(|(_, v)| v.to_string()).collect();
+        assert_eq!(
+            values.len(),
+            expected.len(),
+            "{name}: a result twice, or one missing"
+        );
+        assert!(values == expected, "{name} differs");
+    }
+}
+
+/// Runs `name` exactly once on `job` (committing every 200 ms), `kill -9`s it once its
+/// committed output reaches `at_least` (of `total`), restarts it bounded under the same
+/// instance id, and returns what a read_committed reader sees.
+fn killed_and_restarted(
+    name: &str,
+    job: &Job,
+    extra: &[&str],
+    at_least: usize,
+    total: usize,
+) -> Vec<(Value, Value)> {
+    let reaper = Reaper::default();
+    let eos = |more: &[&str]| {
+        let mut command = on_kafka(
+            name,
+            job,
+            &[
+                "--processing-guarantee",
+                "exactly-once",
+                "--instance-id",
+                "a",
+                "--commit-interval",
+                "200",
+            ],
+        );
+        command.args(extra).args(more);
+        command
+    };
+    let first = reaper.watch(
+        eos(&[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let started = Instant::now();
+    while read_topic(BOOTSTRAP, &job.output, PARTITIONS).len() < at_least {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{name}: no progress"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&first, "KILL");
+    let _ = wait_with_timeout(first, Duration::from_secs(10));
+    let at_kill = read_topic(BOOTSTRAP, &job.output, PARTITIONS).len();
+    assert!(
+        at_kill < total,
+        "{name}: the kill came after the end ({at_kill} of {total}): make the input larger"
+    );
+    let restarted = output_within(&mut eos(&["--bounded"]), Duration::from_secs(240));
+    assert_eq!(
+        restarted.status.code(),
+        Some(0),
+        "{name}: {}",
+        stderr(&restarted)
+    );
+    records(&job.output)
+}
+
+#[test]
+fn marketing_optins_exactly_once_survives_a_kill_with_each_opt_in_once() {
+    let job = job("example-optins-eos", PARTITIONS);
+    events(200_000, 9, Some(&job.input));
+    let expected = expected_opt_ins(&inputs_of(&job.input));
+    let results = killed_and_restarted(
+        "marketing_optins",
+        &job,
+        &[],
+        expected.len() / 5,
+        expected.len(),
+    );
+    let keys: BTreeSet<String> = results.iter().map(|(key, _)| key.to_string()).collect();
+    assert_eq!(keys.len(), results.len(), "an opt-in written twice");
+    assert_eq!(results.len(), expected.len(), "an opt-in lost");
+    assert!(
+        sorted(results) == expected,
+        "the results differ from the rule's"
+    );
+}
+
+#[test]
+fn bytes_by_age_exactly_once_survives_a_kill_with_each_window_result_once() {
+    let job = job("example-by-age-eos", PARTITIONS);
+    // 2 s windows: about 2,000 results over 400 s of events.
+    events(200_000, 10, Some(&job.input));
+    let inputs = inputs_of(&job.input);
+    // The rule, with 2 s windows.
+    let mut totals: BTreeMap<(String, i64), (u64, i64)> = BTreeMap::new();
+    for event in &inputs {
+        let start = event["event_ts"].as_i64().unwrap().div_euclid(2_000) * 2_000;
+        let total = totals
+            .entry((event["age_bracket"].as_str().unwrap().to_string(), start))
+            .or_default();
+        total.0 += 1;
+        total.1 += event["file_size_bytes"].as_i64().unwrap();
+    }
+    let results = killed_and_restarted(
+        "bytes_by_age",
+        &job,
+        &["--window", "2s"],
+        totals.len() / 5,
+        totals.len(),
+    );
+    let keys: BTreeSet<String> = results.iter().map(|(key, _)| key.to_string()).collect();
+    assert_eq!(keys.len(), results.len(), "a window result twice");
+    let mine: BTreeMap<(String, i64), (u64, i64)> = results
+        .iter()
+        .map(|(_, v)| {
+            (
+                (
+                    v["age_bracket"].as_str().unwrap().to_string(),
+                    v["window_start"].as_i64().unwrap(),
+                ),
+                (v["events"].as_u64().unwrap(), v["bytes"].as_i64().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(mine.len(), totals.len(), "a window result lost");
+    assert!(mine == totals, "the results differ from the rule's");
+}
