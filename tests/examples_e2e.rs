@@ -13,7 +13,10 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use common::broker::{BOOTSTRAP, Job, fetch_args, job, partition_count, topic_args};
-use common::{Reaper, datagen, output_within, read_topic, signal, stderr, wait_with_timeout};
+use common::{
+    Reaper, datagen, http, output_within, read_topic, signal, spawn_with_address, stderr,
+    wait_with_timeout,
+};
 use serde_json::{Value, json};
 
 const PARTITIONS: i32 = 3;
@@ -37,8 +40,7 @@ fn example(name: &str) -> Command {
     let mut command = Command::new(path);
     command
         .env_remove("BOOTSTRAP_SERVERS")
-        .env_remove("RUST_LOG")
-        .arg("--no-ui");
+        .env_remove("RUST_LOG");
     command
 }
 
@@ -46,7 +48,14 @@ fn example(name: &str) -> Command {
 fn on_kafka(name: &str, job: &Job, extra: &[&str]) -> Command {
     let mut command = example(name);
     command
-        .args(["--use-own", "--job-name", &job.name, "--parallelism", "1"])
+        .args([
+            "--no-ui",
+            "--use-own",
+            "--job-name",
+            &job.name,
+            "--parallelism",
+            "1",
+        ])
         .args(topic_args(&job.input, &job.output, &job.dead))
         .args(fetch_args())
         .args(extra);
@@ -213,6 +222,7 @@ fn both_examples_in_file_mode_write_what_their_rules_give_on_the_same_input() {
     ] {
         let dead = dir.path().join(format!("{name}-dlq.jsonl"));
         let output = example(name)
+            .arg("--no-ui")
             .arg("--input")
             .arg(&input)
             .arg("--dead-letter-file")
@@ -357,4 +367,71 @@ fn bytes_by_age_exactly_once_survives_a_kill_with_each_window_result_once() {
         .collect();
     assert_eq!(mine.len(), totals.len(), "a window result lost");
     assert!(mine == totals, "the results differ from the rule's");
+}
+
+#[test]
+fn bytes_by_age_shows_its_operators_counts_and_watermarks_on_the_dashboard() {
+    let reaper = Reaper::default();
+    // The embedded demo: no broker, a generator feeding the job's input.
+    let mut command = example("bytes_by_age");
+    command.args([
+        "--demo-rate",
+        "200",
+        "--window",
+        "1s",
+        "--max-out-of-orderness",
+        "0s",
+    ]);
+    let (child, addr) = spawn_with_address(command, "dashboard at");
+    let child = reaper.watch(child);
+    let started = Instant::now();
+    let job = loop {
+        let (status, body) = http("GET", &addr, "/api/job");
+        assert_eq!(status, 200, "{body}");
+        let job: Value = serde_json::from_str(&body).unwrap();
+        if job["operators"][3]["records_in"].as_u64() > Some(0) {
+            break job;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no window result after 90 s: {job}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    signal(&child, "TERM");
+    let _ = wait_with_timeout(child, Duration::from_secs(30));
+    assert_eq!(job["job"]["name"], "bytes-by-age");
+    assert_eq!(job["job"]["parallelism"], 1);
+    let operators: Vec<(&str, u64, u64)> = job["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["name"].as_str().unwrap(),
+                o["records_in"].as_u64().unwrap(),
+                o["records_out"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = operators.iter().map(|o| o.0).collect();
+    assert_eq!(
+        names,
+        [
+            "Read from Kafka",
+            "Parse events",
+            "Sum per age bracket",
+            "Write to Kafka",
+            "Dead letters"
+        ]
+    );
+    // Every event read was parsed and windowed; results went to the write.
+    let (read, parsed, windowed) = (operators[0].2, operators[1].2, operators[2].2);
+    assert!(
+        read > 0 && parsed <= read && windowed <= parsed,
+        "{operators:?}"
+    );
+    assert!(windowed > 0, "{operators:?}");
+    assert!(job["windows"]["watermark_ms"].as_i64().is_some(), "{job}");
+    assert!(job["windows"]["fired"].as_u64() > Some(0), "{job}");
 }
