@@ -32,17 +32,21 @@ pub mod dead_letter;
 pub(crate) mod guarantee;
 mod io;
 pub mod job;
+mod program;
 mod runner;
 mod stats;
+mod summary;
 mod watch;
 
-pub use cli::{JobConfig, Program, main, main_with};
+pub use cli::main;
 pub(crate) use guarantee::ExactlyOnce;
 pub(crate) use guarantee::instance::InstanceId;
 pub use io::files::MAX_LINE_BYTES;
 pub(crate) use io::files::check_distinct as check_files;
+pub use program::{JobConfig, Program, main_with};
 pub use runner::IN_FLIGHT_BUDGET;
 pub(crate) use stats::*;
+pub(crate) use summary::Summary;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -46,7 +46,9 @@
 //! }
 //! ```
 
+mod emitter;
 mod kafka_io;
+mod spec;
 mod traffic_agg;
 mod user_traffic;
 mod windowed;
@@ -54,7 +56,6 @@ mod windowed;
 #[cfg(test)]
 mod fixture_replay;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::Stats;
@@ -66,6 +67,9 @@ pub use crate::windows::WindowResult;
 pub use crate::windows::{
     Aggregate, Now, PartitionWatermark, WindowConfig, WindowStatus, event_time_ms,
 };
+pub use emitter::Emitter;
+pub(crate) use emitter::Tally;
+pub(crate) use spec::{JobKind, JobSpec};
 pub use windowed::{Keyed, Windowed, WindowedJob};
 
 /// One input record, as the runner read it.
@@ -179,132 +183,6 @@ pub const MAX_OPERATORS: usize = 6;
 
 /// A job's one operator when it names none.
 const PROCESS: [Operator; 1] = [Operator::new("Process", "process")];
-
-/// What the emitter counted since the runner last took it: per record, how many of the
-/// job's operators it went through, and the records emitted.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Tally {
-    /// `reached[n]`: records that went through the first `n` operators.
-    pub reached: [u64; MAX_OPERATORS + 1],
-    pub emitted: u64,
-}
-
-impl Tally {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.emitted == 0 && self.reached.iter().all(|&n| n == 0)
-    }
-}
-
-/// The records a job emits, as (key, value) pairs. The record being written has buffers of
-/// its own; earlier ones are packed into one buffer. So a transform's one record is never
-/// copied, a burst of window results costs a copy of their bytes and no allocation per
-/// record, and nothing is allocated once warm.
-#[derive(Debug, Default)]
-pub struct Emitter {
-    key: Vec<u8>,
-    value: Vec<u8>,
-    /// Earlier records' bytes: each key, then its value.
-    packed: Vec<u8>,
-    /// Where each packed record's key and value end.
-    ends: Vec<(usize, usize)>,
-    len: usize,
-    /// How many operators the record being processed went through, if the job said.
-    reached: Option<usize>,
-    tally: Tally,
-}
-
-/// Packed bytes kept between rounds; a larger burst's buffer is given back (kept, a
-/// burst's buffer would be faulted in again at every round).
-const PACKED_KEPT: usize = 64 << 20;
-
-impl Emitter {
-    /// Empty buffers for the next record: write its key and value into them.
-    pub fn record(&mut self) -> (&mut Vec<u8>, &mut Vec<u8>) {
-        if self.len > 0 {
-            self.packed.extend_from_slice(&self.key);
-            let key_end = self.packed.len();
-            self.packed.extend_from_slice(&self.value);
-            self.ends.push((key_end, self.packed.len()));
-        }
-        self.len += 1;
-        self.key.clear();
-        self.value.clear();
-        (&mut self.key, &mut self.value)
-    }
-
-    /// The record being processed went through the first `operators` of the job's
-    /// [operators](Job::operators) (the dashboard counts it there). Without this call, an
-    /// emitted or counted record went through all of them, a dropped one through all but
-    /// the last, a rejected one through none.
-    pub fn passed(&mut self, operators: usize) {
-        self.reached = Some(operators.min(MAX_OPERATORS));
-    }
-
-    /// The records emitted since the last [`clear`](Self::clear), in order.
-    pub fn records(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let mut start = 0;
-        let packed = self.ends.iter().map(move |&(key_end, value_end)| {
-            let record = (
-                &self.packed[start..key_end],
-                &self.packed[key_end..value_end],
-            );
-            start = value_end;
-            record
-        });
-        let last = (self.len > 0).then_some((self.key.as_slice(), self.value.as_slice()));
-        packed.chain(last)
-    }
-
-    /// How many records were emitted since the last [`clear`](Self::clear).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing was emitted since the last [`clear`](Self::clear).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Forgets the records emitted (a job that rejects a record after emitting for it).
-    pub fn clear(&mut self) {
-        self.len = 0;
-        self.ends.clear();
-        self.packed.clear();
-        if self.packed.capacity() > PACKED_KEPT {
-            self.packed.shrink_to(PACKED_KEPT);
-        }
-    }
-
-    /// Before the runner hands the job a record (or a tick).
-    pub(crate) fn begin(&mut self) {
-        self.clear();
-        self.reached = None;
-    }
-
-    /// Counts the record just processed: how far it went through the job's `operators`,
-    /// and what it emitted.
-    pub(crate) fn tally_record(&mut self, outcome: &Outcome, operators: usize) {
-        let reached = self.reached.take().unwrap_or(match outcome {
-            Outcome::Emitted | Outcome::Counted => operators,
-            Outcome::Dropped => operators.saturating_sub(1),
-            Outcome::Rejected(_) => 0,
-        });
-        self.tally.reached[reached.min(MAX_OPERATORS)] += 1;
-        if matches!(outcome, Outcome::Emitted) {
-            self.tally.emitted += self.len as u64;
-        }
-    }
-
-    /// Counts what a tick or the end of the input emitted.
-    pub(crate) fn tally_results(&mut self) {
-        self.tally.emitted += self.len as u64;
-    }
-
-    /// What was counted since the last call.
-    pub(crate) fn take_tally(&mut self) -> Tally {
-        std::mem::take(&mut self.tally)
-    }
-}
 
 /// A job: see the module doc. Every hook but `process` has a stateless default.
 pub trait Job: Send {
@@ -420,88 +298,6 @@ pub fn parse_event(value: Option<&[u8]>) -> Result<EventLog<'_>, Rejection> {
     transform::decode(value).and_then(transform::parse)
 }
 
-/// A job the runner can start: its name and how to make one instance per worker.
-#[derive(Clone)]
-pub(crate) struct JobSpec {
-    /// The default `--job-name`.
-    pub name: String,
-    make: Arc<dyn Fn() -> Box<dyn Job> + Send + Sync>,
-    /// The job's windows, named in its first log line.
-    pub windows: Option<WindowConfig>,
-    /// Read from one instance: see [`Job::stateful`] and [`Job::aggregates`].
-    pub stateful: bool,
-    pub aggregates: bool,
-}
-
-impl std::fmt::Debug for JobSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobSpec")
-            .field("name", &self.name)
-            .field("windows", &self.windows)
-            .finish_non_exhaustive()
-    }
-}
-
-impl JobSpec {
-    /// A job made by `make`, one instance per worker.
-    pub(crate) fn new<J, F>(name: &str, windows: Option<WindowConfig>, make: F) -> Self
-    where
-        J: Job + 'static,
-        F: Fn() -> J + Send + Sync + 'static,
-    {
-        let probe = make();
-        JobSpec {
-            name: name.to_string(),
-            windows: windows.filter(|_| probe.stateful()),
-            stateful: probe.stateful(),
-            aggregates: probe.aggregates(),
-            make: Arc::new(move || Box::new(make()) as Box<dyn Job>),
-        }
-    }
-
-    /// One of the jobs of the seed repository.
-    pub(crate) fn builtin(kind: JobKind) -> Self {
-        match kind {
-            JobKind::KafkaIo => JobSpec::new(kind.name(), None, kafka_io::KafkaIo::default),
-            JobKind::TrafficAgg(windows) => JobSpec::new(kind.name(), Some(windows), move || {
-                traffic_agg::traffic_agg(&windows)
-            }),
-            JobKind::UserTraffic => {
-                JobSpec::new(kind.name(), None, user_traffic::UserTraffic::default)
-            }
-        }
-    }
-
-    /// A fresh instance (one per worker); its operators are the ones `stats` shows.
-    pub(crate) fn build(&self, stats: &Stats) -> Box<dyn Job> {
-        let job = (self.make)();
-        stats.set_operators(job.operators(), self.aggregates);
-        job
-    }
-}
-
-/// The jobs of the seed repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum JobKind {
-    /// `kafka_io.py`: parse each event and republish it (the default).
-    KafkaIo,
-    /// `traffic_agg.py`: page views per user in event-time windows.
-    TrafficAgg(WindowConfig),
-    /// `user_traffic.py`: page views and bytes per user, written at the end of the input.
-    UserTraffic,
-}
-
-impl JobKind {
-    /// The name the original gives the job (the default `--job-name`).
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            JobKind::KafkaIo => "kafka-io",
-            JobKind::TrafficAgg(_) => "traffic-agg",
-            JobKind::UserTraffic => "user-traffic",
-        }
-    }
-}
-
 /// Shows the job's event time on the dashboard, if it has one.
 pub(crate) fn publish(job: &dyn Job, stats: &Stats, now: Now) {
     if let Some(status) = job.watermarks(now) {
@@ -547,37 +343,6 @@ pub(super) fn run_stages(value: Option<&[u8]>, out: &mut Emitter) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_emitter_gives_back_every_record_in_order_and_forgets_them_on_clear() {
-        let mut out = Emitter::default();
-        assert_eq!(out.records().count(), 0);
-        for i in 0..3u8 {
-            let (key, value) = out.record();
-            key.extend_from_slice(&[b'k', i]);
-            value.extend_from_slice(&[b'v', i, i]);
-        }
-        let records: Vec<(Vec<u8>, Vec<u8>)> = out
-            .records()
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect();
-        assert_eq!(
-            records,
-            (0..3u8)
-                .map(|i| (vec![b'k', i], vec![b'v', i, i]))
-                .collect::<Vec<_>>()
-        );
-        assert_eq!(out.len(), 3);
-        out.clear();
-        assert!(out.is_empty());
-        assert_eq!(out.records().count(), 0);
-        let (key, _) = out.record();
-        key.push(b'x');
-        assert_eq!(
-            out.records().collect::<Vec<_>>(),
-            vec![(&b"x"[..], &b""[..])]
-        );
-    }
 
     #[test]
     fn operators_count_how_far_each_record_went_and_the_dashboard_chains_them() {
