@@ -59,7 +59,7 @@ impl Emitter {
     }
 
     /// The record being processed went through the first `operators` of the job's
-    /// [operators](Job::operators) (the dashboard counts it there). Without this call, an
+    /// [operators](super::Job::operators) (the dashboard counts it there). Without this call, an
     /// emitted or counted record went through all of them, a dropped one through all but
     /// the last, a rejected one through none.
     pub fn passed(&mut self, operators: usize) {
