@@ -135,7 +135,7 @@ pub struct Visit<'a> {
 /// Decode → Parse for the aggregation jobs: the fields they use, with the same verdict
 /// and rejections as [`parse`]`(`[`decode`]`(value))`. A record in the original layout is
 /// read in one validating scan, without building an `EventLog` (no float or string
-/// copies); any other takes the full path. Hand-written because `window_bench` showed the
+/// copies); any other takes the full path. Hand-written because `bench window` showed the
 /// full parse at about half of the aggregation's time; a property test holds it to the
 /// full path.
 pub fn visit(value: Option<&[u8]>) -> Result<Visit<'_>, Rejection> {

@@ -146,7 +146,7 @@ pub fn event_time_ms(text: &str) -> Option<i64> {
 
 /// An epoch-millisecond time as the original writes window bounds: UTC, to the second,
 /// without a zone (`2024-04-28T23:12:40`). Written from chrono's date parts, not with
-/// `format` (whose format-string parsing was a tenth of `window_bench`'s time).
+/// `format` (whose format-string parsing was a tenth of `bench window`'s time).
 pub fn format_time(ms: i64) -> String {
     use chrono::{Datelike, Timelike};
     let t = chrono::DateTime::from_timestamp_millis(ms)

@@ -80,7 +80,8 @@ impl Program {
 
     /// Parses the flags, logs to stderr, runs a job from `make` in every worker until the
     /// input ends (`--bounded`, files) or SIGINT/SIGTERM, prints the summary, and returns
-    /// the exit code: 0, 1 for a failure, 2 for a usage error.
+    /// the exit code: 0, 1 for a failure, 2 for a usage error. `make` is called once per
+    /// worker, and once before, to ask the job whether it is stateful.
     pub fn run<J, F>(self, make: F) -> ExitCode
     where
         J: Job + 'static,
