@@ -369,19 +369,13 @@ fn bytes_by_age_exactly_once_survives_a_kill_with_each_window_result_once() {
     assert!(mine == totals, "the results differ from the rule's");
 }
 
-#[test]
-fn bytes_by_age_shows_its_operators_counts_and_watermarks_on_the_dashboard() {
+/// `name` on the embedded demo (no broker: a generator feeds its input), until its
+/// dashboard shows operator `until` with records in: what `/api/job` says then, and the
+/// operators as (name, records in, records out).
+fn dashboard_of(name: &str, extra: &[&str], until: usize) -> (Value, Vec<(String, u64, u64)>) {
     let reaper = Reaper::default();
-    // The embedded demo: no broker, a generator feeding the job's input.
-    let mut command = example("bytes_by_age");
-    command.args([
-        "--demo-rate",
-        "200",
-        "--window",
-        "1s",
-        "--max-out-of-orderness",
-        "0s",
-    ]);
+    let mut command = example(name);
+    command.args(["--demo-rate", "200"]).args(extra);
     let (child, addr) = spawn_with_address(command, "dashboard at");
     let child = reaper.watch(child);
     let started = Instant::now();
@@ -389,34 +383,47 @@ fn bytes_by_age_shows_its_operators_counts_and_watermarks_on_the_dashboard() {
         let (status, body) = http("GET", &addr, "/api/job");
         assert_eq!(status, 200, "{body}");
         let job: Value = serde_json::from_str(&body).unwrap();
-        if job["operators"][3]["records_in"].as_u64() > Some(0) {
+        if job["operators"][until]["records_in"].as_u64() > Some(0) {
             break job;
         }
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "no window result after 90 s: {job}"
+            "{name}: nothing into operator {until} after 90 s: {job}"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
     signal(&child, "TERM");
     let _ = wait_with_timeout(child, Duration::from_secs(30));
-    assert_eq!(job["job"]["name"], "bytes-by-age");
-    assert_eq!(job["job"]["parallelism"], 1);
-    let operators: Vec<(&str, u64, u64)> = job["operators"]
+    let operators = job["operators"]
         .as_array()
         .unwrap()
         .iter()
         .map(|o| {
             (
-                o["name"].as_str().unwrap(),
+                o["name"].as_str().unwrap().to_string(),
                 o["records_in"].as_u64().unwrap(),
                 o["records_out"].as_u64().unwrap(),
             )
         })
         .collect();
-    let names: Vec<&str> = operators.iter().map(|o| o.0).collect();
+    (job, operators)
+}
+
+fn names(operators: &[(String, u64, u64)]) -> Vec<&str> {
+    operators.iter().map(|o| o.0.as_str()).collect()
+}
+
+#[test]
+fn both_examples_show_their_operators_counts_and_watermarks_on_the_dashboard() {
+    let (job, operators) = dashboard_of(
+        "bytes_by_age",
+        &["--window", "1s", "--max-out-of-orderness", "0s"],
+        3,
+    );
+    assert_eq!(job["job"]["name"], "bytes-by-age");
+    assert_eq!(job["job"]["parallelism"], 1);
     assert_eq!(
-        names,
+        names(&operators),
         [
             "Read from Kafka",
             "Parse events",
@@ -434,4 +441,21 @@ fn bytes_by_age_shows_its_operators_counts_and_watermarks_on_the_dashboard() {
     assert!(windowed > 0, "{operators:?}");
     assert!(job["windows"]["watermark_ms"].as_i64().is_some(), "{job}");
     assert!(job["windows"]["fired"].as_u64() > Some(0), "{job}");
+
+    let (job, operators) = dashboard_of("marketing_optins", &["--demo-users", "200"], 3);
+    assert_eq!(job["job"]["name"], "marketing-optins");
+    assert_eq!(
+        names(&operators),
+        [
+            "Read from Kafka",
+            "Parse events",
+            "Keep opted-in",
+            "Write to Kafka",
+            "Dead letters"
+        ]
+    );
+    // The filter keeps some of what it is given, and drops the rest.
+    let (parsed, kept) = (operators[1].2, operators[2].2);
+    assert!(kept > 0 && kept < parsed, "{operators:?}");
+    assert!(job["totals"]["dropped"].as_u64() > Some(0), "{job}");
 }
