@@ -413,7 +413,7 @@ fn write_python_json<T: Serialize + ?Sized>(
 /// Hand-written for the fixed `EventLog` layout: the transform benchmark (`bench transform`) shows the
 /// serde serializer with [`PythonFormatter`] at about half the speed of this, and the
 /// strings of real events are plain ASCII, copied in one piece.
-fn write_python_str(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn write_python_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
     if !needs_escape(bytes) {

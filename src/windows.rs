@@ -1,7 +1,7 @@
-//! Event-time windows: the pure core of the seed repository's `traffic-agg` job (page views
-//! per user in fixed windows, aligned to the epoch) and of its batch `user-traffic` job
-//! (page views and bytes per user). No I/O: the pipeline's runners feed records in and
-//! write what comes out.
+//! Event-time windows: the pure core of every windowed job (`traffic-agg`'s page views per
+//! user, or a `WindowedJob` of one's own): values merged per key in fixed windows aligned
+//! to the epoch, watermarks, and when windows fire. No I/O: the pipeline's runners feed
+//! records in and write what comes out.
 //!
 //! **Time.** An event's time is its `event_datetime`, read as UTC (the original parses it
 //! as local time, which is only right on a machine set to UTC).
@@ -204,39 +204,6 @@ pub struct WindowResult<A = u64> {
     pub end_ms: i64,
     /// What was aggregated for the key in the window.
     pub value: A,
-}
-
-impl WindowResult<u64> {
-    /// `{"event_id": <id>, "window_start": "<start>"}`, with Python's `json.dumps` spacing.
-    pub fn write_key(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"event_id\": ");
-        write_json_string(&self.key, out);
-        out.extend_from_slice(b", \"window_start\": \"");
-        out.extend_from_slice(format_time(self.start_ms).as_bytes());
-        out.extend_from_slice(b"\"}");
-    }
-
-    /// `{"id", "window_start", "window_end", "page_views"}`, in that order, with Python's
-    /// `json.dumps` spacing.
-    pub fn write_value(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"id\": ");
-        write_json_string(&self.key, out);
-        out.extend_from_slice(b", \"window_start\": \"");
-        out.extend_from_slice(format_time(self.start_ms).as_bytes());
-        out.extend_from_slice(b"\", \"window_end\": \"");
-        out.extend_from_slice(format_time(self.end_ms).as_bytes());
-        out.extend_from_slice(b"\", \"page_views\": ");
-        out.extend_from_slice(itoa::Buffer::new().format(self.value).as_bytes());
-        out.push(b'}');
-    }
-}
-
-/// A JSON string as Python's `json.dumps` writes it (ASCII, `\uXXXX` escapes).
-fn write_json_string(text: &str, out: &mut Vec<u8>) {
-    let mut serializer =
-        serde_json::Serializer::with_formatter(&mut *out, crate::schema::PythonFormatter);
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde::Serialize::serialize(text, &mut serializer);
 }
 
 /// What became of an event given to [`Aggregator::add`].
@@ -630,66 +597,6 @@ impl<A: Aggregate> Aggregator<A> {
     }
 }
 
-/// One user's totals in the batch `user-traffic` job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserTotals {
-    pub page_views: u64,
-    pub total_bytes: i64,
-    pub max_bytes: i64,
-    pub min_bytes: i64,
-}
-
-/// Page views and bytes per user (`user_traffic.py`), in user order.
-#[derive(Debug, Default)]
-pub struct UserTraffic {
-    users: BTreeMap<Box<str>, UserTotals>,
-}
-
-impl UserTraffic {
-    pub fn add(&mut self, id: &str, file_size_bytes: i64) {
-        match self.users.get_mut(id) {
-            Some(t) => {
-                t.page_views += 1;
-                t.total_bytes = t.total_bytes.saturating_add(file_size_bytes);
-                t.max_bytes = t.max_bytes.max(file_size_bytes);
-                t.min_bytes = t.min_bytes.min(file_size_bytes);
-            }
-            None => {
-                self.users.insert(
-                    id.into(),
-                    UserTotals {
-                        page_views: 1,
-                        total_bytes: file_size_bytes,
-                        max_bytes: file_size_bytes,
-                        min_bytes: file_size_bytes,
-                    },
-                );
-            }
-        }
-    }
-
-    /// One JSON line per user, as the original's `json.dumps(UserTraffic._asdict())`.
-    pub fn write_lines(&self, out: &mut Vec<u8>) {
-        for (id, t) in &self.users {
-            out.extend_from_slice(b"{\"id\": ");
-            write_json_string(id, out);
-            let mut number = itoa::Buffer::new();
-            for (name, value) in [
-                ("page_views", t.page_views as i64),
-                ("total_bytes", t.total_bytes),
-                ("max_bytes", t.max_bytes),
-                ("min_bytes", t.min_bytes),
-            ] {
-                out.extend_from_slice(b", \"");
-                out.extend_from_slice(name.as_bytes());
-                out.extend_from_slice(b"\": ");
-                out.extend_from_slice(number.format(value).as_bytes());
-            }
-            out.extend_from_slice(b"}\n");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -731,34 +638,6 @@ mod tests {
                 ("id-1".into(), "2024-04-28T05:51:20".into(), 2),
                 ("id-1".into(), "2024-04-28T05:51:40".into(), 1)
             ]
-        );
-        let mut key = Vec::new();
-        let mut value = Vec::new();
-        fired[0].write_key(&mut key);
-        fired[0].write_value(&mut value);
-        assert_eq!(
-            String::from_utf8(key).unwrap(),
-            r#"{"event_id": "id-1", "window_start": "2024-04-28T05:51:20"}"#
-        );
-        assert_eq!(
-            String::from_utf8(value).unwrap(),
-            r#"{"id": "id-1", "window_start": "2024-04-28T05:51:20", "window_end": "2024-04-28T05:51:40", "page_views": 2}"#
-        );
-    }
-
-    #[test]
-    fn the_original_user_traffic_test() {
-        let mut users = UserTraffic::default();
-        for size in [207, 446, 318] {
-            users.add("u", size);
-        }
-        users.add("v\"é", 5);
-        let mut out = Vec::new();
-        users.write_lines(&mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "{\"id\": \"u\", \"page_views\": 3, \"total_bytes\": 971, \"max_bytes\": 446, \"min_bytes\": 207}\n\
-             {\"id\": \"v\\\"\\u00e9\", \"page_views\": 1, \"total_bytes\": 5, \"max_bytes\": 5, \"min_bytes\": 5}\n"
         );
     }
 
