@@ -121,11 +121,7 @@ mod tests {
         driver.pipe(visit("26-40", MINUTE + 64_999, 1));
         assert!(driver.read_output().is_empty());
         driver.pipe(visit("18-25", MINUTE + 65_000, 2));
-        let fired: Vec<(String, String)> = driver
-            .read_output()
-            .iter()
-            .map(|o| (o.key_str().into_owned(), o.value_str().into_owned()))
-            .collect();
+        let fired = driver.read_key_values();
         assert_eq!(
             fired,
             vec![
@@ -141,11 +137,7 @@ mod tests {
         );
         // The end of a bounded input fires the open window.
         driver.finish();
-        let last: Vec<String> = driver
-            .read_output()
-            .iter()
-            .map(|o| o.value_str().into_owned())
-            .collect();
+        let last = driver.read_values();
         assert_eq!(last.len(), 2, "{last:?}");
         assert!(
             last[0].contains(r#""age_bracket": "18-25""#) && last[0].contains(r#""events": 1"#)

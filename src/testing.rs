@@ -315,6 +315,24 @@ impl<J: Job> TestDriver<J> {
         std::mem::take(&mut self.output)
     }
 
+    /// The values emitted since the last call, in order, as text (Kafka Streams'
+    /// `readValuesToList`).
+    pub fn read_values(&mut self) -> Vec<String> {
+        self.read_output()
+            .iter()
+            .map(|o| o.value_str().into_owned())
+            .collect()
+    }
+
+    /// The (key, value) pairs emitted since the last call, in order, as text (Kafka
+    /// Streams' `readKeyValuesToList`).
+    pub fn read_key_values(&mut self) -> Vec<(String, String)> {
+        self.read_output()
+            .iter()
+            .map(|o| (o.key_str().into_owned(), o.value_str().into_owned()))
+            .collect()
+    }
+
     /// The records rejected since the last call, in order.
     pub fn read_dead_letters(&mut self) -> Vec<DeadLetter> {
         std::mem::take(&mut self.dead_letters)
@@ -385,13 +403,6 @@ mod tests {
         }
     }
 
-    fn counts(output: &[Output]) -> Vec<(String, String)> {
-        output
-            .iter()
-            .map(|o| (o.key_str().into_owned(), o.value_str().into_owned()))
-            .collect()
-    }
-
     #[test]
     fn a_window_fires_when_the_watermark_passes_its_end_and_not_before() {
         let mut driver = TestDriver::new(Windowed::new(CountByKey, &windows()));
@@ -404,7 +415,7 @@ mod tests {
         assert!(driver.read_output().is_empty(), "watermark 9.999 s");
         driver.pipe(Input::value("x").key("b").timestamp(12_000));
         assert_eq!(
-            counts(&driver.read_output()),
+            driver.read_key_values(),
             [("a@0", "2"), ("b@0", "1")].map(|(k, v)| (k.to_string(), v.to_string()))
         );
         // An event for the fired window is late: dead-lettered, with the reason.
@@ -415,7 +426,7 @@ mod tests {
         // The end of the input fires what is open.
         driver.finish();
         assert_eq!(
-            counts(&driver.read_output()),
+            driver.read_key_values(),
             [("a@10000", "1"), ("b@10000", "2")].map(|(k, v)| (k.to_string(), v.to_string()))
         );
     }
@@ -429,7 +440,7 @@ mod tests {
         // Idle: event time moves on with the clock, past [0, 10 s)'s end.
         driver.advance(Duration::from_secs(2));
         assert_eq!(
-            counts(&driver.read_output()),
+            driver.read_key_values(),
             vec![("a@0".to_string(), "1".to_string())]
         );
     }
@@ -486,7 +497,7 @@ mod tests {
         let mut through = TestDriver::new(Windowed::new(CountByKey, &windows()));
         through.pipe_all(inputs.clone());
         through.finish();
-        let expected = counts(&through.read_output());
+        let expected = through.read_key_values();
         assert!(expected.len() > 30, "{} results", expected.len());
         // The same input, with a crash after a third of it: the new job skips what fired
         // before the commit and rebuilds the open windows from the records they need.
@@ -501,7 +512,7 @@ mod tests {
         let results: Vec<(String, String)> = expected[..fired_before]
             .iter()
             .cloned()
-            .chain(counts(&driver.read_output()))
+            .chain(driver.read_key_values())
             .collect();
         assert_eq!(results, expected);
         // A stateless job's commit covers every record read: nothing is read again.

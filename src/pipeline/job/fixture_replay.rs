@@ -25,9 +25,9 @@ fn kafka_io_replays_the_fixture_to_the_expected_keys_and_values() {
         driver.pipe(Input::value(line));
     }
     let output: Vec<String> = driver
-        .read_output()
+        .read_key_values()
         .iter()
-        .map(|o| format!("{}\t{}", o.key_str(), o.value_str()))
+        .map(|(key, value)| format!("{key}	{value}"))
         .collect();
     let expected: Vec<&str> =
         lines(include_str!("../../../fixtures/expected/website-out.tsv")).collect();
@@ -78,11 +78,7 @@ fn traffic_agg_replays_the_fixture_to_the_expected_windows_and_late_events() {
         driver.pipe(Input::value(line));
     }
     driver.finish();
-    let output: Vec<String> = driver
-        .read_output()
-        .iter()
-        .map(|o| o.value_str().into_owned())
-        .collect();
+    let output = driver.read_values();
     let expected: Vec<&str> =
         lines(include_str!("../../../fixtures/expected/traffic-agg.jsonl")).collect();
     assert_eq!(output, expected);
@@ -99,11 +95,7 @@ fn user_traffic_replays_the_fixture_to_the_expected_totals() {
     }
     assert!(driver.read_output().is_empty(), "written at the end only");
     driver.finish();
-    let output: Vec<String> = driver
-        .read_output()
-        .iter()
-        .map(|o| o.value_str().into_owned())
-        .collect();
+    let output = driver.read_values();
     let expected: Vec<&str> = lines(include_str!(
         "../../../fixtures/expected/user-traffic.jsonl"
     ))

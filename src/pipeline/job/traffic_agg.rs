@@ -81,11 +81,7 @@ mod tests {
             )));
         }
         driver.finish();
-        let fired: Vec<(String, String)> = driver
-            .read_output()
-            .iter()
-            .map(|o| (o.key_str().into_owned(), o.value_str().into_owned()))
-            .collect();
+        let fired = driver.read_key_values();
         assert_eq!(
             fired,
             [
