@@ -127,8 +127,8 @@ pub(crate) fn run(
         status: StatusLine::new(),
         reader_gone: false,
         ticking: job.tick_interval().is_some(),
+        emitter: Emitter::for_job(job.as_ref()),
         job,
-        emitter: Emitter::default(),
         now: Now::current(),
     };
     // The start of a line whose end has not been read yet, or, once it is too long, only
@@ -266,8 +266,7 @@ impl LineWriter<'_> {
         };
         self.emitter.begin();
         let outcome = self.job.process(&record, self.now, &mut self.emitter);
-        self.emitter
-            .tally_record(&outcome, self.job.operators().len());
+        self.emitter.tally_record(&outcome);
         match outcome {
             Outcome::Emitted => self.write_emitted()?,
             Outcome::Counted | Outcome::Dropped => Stats::add(&self.stats.counted),

@@ -36,6 +36,8 @@ pub struct Emitter {
     len: usize,
     /// How many operators the record being processed went through, if the job said.
     reached: Option<usize>,
+    /// How many operators the job has (read once, not per record).
+    operators: usize,
     tally: Tally,
 }
 
@@ -101,15 +103,24 @@ impl Emitter {
         }
     }
 
+    /// An emitter for `job`, counting records through its operators.
+    pub(crate) fn for_job(job: &dyn super::Job) -> Self {
+        Emitter {
+            operators: job.operators().len().min(MAX_OPERATORS),
+            ..Emitter::default()
+        }
+    }
+
     /// Before the runner hands the job a record (or a tick).
     pub(crate) fn begin(&mut self) {
         self.clear();
         self.reached = None;
     }
 
-    /// Counts the record just processed: how far it went through the job's `operators`,
-    /// and what it emitted.
-    pub(crate) fn tally_record(&mut self, outcome: &Outcome, operators: usize) {
+    /// Counts the record just processed: how far it went through the job's operators, and
+    /// what it emitted.
+    pub(crate) fn tally_record(&mut self, outcome: &Outcome) {
+        let operators = self.operators;
         let reached = self.reached.take().unwrap_or(match outcome {
             Outcome::Emitted | Outcome::Counted => operators,
             Outcome::Dropped => operators.saturating_sub(1),

@@ -348,7 +348,7 @@ mod tests {
     fn operators_count_how_far_each_record_went_and_the_dashboard_chains_them() {
         let stats = Stats::default();
         let mut job = JobSpec::builtin(JobKind::KafkaIo).build(&stats);
-        let mut out = Emitter::default();
+        let mut out = Emitter::for_job(job.as_ref());
         let now = Now::current();
         let good = include_str!("../../../fixtures/website-visit.jsonl")
             .lines()
@@ -366,7 +366,7 @@ mod tests {
             };
             out.begin();
             let outcome = job.process(&record, now, &mut out);
-            out.tally_record(&outcome, job.operators().len());
+            out.tally_record(&outcome);
             stats
                 .read
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

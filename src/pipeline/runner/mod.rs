@@ -301,6 +301,7 @@ impl Parts<'_> {
                 partitions: BTreeSet::new(),
             },
         );
+        let job = config.job.build(self.stats);
         Ok(worker::Worker {
             id,
             name,
@@ -314,8 +315,8 @@ impl Parts<'_> {
                 print_keys: self.print_keys,
             },
             acks,
-            job: config.job.build(self.stats),
-            emitter: job::Emitter::default(),
+            emitter: job::Emitter::for_job(job.as_ref()),
+            job,
             commit,
             forward_headers: !config.drop_input_headers,
             bounded: config.bounded,

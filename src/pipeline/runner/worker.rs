@@ -434,8 +434,7 @@ impl Worker {
         };
         self.emitter.begin();
         let outcome = self.job.process(&record, now, &mut self.emitter);
-        self.emitter
-            .tally_record(&outcome, self.job.operators().len());
+        self.emitter.tally_record(&outcome);
         // Headers are parsed (librdkafka allocates them) only for what is sent with them.
         let forward = self.forward_headers
             && match outcome {
