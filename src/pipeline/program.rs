@@ -90,7 +90,14 @@ impl Program {
         // The flags' own doc would be the about line: the program's comes after them.
         let mut command =
             PipelineArgs::augment_args(Command::new(self.name).version(env!("CARGO_PKG_VERSION")))
-                .about(self.about);
+                .about(self.about)
+                // The help gives this program's window, not traffic-agg's.
+                .mut_arg("window", |arg| {
+                    arg.help(format!(
+                        "Windowed jobs: fixed window size, aligned to the epoch (e.g. 20s, 1m) [default: {}]",
+                        humantime::format_duration(self.window)
+                    ))
+                });
         let matches = command.get_matches_mut();
         let args: PipelineArgs = parsed(&mut command, &matches);
         let windows = match args.windows(&mut command, self.window) {
