@@ -114,7 +114,7 @@ fn truthy(coordinate: &Value) -> bool {
 /// marketing_optins' rule, computed here: the opted-in events, keyed `{"event_id",
 /// "event_ts"}`, without `ip` and `user_agent`, an empty `lat`/`lng` read as -1. Sorted.
 fn expected_opt_ins(inputs: &[Value]) -> Vec<(Value, Value)> {
-    let mut expected: Vec<(Value, Value)> = inputs
+    let expected = inputs
         .iter()
         .filter(|event| event["opted_into_marketing"] == json!(true))
         .map(|event| {
@@ -129,33 +129,32 @@ fn expected_opt_ins(inputs: &[Value]) -> Vec<(Value, Value)> {
             (key, Value::Object(value))
         })
         .collect();
-    expected.sort_by_key(|(key, value)| (key.to_string(), value.to_string()));
-    expected
+    sorted(expected)
 }
 
-/// bytes_by_age's rule, computed here: events and bytes per age bracket and 60 s window of
-/// `event_ts`, as (key, value). Sorted.
-fn expected_windows(inputs: &[Value]) -> Vec<(Value, Value)> {
+/// bytes_by_age's rule, computed here: events and bytes per age bracket and window of
+/// `size_ms` over `event_ts`, as (key, value). Sorted.
+fn expected_windows(inputs: &[Value], size_ms: i64) -> Vec<(Value, Value)> {
     let mut totals: BTreeMap<(String, i64), (u64, i64)> = BTreeMap::new();
     for event in inputs {
-        let start = event["event_ts"].as_i64().unwrap().div_euclid(60_000) * 60_000;
+        let start = event["event_ts"].as_i64().unwrap().div_euclid(size_ms) * size_ms;
         let total = totals
             .entry((event["age_bracket"].as_str().unwrap().to_string(), start))
             .or_default();
         total.0 += 1;
         total.1 += event["file_size_bytes"].as_i64().unwrap();
     }
-    let mut expected: Vec<(Value, Value)> = totals
-        .into_iter()
-        .map(|((age, start), (events, bytes))| {
-            (
-                json!({"age_bracket": age, "window_start": start}),
-                json!({"age_bracket": age, "window_start": start, "window_end": start + 60_000, "events": events, "bytes": bytes}),
-            )
-        })
-        .collect();
-    expected.sort_by_key(|(key, value)| (key.to_string(), value.to_string()));
-    expected
+    sorted(
+        totals
+            .into_iter()
+            .map(|((age, start), (events, bytes))| {
+                (
+                    json!({"age_bracket": age, "window_start": start}),
+                    json!({"age_bracket": age, "window_start": start, "window_end": start + size_ms, "events": events, "bytes": bytes}),
+                )
+            })
+            .collect(),
+    )
 }
 
 fn sorted(mut records: Vec<(Value, Value)>) -> Vec<(Value, Value)> {
@@ -196,7 +195,7 @@ fn both_examples_on_kafka_write_what_their_rules_give_on_the_same_input() {
         "marketing_optins differs"
     );
 
-    let expected = expected_windows(&inputs_of(&by_age.input));
+    let expected = expected_windows(&inputs_of(&by_age.input), 60_000);
     // 400 s of events: 7 or 8 windows, each with every bracket.
     assert!(expected.len() >= 20, "{} windows", expected.len());
     assert!(
@@ -218,7 +217,7 @@ fn both_examples_in_file_mode_write_what_their_rules_give_on_the_same_input() {
         .collect();
     for (name, expected) in [
         ("marketing_optins", expected_opt_ins(&inputs)),
-        ("bytes_by_age", expected_windows(&inputs)),
+        ("bytes_by_age", expected_windows(&inputs, 60_000)),
     ] {
         let dead = dir.path().join(format!("{name}-dlq.jsonl"));
         let output = example(name)
@@ -333,40 +332,22 @@ fn bytes_by_age_exactly_once_survives_a_kill_with_each_window_result_once() {
     let job = job("example-by-age-eos", PARTITIONS);
     // 2 s windows: about 2,000 results over 400 s of events.
     events(200_000, 10, Some(&job.input));
-    let inputs = inputs_of(&job.input);
     // The rule, with 2 s windows.
-    let mut totals: BTreeMap<(String, i64), (u64, i64)> = BTreeMap::new();
-    for event in &inputs {
-        let start = event["event_ts"].as_i64().unwrap().div_euclid(2_000) * 2_000;
-        let total = totals
-            .entry((event["age_bracket"].as_str().unwrap().to_string(), start))
-            .or_default();
-        total.0 += 1;
-        total.1 += event["file_size_bytes"].as_i64().unwrap();
-    }
+    let expected = expected_windows(&inputs_of(&job.input), 2_000);
     let results = killed_and_restarted(
         "bytes_by_age",
         &job,
         &["--window", "2s"],
-        totals.len() / 5,
-        totals.len(),
+        expected.len() / 5,
+        expected.len(),
     );
     let keys: BTreeSet<String> = results.iter().map(|(key, _)| key.to_string()).collect();
     assert_eq!(keys.len(), results.len(), "a window result twice");
-    let mine: BTreeMap<(String, i64), (u64, i64)> = results
-        .iter()
-        .map(|(_, v)| {
-            (
-                (
-                    v["age_bracket"].as_str().unwrap().to_string(),
-                    v["window_start"].as_i64().unwrap(),
-                ),
-                (v["events"].as_u64().unwrap(), v["bytes"].as_i64().unwrap()),
-            )
-        })
-        .collect();
-    assert_eq!(mine.len(), totals.len(), "a window result lost");
-    assert!(mine == totals, "the results differ from the rule's");
+    assert_eq!(results.len(), expected.len(), "a window result lost");
+    assert!(
+        sorted(results) == expected,
+        "the results differ from the rule's"
+    );
 }
 
 /// `name` on the embedded demo (no broker: a generator feeds its input), until its
