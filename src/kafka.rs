@@ -236,6 +236,11 @@ pub fn pipeline_consumer_config(
             // How long the group waits for a silent member before reassigning its
             // partitions (default 45 s).
             config.set("session.timeout.ms", timeout.as_millis().to_string());
+            // Heartbeat at most every third of it (default 3 s), as Kafka advises, so a
+            // short session still has room for two missed heartbeats, and members learn
+            // of a rebalance that much sooner.
+            let heartbeat = (timeout / 3).min(std::time::Duration::from_secs(3));
+            config.set("heartbeat.interval.ms", heartbeat.as_millis().to_string());
         }
     }
     if let Some(id) = &group.instance_id {
@@ -788,6 +793,7 @@ mod tests {
             Some("cooperative-sticky")
         );
         assert_eq!(config.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(config.get("heartbeat.interval.ms"), Some("2000"));
         assert_eq!(config.get("group.instance.id"), Some("node-2"));
         assert_eq!(config.get("group.id"), Some("job"));
         let consumer = GroupConfig {

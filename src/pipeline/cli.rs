@@ -454,6 +454,17 @@ pub fn main() -> ExitCode {
     run_program("pipeline", command, args, JobSpec::builtin(kind), output)
 }
 
+/// kafka-io's runner config from `pipeline`'s flags `args` (the program name first), for
+/// tests of what the runner makes of them.
+#[cfg(test)]
+pub(crate) fn kafka_io_config(args: &[&str]) -> Result<PipelineConfig, clap::Error> {
+    let mut command = BuiltinArgs::command();
+    let matches = command.try_get_matches_from_mut(args)?;
+    let BuiltinArgs { args, .. } = BuiltinArgs::from_arg_matches(&matches)?;
+    let job = JobSpec::builtin(JobKind::KafkaIo);
+    args.into_config(&mut command, job, "website-out")
+}
+
 /// traffic-agg's window, as the original's.
 pub(super) const DEFAULT_WINDOW: Duration = Duration::from_secs(20);
 

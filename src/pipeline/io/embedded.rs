@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::kafka::KafkaConfig;
+use crate::kafka::{GroupProtocol, KafkaConfig};
 use crate::pipeline::{DemoConfig, Guarantee, PipelineConfig, Stats, Topics, run_kafka};
 
 /// The article's demo without any setup: a mock cluster and a generator, in process.
@@ -76,7 +76,8 @@ pub(crate) fn run(
                 "exactly-once on the embedded cluster: transactions run, but the in-process cluster does not enforce read_committed, so its output cannot prove the guarantee (use --use-own with Apache Kafka)"
             );
         }
-        let job = run_kafka(runtime, config, &kafka, topics, print_keys, stats, cancel);
+        let config = with_short_rebalances(config);
+        let job = run_kafka(runtime, &config, &kafka, topics, print_keys, stats, cancel);
         feed_stop.cancel();
         let fed = feed
             .join()
@@ -86,4 +87,57 @@ pub(crate) fn run(
         }
         job.and(fed.map(|_| ()))
     })
+}
+
+/// The session timeout of the embedded cluster's group, unless `--session-timeout` sets one.
+/// The mock cluster waits one second less than the session timeout for every member to
+/// rejoin a rebalance, even once all have: at librdkafka's default of 45 s, a rebalance
+/// (a member's SyncGroup racing the leader's, which the mock answers "Invalid request",
+/// on a busy machine) stalled the demo's commits for 44 s, and a Ctrl-C within that time
+/// could not commit. 6 s bounds that stall at 5 s.
+const EMBEDDED_SESSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// `config` with [`EMBEDDED_SESSION_TIMEOUT`] for a classic group that sets none.
+fn with_short_rebalances(config: &PipelineConfig) -> PipelineConfig {
+    let mut config = config.clone();
+    if let GroupProtocol::Classic {
+        session_timeout: session_timeout @ None,
+    } = &mut config.group.protocol
+    {
+        *session_timeout = Some(EMBEDDED_SESSION_TIMEOUT);
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::cli::kafka_io_config;
+
+    fn session_timeout(config: &PipelineConfig) -> Option<std::time::Duration> {
+        match config.group.protocol {
+            GroupProtocol::Classic { session_timeout } => session_timeout,
+            GroupProtocol::Consumer => panic!("classic expected"),
+        }
+    }
+
+    #[test]
+    fn the_demo_group_rebalances_within_seconds_unless_told_otherwise() {
+        let config = kafka_io_config(&["pipeline"]).unwrap();
+        assert_eq!(session_timeout(&config), None, "librdkafka's default");
+        let demo = with_short_rebalances(&config);
+        assert_eq!(session_timeout(&demo), Some(EMBEDDED_SESSION_TIMEOUT));
+
+        let own = kafka_io_config(&["pipeline", "--session-timeout", "20000"]).unwrap();
+        assert_eq!(
+            session_timeout(&with_short_rebalances(&own)),
+            Some(std::time::Duration::from_secs(20)),
+            "the user's --session-timeout wins"
+        );
+        let kip848 = kafka_io_config(&["pipeline", "--group-protocol", "consumer"]).unwrap();
+        assert_eq!(
+            with_short_rebalances(&kip848).group.protocol,
+            GroupProtocol::Consumer
+        );
+    }
 }
