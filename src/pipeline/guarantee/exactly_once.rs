@@ -69,6 +69,25 @@ const MAX_RENEWALS: u64 = 5;
 /// Longest wait for a transactional call (init, commit, abort, offsets).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Sends every record still outstanding on `producer` at once (no `linger.ms`) and waits
+/// for their delivery reports, until `timeout`.
+///
+/// This is librdkafka's own `rd_kafka_flush`, called directly. rdkafka's
+/// `commit_transaction` flushes before committing, but its `flush` polls in steps of
+/// 100 ms, each lasting the full 100 ms, whenever one message is outstanding: at the
+/// default 100 ms commit interval, a transaction stood idle for as long as it had been
+/// open, and exactly-once ran at 0.4 of at-least-once. With the records flushed here,
+/// `commit_transaction`'s own flush finds none and returns at once. A flush that times
+/// out leaves the rest to `commit_transaction`, as before.
+fn flush(producer: &OutputProducer, timeout: Duration) {
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the handle is the live producer's, borrowed for the call;
+    // `rd_kafka_flush` is thread-safe, and with delivery reports as events (rdkafka's
+    // way, served by the producer's own polling thread) it only waits for them.
+    let _ =
+        unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), timeout_ms) };
+}
+
 /// The exactly-once settings of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExactlyOnce {
@@ -286,6 +305,8 @@ impl Transactions {
                 .inspect_err(|e| self.note_timeout(e, Resume::SendOffsets))
         };
         let result = sent.and_then(|()| {
+            // The positions went first, while the records still travelled.
+            flush(&producer, CALL_TIMEOUT);
             producer
                 .commit_transaction(CALL_TIMEOUT)
                 .inspect_err(|e| self.note_timeout(e, Resume::Commit))

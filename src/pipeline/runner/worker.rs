@@ -424,12 +424,13 @@ impl Worker {
         progress: &mut Progress,
     ) -> Result<()> {
         let (partition, offset) = (message.partition(), message.offset());
+        let timestamp = message.timestamp().to_millis();
         let record = Record {
             partition,
             offset,
             key: message.key(),
             value: message.payload(),
-            timestamp: message.timestamp().to_millis(),
+            timestamp,
             headers: Headers::kafka(message),
         };
         self.emitter.begin();
@@ -447,8 +448,8 @@ impl Worker {
             offset,
             key: record.key,
             payload: record.value,
-            headers: message.headers().filter(|_| forward),
-            timestamp_ms: message.timestamp().to_millis(),
+            headers: if forward { message.headers() } else { None },
+            timestamp_ms: timestamp,
         };
         let replay = if progress.refused.records.is_empty() {
             None
