@@ -15,8 +15,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use futures::{FutureExt, StreamExt};
+use rdkafka::consumer::{Consumer, MessageStream, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -147,6 +147,9 @@ impl Worker {
         let siblings = Arc::clone(&self.siblings);
         // The loop's own handle: a record borrows it, not the worker.
         let consumer = Arc::clone(&self.consumer);
+        // One stream for the worker's life: each `recv()` would register a waker in the
+        // consumer's mutex-guarded slab and remove it again, twice a lock per record.
+        let mut messages = consumer.stream();
         loop {
             // Listen for siblings before looking at them, so no change goes unnoticed.
             let siblings_changed = siblings.changed.notified();
@@ -238,8 +241,8 @@ impl Worker {
                 }
                 // After a stop, the consumer is still polled (its records are dropped, to be
                 // read again by the next owner), so that rebalances are served.
-                message = consumer.recv(), if may_read => {
-                    self.read_batch(&consumer, message, &mut progress, cancel).await;
+                Some(message) = messages.next(), if may_read => {
+                    self.read_batch(&mut messages, message, &mut progress, cancel).await;
                 }
             }
         }
@@ -266,7 +269,7 @@ impl Worker {
     /// and select bookkeeping are paid per batch, not per record.
     async fn read_batch<'a>(
         &mut self,
-        consumer: &'a StreamConsumer<Member>,
+        messages: &mut MessageStream<'a, Member>,
         first: std::result::Result<BorrowedMessage<'a>, KafkaError>,
         progress: &mut Progress,
         cancel: &CancellationToken,
@@ -343,7 +346,7 @@ impl Worker {
                     && !progress.barrier
                     && !self.committing());
             next = if taken < BATCH && room {
-                consumer.recv().now_or_never()
+                messages.next().now_or_never().flatten()
             } else {
                 None
             };
