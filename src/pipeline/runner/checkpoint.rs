@@ -211,11 +211,7 @@ impl Worker {
         for &partition in &owned {
             let _ = list.add_partition(input, partition);
         }
-        let committed = block_in_place(|| {
-            self.consumer
-                .committed_offsets(list, Duration::from_secs(30))
-        })
-        .map_err(|e| Error::Kafka(format!("cannot read the committed positions: {e}")))?;
+        let committed = self.committed_positions(&list)?;
         let now = Now::current();
         for element in committed.elements() {
             let to = match element.offset() {
@@ -236,6 +232,36 @@ impl Worker {
             self.job.assign(element.partition(), saved, now);
         }
         Ok(())
+    }
+
+    /// The committed positions (with their saved state) of `list`. An abort during a broker
+    /// outage rewinds while the group coordinator may still be down or loading: the
+    /// positions are asked for again, up to [`REWIND_ATTEMPTS`] times, before the job
+    /// gives up.
+    fn committed_positions(&self, list: &TopicPartitionList) -> Result<TopicPartitionList> {
+        let mut attempt = 1;
+        loop {
+            let asked = block_in_place(|| {
+                self.consumer
+                    .committed_offsets(list.clone(), Duration::from_secs(30))
+            });
+            match asked {
+                Ok(committed) => return Ok(committed),
+                Err(e) if attempt < REWIND_ATTEMPTS => {
+                    log::warn!(
+                        "worker {}: cannot read the committed positions yet ({e}); asking again",
+                        self.id
+                    );
+                    attempt += 1;
+                    block_in_place(|| std::thread::sleep(Duration::from_secs(1)));
+                }
+                Err(e) => {
+                    return Err(Error::Kafka(format!(
+                        "cannot read the committed positions ({attempt} tries, 30 s each): {e}"
+                    )));
+                }
+            }
+        }
     }
 
     /// `--bounded`: this worker is done with its own share once it has joined the group,
@@ -344,3 +370,7 @@ fn uncommitted_ranges(tracker: &OffsetTracker, wanted: impl Fn(i32) -> bool) -> 
         )
         .collect()
 }
+
+/// Tries at reading the committed positions for a rewind, 30 s each: a broker outage of
+/// up to about 4 minutes does not stop the job.
+const REWIND_ATTEMPTS: u32 = 8;
