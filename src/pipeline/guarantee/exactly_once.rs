@@ -37,6 +37,11 @@
 //! transaction, which aborts; the runner notes it and dead-letters it when it is read
 //! again. A commit that times out is called again to resume, with nothing sent meanwhile.
 //!
+//! **The commit's flush** is librdkafka's own `rd_kafka_flush`, called through rdkafka's
+//! bindings: rdkafka's `commit_transaction` flushes in steps of 100 ms each, which left a
+//! worker idle for as long as its 100 ms transaction had been open (`bench/exactly_once.sh`
+//! measured exactly-once at 0.4 of at-least-once before, 0.65 to 0.82 after).
+//!
 //! Limits: readers downstream must read with `isolation.level=read_committed`, or they
 //! also see aborted records.
 
