@@ -318,13 +318,7 @@ fn marketing_optins_exactly_once_survives_a_kill_with_each_opt_in_once() {
         expected.len() / 5,
         expected.len(),
     );
-    let keys: BTreeSet<String> = results.iter().map(|(key, _)| key.to_string()).collect();
-    assert_eq!(keys.len(), results.len(), "an opt-in written twice");
-    assert_eq!(results.len(), expected.len(), "an opt-in lost");
-    assert!(
-        sorted(results) == expected,
-        "the results differ from the rule's"
-    );
+    assert_each_once(results, &expected, "an opt-in");
 }
 
 #[test]
@@ -341,9 +335,15 @@ fn bytes_by_age_exactly_once_survives_a_kill_with_each_window_result_once() {
         expected.len() / 5,
         expected.len(),
     );
+    assert_each_once(results, &expected, "a window result");
+}
+
+/// Each of `results` has a key of its own (none written twice), none is missing, and
+/// they equal `expected` (the rule's, sorted); `what` names one result.
+fn assert_each_once(results: Vec<(Value, Value)>, expected: &[(Value, Value)], what: &str) {
     let keys: BTreeSet<String> = results.iter().map(|(key, _)| key.to_string()).collect();
-    assert_eq!(keys.len(), results.len(), "a window result twice");
-    assert_eq!(results.len(), expected.len(), "a window result lost");
+    assert_eq!(keys.len(), results.len(), "{what} written twice");
+    assert_eq!(results.len(), expected.len(), "{what} lost");
     assert!(
         sorted(results) == expected,
         "the results differ from the rule's"
