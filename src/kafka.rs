@@ -462,6 +462,9 @@ pub async fn inspect_topics(
         .copied()
         .collect::<Option<Vec<usize>>>()
         .and_then(|limits| limits.into_iter().min());
+    // The admin client's polling thread takes up to a tenth of a second to stop: it stops
+    // in the background while the job starts.
+    drop(tokio::task::spawn_blocking(move || drop(admin)));
     Ok(TopicFacts {
         input_partitions,
         max_record_bytes,

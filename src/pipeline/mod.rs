@@ -32,6 +32,7 @@ pub mod dead_letter;
 pub(crate) mod guarantee;
 mod io;
 pub mod job;
+mod periodic;
 mod program;
 mod runner;
 mod stats;

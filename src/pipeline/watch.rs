@@ -10,13 +10,14 @@
 //! delivered, and the process exits 1. A cluster that does not answer is not a deleted
 //! topic: the watch waits for an answer (a broker restart stops nothing).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 
+use super::periodic::Periodic;
 use super::{Stats, Topics};
 use crate::error::Result;
 use crate::kafka::{self, ErrorLog, KafkaConfig};
@@ -27,30 +28,15 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Answers in a row that must miss a topic before the job stops.
 pub const CONFIRMATIONS: u32 = 2;
 
-/// The watch's thread; dropping it stops the thread.
-pub(super) struct TopicWatch {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for TopicWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Starts watching `topics` on `kafka`; a deleted one records its failure in `stats` and
-/// fires `cancel`.
+/// Starts watching `topics` on `kafka` (every [`WATCH_INTERVAL`], on a thread of its own,
+/// stopped when dropped); a deleted one records its failure in `stats` and fires `cancel`.
 pub(super) fn start(
     kafka: &KafkaConfig,
     job_name: &str,
     topics: &Topics,
     stats: Arc<Stats>,
     cancel: CancellationToken,
-) -> Result<TopicWatch> {
+) -> Result<Periodic> {
     let client: BaseConsumer<ErrorLog> = kafka::create(
         &kafka::watermark_client_config(kafka, job_name),
         ErrorLog::new(&kafka.bootstrap_servers),
@@ -61,55 +47,43 @@ pub(super) fn start(
         ("output", topics.output.clone()),
         ("dead-letter", topics.dead_letter.clone()),
     ];
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("topic-watch".into())
-            .spawn(move || watch(&client, &watched, &stats, &cancel, &stop))
-            .map_err(|e| crate::error::Error::Kafka(format!("cannot start the topic watch: {e}")))?
-    };
-    Ok(TopicWatch {
-        stop,
-        thread: Some(thread),
+    let mut misses = [0u32; 3];
+    Periodic::start("topic-watch", WATCH_INTERVAL, WATCH_INTERVAL, move |_| {
+        if cancel.is_cancelled() {
+            return ControlFlow::Break(());
+        }
+        watch(&client, &watched, &mut misses, &stats, &cancel)
     })
 }
 
+/// One look at the cluster's topics.
 fn watch(
     client: &BaseConsumer<ErrorLog>,
     watched: &[(&'static str, String)],
+    misses: &mut [u32],
     stats: &Stats,
     cancel: &CancellationToken,
-    stop: &AtomicBool,
-) {
-    let mut misses = vec![0u32; watched.len()];
-    let mut next = Instant::now() + WATCH_INTERVAL;
-    while !stop.load(Ordering::Relaxed) && !cancel.is_cancelled() {
-        if Instant::now() < next {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        next = Instant::now() + WATCH_INTERVAL;
-        // Every topic's metadata: asking for one by name could create it again on a
-        // broker that creates topics on demand.
-        let Ok(metadata) = client.fetch_metadata(None, Duration::from_secs(5)) else {
-            continue;
-        };
-        for ((role, topic), missed) in watched.iter().zip(&mut misses) {
-            let present = metadata
-                .topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
-            *missed = if present { 0 } else { *missed + 1 };
-            if *missed >= CONFIRMATIONS {
-                let reason = format!(
-                    "the {role} topic {topic} was deleted while the job ran; the job stops (nothing undelivered is committed)"
-                );
-                log::error!("{reason}");
-                stats.fail(reason);
-                cancel.cancel();
-                return;
-            }
+) -> ControlFlow<()> {
+    // Every topic's metadata: asking for one by name could create it again on a broker
+    // that creates topics on demand.
+    let Ok(metadata) = client.fetch_metadata(None, Duration::from_secs(5)) else {
+        return ControlFlow::Continue(());
+    };
+    for ((role, topic), missed) in watched.iter().zip(misses) {
+        let present = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        *missed = if present { 0 } else { *missed + 1 };
+        if *missed >= CONFIRMATIONS {
+            let reason = format!(
+                "the {role} topic {topic} was deleted while the job ran; the job stops (nothing undelivered is committed)"
+            );
+            log::error!("{reason}");
+            stats.fail(reason);
+            cancel.cancel();
+            return ControlFlow::Break(());
         }
     }
+    ControlFlow::Continue(())
 }

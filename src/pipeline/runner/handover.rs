@@ -259,10 +259,9 @@ impl Worker {
     }
 
     /// Leaves the group: the remaining partitions are released at once (all delivered
-    /// records were committed), and librdkafka's close is served on a blocking thread, for
-    /// at most [`LEAVE_TIMEOUT`]: with the coordinator down, the close is left to finish
-    /// (or not) in the background; the group notices the member's absence by itself.
-    pub(super) async fn leave_group(self) {
+    /// records were committed), and librdkafka's close starts on a blocking thread. The
+    /// runner waits for every worker's close together ([`Closing::wait`]).
+    pub(super) fn leave_group(self) -> Closing {
         let Worker {
             id,
             consumer,
@@ -273,9 +272,24 @@ impl Worker {
             drop(consumer);
             drop(commit);
         });
-        if tokio::time::timeout(LEAVE_TIMEOUT, close).await.is_err() {
+        Closing { worker: id, close }
+    }
+}
+
+/// A worker's consumer (and transactional producer) being closed.
+pub(crate) struct Closing {
+    worker: usize,
+    close: tokio::task::JoinHandle<()>,
+}
+
+impl Closing {
+    /// Waits for the close until `deadline`: with the coordinator down, the close is left to
+    /// finish (or not) in the background; the group notices the member's absence by itself.
+    pub(crate) async fn wait(self, deadline: tokio::time::Instant) {
+        if tokio::time::timeout_at(deadline, self.close).await.is_err() {
             log::warn!(
-                "worker {id}: the consumer did not close within {} s (is the cluster down?); leaving anyway",
+                "worker {}: the consumer did not close within {} s (is the cluster down?); leaving anyway",
+                self.worker,
                 LEAVE_TIMEOUT.as_secs()
             );
         }

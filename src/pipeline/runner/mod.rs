@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::guarantee::exactly_once::Transactions;
 use super::guarantee::instance;
+use super::periodic::Periodic;
 use super::{
     DRAIN_TIMEOUT, Guarantee, MemberStatus, Phase, PipelineConfig, STATUS_INTERVAL, Stats,
     StatusLine, Topics, job,
@@ -167,23 +168,17 @@ pub(super) async fn run(
         let worker = parts.worker(id, acks)?;
         let job_cancel = job_cancel.clone();
         handles.push(tokio::spawn(async move {
-            let result = worker.run(&job_cancel).await;
+            let (result, closing) = worker.run(&job_cancel).await;
             if result.is_err() {
                 job_cancel.cancel();
             }
-            result
+            (result, closing)
         }));
     }
     drop(ack_senders);
 
     let status_stop = CancellationToken::new();
-    let watcher = watch_end_offsets(
-        kafka,
-        &config.job_name,
-        &topics.input,
-        Arc::clone(stats),
-        status_stop.clone(),
-    )?;
+    let mut watcher = watch_end_offsets(kafka, &config.job_name, &topics.input, Arc::clone(stats))?;
     let status = tokio::spawn(print_status(Arc::clone(stats), status_stop.clone()));
     // Stopped: the job drains from now on, whatever its workers are busy with (a commit
     // waiting on the broker, say).
@@ -198,24 +193,37 @@ pub(super) async fn run(
     };
 
     let mut first_error = None;
+    let mut closings = Vec::with_capacity(handles.len());
     for handle in handles {
-        let result = handle
+        let (result, closing) = handle
             .await
             .map_err(|e| Error::Kafka(format!("a worker panicked: {e}")))?;
+        closings.push(closing);
         if let Err(e) = result {
             first_error.get_or_insert(e);
         }
     }
+    // The consumers close (librdkafka's close takes a tenth of a second) while the rest of
+    // the job is taken down.
+    let closed_by = tokio::time::Instant::now() + worker::LEAVE_TIMEOUT;
     status_stop.cancel();
     draining.abort();
-    let _ = status.await;
-    let _ = block_in_place(|| watcher.join());
     // Deliveries abandoned after the drain timeout are dropped rather than retried forever
     // on exit: their records were not committed, so they are read again on restart.
-    if let Some(producer) = shared
-        && producer.in_flight_count() > 0
-    {
-        producer.purge(PurgeConfig::default().queue().inflight());
+    let producer_closed = shared.map(|producer| {
+        tokio::task::spawn_blocking(move || {
+            if producer.in_flight_count() > 0 {
+                producer.purge(PurgeConfig::default().queue().inflight());
+            }
+        })
+    });
+    block_in_place(|| watcher.stop());
+    let _ = status.await;
+    for closing in closings {
+        closing.wait(closed_by).await;
+    }
+    if let Some(closed) = producer_closed {
+        let _ = tokio::time::timeout_at(closed_by, closed).await;
     }
     drop(claim);
     first_error.map_or(Ok(()), Err)
@@ -441,38 +449,31 @@ fn watermark_client(
 }
 
 /// Every [`LAG_INTERVAL`], asks the cluster for the end offset of each input partition this
-/// process owns, on a thread and client of its own, so that the workers never wait on the
-/// network for status. The partition count is read again each time: partitions come and go.
+/// process owns, on a thread and client of its own (stopped when dropped), so that the
+/// workers never wait on the network for status. The partitions are read again each time:
+/// they come and go.
 fn watch_end_offsets(
     kafka: &KafkaConfig,
     job_name: &str,
     topic: &str,
     stats: Arc<Stats>,
-    stop: CancellationToken,
-) -> Result<std::thread::JoinHandle<()>> {
+) -> Result<Periodic> {
     let client = watermark_client(kafka, job_name)?;
     let topic = topic.to_string();
-    std::thread::Builder::new()
-        .name("end-offsets".into())
-        .spawn(move || {
-            while !stop.is_cancelled() {
-                for partition in stats.partitions().into_keys() {
-                    if stop.is_cancelled() {
-                        break;
-                    }
-                    if let Ok((_, high)) =
-                        client.fetch_watermarks(&topic, partition, Duration::from_secs(1))
-                    {
-                        stats.record_end(partition, high);
-                    }
-                }
-                let next = std::time::Instant::now() + LAG_INTERVAL;
-                while !stop.is_cancelled() && std::time::Instant::now() < next {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+    Periodic::start("end-offsets", Duration::ZERO, LAG_INTERVAL, move |stop| {
+        for partition in stats.partitions().into_keys() {
+            // Each read may wait a second on a cluster that is down.
+            if stop.requested() {
+                break;
             }
-        })
-        .map_err(|e| Error::Kafka(format!("cannot start the end-offset watcher: {e}")))
+            if let Ok((_, high)) =
+                client.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+            {
+                stats.record_end(partition, high);
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    })
 }
 
 /// The workers of this process, so that they leave the group together.

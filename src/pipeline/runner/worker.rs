@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::Siblings;
 use super::deliveries::{Refused, Replay, queue};
 use super::group::Member;
-use super::handover::Revocation;
+use super::handover::{Closing, Revocation};
 use super::offsets::OffsetTracker;
 use super::send::{Ack, Input, Sender};
 use crate::error::{Error, Result};
@@ -50,7 +50,7 @@ const JOIN_WARNING: Duration = Duration::from_secs(30);
 pub(super) const COMMIT_RETRY: Duration = Duration::from_millis(200);
 
 /// Longest wait for librdkafka's consumer close when the worker leaves the group.
-pub(super) const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `--bounded`: how often a worker that is done asks whether the whole job is.
 pub(super) const DRAINED_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -130,7 +130,8 @@ impl Progress {
 }
 
 impl Worker {
-    pub(crate) async fn run(mut self, cancel: &CancellationToken) -> Result<()> {
+    /// Runs until the job ends or fails; then the worker's consumer is closing.
+    pub(crate) async fn run(mut self, cancel: &CancellationToken) -> (Result<()>, Closing) {
         let mut progress = Progress::default();
         let mut acks = Vec::with_capacity(BATCH);
         let mut checkpoint = tokio::time::interval_at(
@@ -252,8 +253,10 @@ impl Worker {
         }
         self.consumer.context().set_closing();
         let failure = progress.failure.take();
-        self.leave_group().await;
-        failure.map_or(Ok(()), Err)
+        // The last handle is the worker's: the consumer closes on a blocking thread.
+        drop(messages);
+        drop(consumer);
+        (failure.map_or(Ok(()), Err), self.leave_group())
     }
 
     /// Records the first error and stops the whole job: its workers drain and commit.
