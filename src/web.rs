@@ -11,8 +11,10 @@
 //!   that long; at most [`MAX_CONNECTIONS`] connections at once (more are closed at once).
 //! - Each connection is its own task: a slow client, or one that pipelines requests
 //!   without reading the answers, delays only itself.
-//! - An accept error (say, out of file descriptors) is logged and retried with backoff;
-//!   the listener never goes away while the [`Server`] lives. Dropping it stops it.
+//! - An accept error is logged and retried with backoff; the listener never goes away
+//!   while the [`Server`] lives. Dropping it stops it. Out of file descriptors, a spare
+//!   one is given up to accept each pending connection and close it at once, so clients
+//!   are refused promptly (and retry) rather than left in the backlog.
 //!
 //! Routes: `/` (the page), `/api/job` and `/api/job/history` (JSON), `/metrics`,
 //! `/chart.js` (the pages' charts: inline SVG drawn by a script served from the binary),
@@ -195,6 +197,11 @@ async fn accept_loop(
 ) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = Duration::from_millis(10);
+    // One descriptor held in reserve: out of descriptors, it is given up to accept a
+    // pending connection and close it at once, so that the backlog drains instead of
+    // holding every client (a fresh one included) until idle connections time out.
+    let mut spare = std::fs::File::open("/dev/null").ok();
+    let mut shed: u64 = 0;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -203,7 +210,28 @@ async fn accept_loop(
         let stream = match accepted {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(10);
+                if shed > 0 {
+                    log::warn!(
+                        "{what}: closed {shed} connections at once while out of file descriptors"
+                    );
+                    shed = 0;
+                }
                 stream
+            }
+            Err(e) if out_of_descriptors(&e) && spare.take().is_some() => {
+                if shed == 0 {
+                    log::warn!(
+                        "{what}: cannot accept a connection ({e}); closing new connections at once until descriptors are free"
+                    );
+                }
+                if let Ok(Ok((stream, _))) =
+                    tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
+                {
+                    drop(stream);
+                    shed += 1;
+                }
+                spare = std::fs::File::open("/dev/null").ok();
+                continue;
             }
             Err(e) => {
                 // Out of file descriptors, or the like: keep the listener, try again later.
@@ -213,6 +241,7 @@ async fn accept_loop(
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+                spare = spare.or_else(|| std::fs::File::open("/dev/null").ok());
                 continue;
             }
         };
@@ -236,6 +265,12 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// EMFILE or ENFILE: the process, or the system, has no file descriptor left.
+fn out_of_descriptors(error: &std::io::Error) -> bool {
+    // Linux's numbers (asm-generic/errno-base.h): ENFILE 23, EMFILE 24.
+    matches!(error.raw_os_error(), Some(23 | 24))
 }
 
 /// Calls the view's `tick` about once a second, until `stop`.
