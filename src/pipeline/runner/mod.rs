@@ -163,9 +163,18 @@ pub(super) async fn run(
         injected: &injected,
         prefetch_kbytes,
     };
+    // Every worker's producer first, then every consumer at once. Exactly once, each
+    // producer's `init_transactions` fences its predecessor and takes a while (one after
+    // another: side by side, they took longer). Members that join within the coordinator's
+    // initial rebalance delay share one rebalance; one that joined later would start
+    // another, and its partitions would move only after the next heartbeat, seconds in
+    // which no one reads them.
+    let commits = (0..parallelism)
+        .map(|id| parts.commit(id))
+        .collect::<Result<Vec<_>>>()?;
     let mut handles = Vec::new();
-    for (id, acks) in ack_receivers.into_iter().enumerate() {
-        let worker = parts.worker(id, acks)?;
+    for ((id, acks), commit) in ack_receivers.into_iter().enumerate().zip(commits) {
+        let worker = parts.worker(id, acks, commit)?;
         let job_cancel = job_cancel.clone();
         handles.push(tokio::spawn(async move {
             let (result, closing) = worker.run(&job_cancel).await;
@@ -256,21 +265,11 @@ struct Parts<'a> {
 }
 
 impl Parts<'_> {
-    /// Worker `id`: its consumer (subscribed), its producer and commit strategy, its job.
-    fn worker(&self, id: usize, acks: UnboundedReceiver<send::Ack>) -> Result<worker::Worker> {
+    /// Worker `id`'s commit strategy and the producer it sends with.
+    fn commit(&self, id: usize) -> Result<(worker::Commit, Arc<OutputProducer>)> {
         let (config, kafka) = (self.config, self.kafka);
-        let mut consumer_config = kafka::pipeline_consumer_config(
-            kafka,
-            &config.job_name,
-            id,
-            &config.group,
-            self.prefetch_kbytes,
-        );
-        let (commit, producer) = match (&config.guarantee, self.shared) {
+        match (&config.guarantee, self.shared) {
             (Guarantee::ExactlyOnce(eos), _) => {
-                // Read only committed input: an upstream transactional writer's aborted
-                // records are never processed (librdkafka's default, stated).
-                consumer_config.set("isolation.level", "read_committed");
                 let router = Arc::clone(self.router);
                 let tx = Transactions::start(
                     id,
@@ -284,15 +283,38 @@ impl Parts<'_> {
                     Arc::clone(self.injected),
                 )?;
                 let producer = tx.producer();
-                (worker::Commit::ExactlyOnce(Box::new(tx)), producer)
+                Ok((worker::Commit::ExactlyOnce(Box::new(tx)), producer))
             }
             (Guarantee::AtLeastOnce, Some(shared)) => {
-                (worker::Commit::AtLeastOnce, Arc::clone(shared))
+                Ok((worker::Commit::AtLeastOnce, Arc::clone(shared)))
             }
             (Guarantee::AtLeastOnce, None) => {
-                return Err(Error::Kafka("no producer for the workers".into()));
+                Err(Error::Kafka("no producer for the workers".into()))
             }
-        };
+        }
+    }
+
+    /// Worker `id`: its consumer (subscribed), with its commit strategy and producer, and
+    /// its job.
+    fn worker(
+        &self,
+        id: usize,
+        acks: UnboundedReceiver<send::Ack>,
+        (commit, producer): (worker::Commit, Arc<OutputProducer>),
+    ) -> Result<worker::Worker> {
+        let (config, kafka) = (self.config, self.kafka);
+        let mut consumer_config = kafka::pipeline_consumer_config(
+            kafka,
+            &config.job_name,
+            id,
+            &config.group,
+            self.prefetch_kbytes,
+        );
+        if let Guarantee::ExactlyOnce(_) = config.guarantee {
+            // Read only committed input: an upstream transactional writer's aborted
+            // records are never processed (librdkafka's default, stated).
+            consumer_config.set("isolation.level", "read_committed");
+        }
         let consumer: Arc<StreamConsumer<Member>> = Arc::new(kafka::create(
             &consumer_config,
             Member::new(&kafka.bootstrap_servers),
