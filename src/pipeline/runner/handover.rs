@@ -277,7 +277,7 @@ impl Worker {
 }
 
 /// A worker's consumer (and transactional producer) being closed.
-pub(crate) struct Closing {
+pub(super) struct Closing {
     worker: usize,
     close: tokio::task::JoinHandle<()>,
 }
@@ -285,7 +285,7 @@ pub(crate) struct Closing {
 impl Closing {
     /// Waits for the close until `deadline`: with the coordinator down, the close is left to
     /// finish (or not) in the background; the group notices the member's absence by itself.
-    pub(crate) async fn wait(self, deadline: tokio::time::Instant) {
+    pub(super) async fn wait(self, deadline: tokio::time::Instant) {
         if tokio::time::timeout_at(deadline, self.close).await.is_err() {
             log::warn!(
                 "worker {}: the consumer did not close within {} s (is the cluster down?); leaving anyway",

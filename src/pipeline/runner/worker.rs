@@ -50,7 +50,7 @@ const JOIN_WARNING: Duration = Duration::from_secs(30);
 pub(super) const COMMIT_RETRY: Duration = Duration::from_millis(200);
 
 /// Longest wait for librdkafka's consumer close when the worker leaves the group.
-pub(crate) const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const LEAVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `--bounded`: how often a worker that is done asks whether the whole job is.
 pub(super) const DRAINED_CHECK_INTERVAL: Duration = Duration::from_millis(500);
