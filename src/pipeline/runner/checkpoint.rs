@@ -243,7 +243,7 @@ impl Worker {
         loop {
             let asked = block_in_place(|| {
                 self.consumer
-                    .committed_offsets(list.clone(), Duration::from_secs(30))
+                    .committed_offsets(list.clone(), COMMITTED_READ_TIMEOUT)
             });
             match asked {
                 Ok(committed) => return Ok(committed),
@@ -257,7 +257,8 @@ impl Worker {
                 }
                 Err(e) => {
                     return Err(Error::Kafka(format!(
-                        "cannot read the committed positions ({attempt} tries, 30 s each): {e}"
+                        "cannot read the committed positions ({attempt} tries, {} s each): {e}",
+                        COMMITTED_READ_TIMEOUT.as_secs()
                     )));
                 }
             }
@@ -371,6 +372,9 @@ fn uncommitted_ranges(tracker: &OffsetTracker, wanted: impl Fn(i32) -> bool) -> 
         .collect()
 }
 
-/// Tries at reading the committed positions for a rewind, 30 s each: a broker outage of
-/// up to about 4 minutes does not stop the job.
+/// Tries at reading the committed positions for a rewind, [`COMMITTED_READ_TIMEOUT`]
+/// each: a broker outage of up to about 4 minutes does not stop the job.
 const REWIND_ATTEMPTS: u32 = 8;
+
+/// Longest wait for one answer with the committed positions of a rewind.
+const COMMITTED_READ_TIMEOUT: Duration = Duration::from_secs(30);
