@@ -222,7 +222,10 @@ fn plain_copy(kafka: &KafkaConfig, from: &str, to: &str) -> u64 {
         // librdkafka backs off fetching for 1 s (fetch.queue.backoff.ms) whenever its
         // prefetch queue is full, which stalls a fast reader: an expert lowers it, as the
         // pipeline does.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // And it does not let a fetch of caught-up partitions hold back the others for
+        // 500 ms (fetch.wait.max.ms), as the pipeline does not.
+        .set("fetch.wait.max.ms", "50");
     let mut producer_config = ClientConfig::new();
     producer_config
         .set("bootstrap.servers", &kafka.bootstrap_servers)

@@ -110,8 +110,8 @@ pub(crate) struct PipelineArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration_or_zero, value_name = "DURATION")]
     max_event_time_ahead: Duration,
 
-    /// Workers in this process, each a member of the job's consumer group (more processes
-    /// with the same --job-name share the partitions) [default: 3; a windowed job: 1, the
+    /// Workers in this process, sharing its partitions (more processes with the same
+    /// --job-name share the partitions between them) [default: 3; a windowed job: 1, the
     /// only value it takes]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true)]
     parallelism: Option<u16>,

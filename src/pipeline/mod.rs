@@ -20,9 +20,9 @@
 //! a final commit that gets no answer by then is abandoned with a line naming what is read
 //! again, so the process exits within the drain timeout plus a second or two.
 //!
-//! **Scale-out** comes from Kafka's consumer-group protocol: every worker of every process
-//! with the same job name is a member of one group, and partitions move between them with
-//! a safe hand-over (see `runner`). A clean scale-up or scale-down loses and duplicates
+//! **Scale-out** comes from Kafka's consumer-group protocol: every process with the same
+//! job name is a member of one group, its workers share the process's partitions, and
+//! partitions move between processes with a safe hand-over (see `runner`). A clean scale-up or scale-down loses and duplicates
 //! nothing; a `kill -9` of one process loses nothing. Partitions added to the input are
 //! picked up while the job runs.
 
@@ -77,7 +77,7 @@ pub(crate) struct PipelineConfig {
     pub guarantee: Guarantee,
     /// Also the consumer group under which positions are committed.
     pub job_name: String,
-    /// Workers in this process; each is a member of the job's consumer group.
+    /// Workers in this process; they share its one membership of the job's consumer group.
     pub parallelism: usize,
     /// How the workers join the job's consumer group.
     pub group: crate::kafka::GroupConfig,

@@ -8,6 +8,7 @@
 //! with the state saved at its last commit before any of its records does.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
@@ -16,7 +17,7 @@ use tokio::task::block_in_place;
 use tokio::time::Instant;
 
 use super::REVOKE_TIMEOUT;
-use super::group::{self, RebalanceEvent};
+use super::group::{GroupConsumer, RebalanceEvent};
 use super::worker::{COMMIT_RETRY, LEAVE_TIMEOUT, Progress, Worker};
 use crate::pipeline::guarantee::Committed;
 use crate::pipeline::guarantee::at_least_once::COMMIT_TIMEOUT;
@@ -26,9 +27,7 @@ use crate::windows::Now;
 /// Partitions being handed over: no longer read, released once their records in flight
 /// are acknowledged and committed, or at `deadline`.
 pub(super) struct Revocation {
-    pub(super) list: TopicPartitionList,
     pub(super) partitions: BTreeSet<i32>,
-    pub(super) incremental: bool,
     pub(super) started: std::time::Instant,
     pub(super) deadline: Instant,
     /// After a failed commit of the hand-over: when to try it again.
@@ -38,26 +37,39 @@ pub(super) struct Revocation {
 impl Worker {
     /// Applies what the group said since the last pass.
     pub(super) fn handle_rebalances(&mut self, progress: &mut Progress) {
-        for event in self.consumer.context().take_events() {
+        for event in self.consumer.context().take_events(self.id) {
             match event {
-                RebalanceEvent::Assigned(assigned) => {
+                RebalanceEvent::Assigned(share) => {
                     progress.joined = true;
+                    let mut assigned = Vec::with_capacity(share.len());
+                    for (partition, queue) in share {
+                        assigned.push(partition);
+                        match queue {
+                            Some(queue) => progress.new_queues.push((partition, queue)),
+                            None => log::warn!(
+                                "worker {}: no queue of its own for partition {partition}",
+                                self.id
+                            ),
+                        }
+                    }
+                    if assigned.is_empty() {
+                        self.changed(progress, &[], &[], false, Duration::ZERO);
+                        continue;
+                    }
                     progress.partitions.extend(assigned.iter().copied());
                     self.assign_to_job(&assigned);
                     self.stats.add_partitions(&assigned);
                     self.changed(progress, &assigned, &[], false, Duration::ZERO);
                 }
-                RebalanceEvent::RevokeRequested {
-                    partitions,
-                    incremental,
-                } => {
-                    let revoked: BTreeSet<i32> =
-                        group::partitions_of(&partitions).into_iter().collect();
+                RebalanceEvent::RevokeRequested(partitions) => {
+                    let mut revoked: BTreeSet<i32> = partitions.into_iter().collect();
                     log::debug!("worker {}: handing over partitions {revoked:?}", self.id);
+                    // A second request before the first was released: one hand-over.
+                    if let Some(earlier) = progress.revoking.take() {
+                        revoked.extend(earlier.partitions);
+                    }
                     progress.revoking = Some(Revocation {
-                        list: partitions,
                         partitions: revoked,
-                        incremental,
                         started: std::time::Instant::now(),
                         deadline: Instant::now() + REVOKE_TIMEOUT,
                         retry_at: None,
@@ -177,9 +189,10 @@ impl Worker {
         }
     }
 
-    /// Releases revoked partitions to the group and forgets them.
+    /// Releases revoked partitions to the group (once every worker of the process has
+    /// released its share) and forgets them.
     pub(super) fn release(&mut self, revocation: Revocation, progress: &mut Progress) {
-        if let Err(e) = group::release(&*self.consumer, &revocation.list, revocation.incremental) {
+        if let Err(e) = self.consumer.context().released(self.id, &self.consumer) {
             log::warn!(
                 "worker {}: releasing partitions {:?}: {e}",
                 self.id,
@@ -258,9 +271,10 @@ impl Worker {
         );
     }
 
-    /// Leaves the group: the remaining partitions are released at once (all delivered
-    /// records were committed), and librdkafka's close starts on a blocking thread. The
-    /// runner waits for every worker's close together ([`Closing::wait`]).
+    /// Leaves: its partitions are released at once when the group asks (all delivered
+    /// records were committed), and its transactional producer, if any, closes on a
+    /// blocking thread. The runner waits for every close together ([`Closing::wait`]), the
+    /// process's consumer's among them.
     pub(super) fn leave_group(self) -> Closing {
         let Worker {
             id,
@@ -272,24 +286,37 @@ impl Worker {
             drop(consumer);
             drop(commit);
         });
-        Closing { worker: id, close }
+        Closing {
+            what: format!("worker {id}"),
+            close,
+        }
     }
 }
 
-/// A worker's consumer (and transactional producer) being closed.
+/// A worker's transactional producer, or the process's consumer, being closed.
 pub(super) struct Closing {
-    worker: usize,
+    /// What closes, for the warning.
+    what: String,
     close: tokio::task::JoinHandle<()>,
 }
 
 impl Closing {
+    /// Closes the process's consumer (librdkafka's close leaves the group) on a blocking
+    /// thread, once every other handle of it is gone.
+    pub(super) fn consumer(consumer: Arc<GroupConsumer>) -> Closing {
+        Closing {
+            what: "the consumer".into(),
+            close: tokio::task::spawn_blocking(move || drop(consumer)),
+        }
+    }
+
     /// Waits for the close until `deadline`: with the coordinator down, the close is left to
     /// finish (or not) in the background; the group notices the member's absence by itself.
     pub(super) async fn wait(self, deadline: tokio::time::Instant) {
         if tokio::time::timeout_at(deadline, self.close).await.is_err() {
             log::warn!(
-                "worker {}: the consumer did not close within {} s (is the cluster down?); leaving anyway",
-                self.worker,
+                "{} did not close within {} s (is the cluster down?); leaving anyway",
+                self.what,
                 LEAVE_TIMEOUT.as_secs()
             );
         }

@@ -1,10 +1,12 @@
 //! The one Kafka runner: every job, under either guarantee, runs as `parallelism` workers in
-//! this process, each a member of the job's consumer group (named after `--job-name`).
+//! this process, which is one member of the job's consumer group (named after `--job-name`).
 //!
-//! **Partitions.** The group coordinator balances the input's partitions over every worker
-//! of every process of the job: `subscribe`, with `cooperative-sticky` assignment (or the
-//! broker's, under KIP-848), so a member joining or leaving moves only the partitions that
-//! must move. Partitions added to the input topic are picked up while the job runs.
+//! **Partitions.** The group coordinator balances the input's partitions over every process
+//! of the job: `subscribe`, with `cooperative-sticky` assignment (or the broker's, under
+//! KIP-848), so a member joining or leaving moves only the partitions that must move. The
+//! process's one consumer gives each of its partitions a queue of its own, read by one
+//! worker ([`group`]): one join, one heartbeat and one fetcher per process, whatever its
+//! parallelism. Partitions added to the input topic are picked up while the job runs.
 //!
 //! **Hand-over.** When a partition is revoked, its worker stops reading it, waits (at most
 //! [`REVOKE_TIMEOUT`]) for the acknowledgements of its records in flight, commits (see
@@ -38,7 +40,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::{Producer, PurgeConfig};
 use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -54,13 +56,14 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::kafka::{self, ErrorLog, KafkaConfig};
-use group::Member;
+use group::{GroupConsumer, Member};
 use send::{AckRouter, OutputProducer, Sender};
 
 /// Most records the job reads ahead of their acknowledgements, shared among its workers.
 pub const IN_FLIGHT_BUDGET: usize = 15_000;
 
-/// Kilobytes of fetched but unprocessed records the job may hold, shared among its workers.
+/// Kilobytes of fetched but unprocessed records the job may hold, shared among the input's
+/// partitions.
 pub const PREFETCH_BUDGET_KBYTES: usize = 16 * 1024;
 
 /// Longest wait for the acknowledgements of a revoked partition's records before it is
@@ -140,7 +143,9 @@ pub(super) async fn run(
         BTreeMap::new()
     };
     let siblings = Arc::new(Siblings::new(parallelism, ends));
-    let prefetch_kbytes = (PREFETCH_BUDGET_KBYTES / parallelism).max(1_024);
+    // librdkafka bounds each split partition queue on its own.
+    let prefetch_kbytes =
+        (PREFETCH_BUDGET_KBYTES / facts.input_partitions.max(1) as usize).max(1_024);
     // A failing worker stops the others: they drain and commit what was delivered.
     let job_cancel = cancel.child_token();
     let injected = Arc::new(AtomicBool::new(false));
@@ -172,9 +177,33 @@ pub(super) async fn run(
     let commits = (0..parallelism)
         .map(|id| parts.commit(id))
         .collect::<Result<Vec<_>>>()?;
+    let consumer = parts.consumer()?;
+    let workers = ack_receivers
+        .into_iter()
+        .zip(commits)
+        .enumerate()
+        .map(|(id, (acks, commit))| parts.worker(id, &consumer, acks, commit))
+        .collect::<Result<Vec<_>>>()?;
+    drop(ack_senders);
+    // The group is served from now on: the first poll joins it.
+    let group_stop = CancellationToken::new();
+    let group = {
+        let (consumer, stop, job_cancel) = (
+            Arc::clone(&consumer),
+            group_stop.clone(),
+            job_cancel.clone(),
+        );
+        let instance = config.group.instance_id.clone();
+        tokio::spawn(async move {
+            let served = group::serve(consumer, instance, stop).await;
+            if served.is_err() {
+                job_cancel.cancel();
+            }
+            served
+        })
+    };
     let mut handles = Vec::new();
-    for ((id, acks), commit) in ack_receivers.into_iter().enumerate().zip(commits) {
-        let worker = parts.worker(id, acks, commit)?;
+    for worker in workers {
         let job_cancel = job_cancel.clone();
         handles.push(tokio::spawn(async move {
             let (result, closing) = worker.run(&job_cancel).await;
@@ -184,7 +213,6 @@ pub(super) async fn run(
             (result, closing)
         }));
     }
-    drop(ack_senders);
 
     let status_stop = CancellationToken::new();
     let mut watcher = watch_end_offsets(kafka, &config.job_name, &topics.input, Arc::clone(stats))?;
@@ -212,8 +240,21 @@ pub(super) async fn run(
             first_error.get_or_insert(e);
         }
     }
-    // The consumers close (librdkafka's close takes a tenth of a second) while the rest of
+    group_stop.cancel();
+    match group.await {
+        Ok(Err(e)) => {
+            // The group's error (fenced, say) is why the workers stopped.
+            first_error = Some(e);
+        }
+        Ok(Ok(())) => {}
+        Err(e) => {
+            first_error.get_or_insert(Error::Kafka(format!("the group task panicked: {e}")));
+        }
+    }
+    // The consumer closes (librdkafka's close takes a tenth of a second) while the rest of
     // the job is taken down.
+    consumer.context().close();
+    closings.push(handover::Closing::consumer(consumer));
     let closed_by = tokio::time::Instant::now() + worker::LEAVE_TIMEOUT;
     status_stop.cancel();
     draining.abort();
@@ -294,19 +335,12 @@ impl Parts<'_> {
         }
     }
 
-    /// Worker `id`: its consumer (subscribed), with its commit strategy and producer, and
-    /// its job.
-    fn worker(
-        &self,
-        id: usize,
-        acks: UnboundedReceiver<send::Ack>,
-        (commit, producer): (worker::Commit, Arc<OutputProducer>),
-    ) -> Result<worker::Worker> {
+    /// The process's consumer, subscribed: one member of the group for all its workers.
+    fn consumer(&self) -> Result<Arc<GroupConsumer>> {
         let (config, kafka) = (self.config, self.kafka);
         let mut consumer_config = kafka::pipeline_consumer_config(
             kafka,
             &config.job_name,
-            id,
             &config.group,
             self.prefetch_kbytes,
         );
@@ -315,14 +349,33 @@ impl Parts<'_> {
             // records are never processed (librdkafka's default, stated).
             consumer_config.set("isolation.level", "read_committed");
         }
-        let consumer: Arc<StreamConsumer<Member>> = Arc::new(kafka::create(
+        let consumer: Arc<GroupConsumer> = Arc::new(kafka::create(
             &consumer_config,
-            Member::new(&kafka.bootstrap_servers),
+            Member::new(
+                &kafka.bootstrap_servers,
+                &self.topics.input,
+                config.parallelism.max(1),
+            ),
             kafka,
         )?);
+        Member::attach(&consumer);
         consumer
             .subscribe(&[self.topics.input.as_str()])
             .map_err(|e| Error::Kafka(kafka::redact(&e.to_string(), kafka)))?;
+        Ok(consumer)
+    }
+
+    /// Worker `id`: its share of the consumer, with its commit strategy and producer, and
+    /// its job.
+    fn worker(
+        &self,
+        id: usize,
+        consumer: &Arc<GroupConsumer>,
+        acks: UnboundedReceiver<send::Ack>,
+        (commit, producer): (worker::Commit, Arc<OutputProducer>),
+    ) -> Result<worker::Worker> {
+        let config = self.config;
+        let consumer = Arc::clone(consumer);
         let name = format!("streamkit-pipeline-{}-{id}", config.job_name);
         self.stats.set_member(
             id,
@@ -354,7 +407,6 @@ impl Parts<'_> {
             max_in_flight: (IN_FLIGHT_BUDGET / config.parallelism.max(1)).max(1_000),
             stats: Arc::clone(self.stats),
             siblings: Arc::clone(self.siblings),
-            group_instance: config.group.instance_id.clone(),
             delivered: self.delivered.get(id).map(Arc::clone).unwrap_or_default(),
             sent: 0,
         })

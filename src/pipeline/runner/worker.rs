@@ -1,7 +1,8 @@
-//! One worker of the runner: one consumer, one `select!` loop, one job instance.
+//! One worker of the runner: one `select!` loop, one job instance, and the queues of the
+//! partitions the process's consumer gave it ([`super::group`]).
 //!
-//! The loop reads a batch of records, hands each to the job, sends what it emits (or its
-//! dead letter) through the [`Sender`], and tracks every record until its outputs are
+//! The loop reads a batch of records from its partitions' queues, hands each to the job,
+//! sends what it emits (or its dead letter) through the [`Sender`], and tracks every record until its outputs are
 //! acknowledged ([`OffsetTracker`]). It commits through its [`Commit`] strategy: at
 //! least once, the acknowledged prefix; exactly once, a transaction per interval. A job
 //! that keeps state has it saved with each commit ([`Job::save`]) and given back when a
@@ -11,12 +12,13 @@
 //! partition is released only after its records are committed (or at [`REVOKE_TIMEOUT`]);
 //! after cancellation the worker drains for at most [`DRAIN_TIMEOUT`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use rdkafka::consumer::{Consumer, MessageStream, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Siblings;
 use super::deliveries::{Refused, Replay, queue};
-use super::group::Member;
+use super::group::{GroupConsumer, PartitionQueue};
 use super::handover::{Closing, Revocation};
 use super::offsets::OffsetTracker;
 use super::send::{Ack, Input, Sender};
@@ -63,10 +65,10 @@ pub(crate) enum Commit {
 
 pub(crate) struct Worker {
     pub id: usize,
-    /// Its client id: the member's name in the group.
+    /// Its name on the dashboard and in the rebalance history.
     pub name: String,
-    /// Shared only with a commit or close running on a blocking thread.
-    pub consumer: Arc<StreamConsumer<Member>>,
+    /// The process's consumer, shared by its workers.
+    pub consumer: Arc<GroupConsumer>,
     pub sender: Sender,
     /// Delivery reports of the records this worker sent.
     pub acks: UnboundedReceiver<Ack>,
@@ -81,8 +83,6 @@ pub(crate) struct Worker {
     pub max_in_flight: usize,
     pub stats: Arc<Stats>,
     pub siblings: Arc<Siblings>,
-    /// The group instance id (static membership), if any.
-    pub group_instance: Option<String>,
     /// Exactly once: this worker's deliveries so far, counted by the producer's context.
     pub delivered: Arc<super::send::Delivered>,
     /// Exactly once: records this worker sent so far.
@@ -94,6 +94,10 @@ pub(crate) struct Worker {
 pub(super) struct Progress {
     /// Partitions the group assigned to this worker.
     pub(super) partitions: BTreeSet<i32>,
+    /// Queues of partitions assigned since the loop last took them.
+    pub(super) new_queues: Vec<(i32, Arc<PartitionQueue>)>,
+    /// The partition whose queue is asked first for the next batch.
+    pub(super) next_turn: i32,
     pub(super) tracker: OffsetTracker,
     /// Records sent and not yet acknowledged.
     pub(super) in_flight: usize,
@@ -148,9 +152,8 @@ impl Worker {
         let siblings = Arc::clone(&self.siblings);
         // The loop's own handle: a record borrows it, not the worker.
         let consumer = Arc::clone(&self.consumer);
-        // One stream for the worker's life: each `recv()` would register a waker in the
-        // consumer's mutex-guarded slab and remove it again, twice a lock per record.
-        let mut messages = consumer.stream();
+        // The queues of this worker's partitions: a record borrows them, not the progress.
+        let mut queues: BTreeMap<i32, Arc<PartitionQueue>> = BTreeMap::new();
         loop {
             // Listen for siblings before looking at them, so no change goes unnoticed.
             let siblings_changed = siblings.changed.notified();
@@ -166,6 +169,9 @@ impl Worker {
             if self.ready_to_leave(&mut progress).await {
                 break;
             }
+            // Queues follow the partitions: taken when assigned, dropped once released.
+            queues.extend(progress.new_queues.drain(..));
+            queues.retain(|partition, _| progress.partitions.contains(partition));
             let revoke_deadline = progress
                 .revoking
                 .as_ref()
@@ -207,7 +213,7 @@ impl Worker {
                 _ = self.delivered.wake.notified(), if self.waits_for_counted(&progress, room) => {
                     // Counted deliveries made room to read on, or settled what was waited for.
                 }
-                _ = consumer.context().notify.notified() => {
+                _ = consumer.context().notify(self.id).notified() => {
                     // A rebalance: handled at the top of the loop.
                 }
                 _ = checkpoint.tick() => {
@@ -240,10 +246,10 @@ impl Worker {
                         );
                     }
                 }
-                // After a stop, the consumer is still polled (its records are dropped, to be
-                // read again by the next owner), so that rebalances are served.
-                Some(message) = messages.next(), if may_read => {
-                    self.read_batch(&mut messages, message, &mut progress, cancel).await;
+                // After a stop, the queues are still read (their records are dropped, to be
+                // read again by the next owner), so that fetching goes on for the others.
+                message = first_message(&queues, progress.next_turn), if may_read => {
+                    self.read_batch(&queues, message, &mut progress, cancel);
                 }
             }
         }
@@ -251,10 +257,13 @@ impl Worker {
         if let Some(revocation) = progress.revoking.take() {
             self.release(revocation, &mut progress);
         }
-        self.consumer.context().set_closing();
+        // Queues hold the consumer: dropped before it closes.
+        drop(queues);
+        progress.new_queues.clear();
+        if let Err(e) = self.consumer.context().left(self.id, &self.consumer) {
+            log::warn!("worker {}: {e}", self.id);
+        }
         let failure = progress.failure.take();
-        // The last handle is the worker's: the consumer closes on a blocking thread.
-        drop(messages);
         drop(consumer);
         (failure.map_or(Ok(()), Err), self.leave_group())
     }
@@ -268,11 +277,14 @@ impl Worker {
             .get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
     }
 
-    /// The first record of a batch, then every one already fetched, up to a batch: timers
-    /// and select bookkeeping are paid per batch, not per record.
-    async fn read_batch<'a>(
+    /// The first record of a batch, then every one already fetched from this worker's
+    /// queues, up to a batch: timers and select bookkeeping are paid per batch, not per
+    /// record. The queues take turns, each giving at most its share of a batch: a worker
+    /// that drained one partition first would leave the others unread, and the fetcher,
+    /// which stops fetching a partition whose queue is full, with one partition to fetch.
+    fn read_batch<'a>(
         &mut self,
-        messages: &mut MessageStream<'a, Member>,
+        queues: &'a BTreeMap<i32, Arc<PartitionQueue>>,
         first: std::result::Result<BorrowedMessage<'a>, KafkaError>,
         progress: &mut Progress,
         cancel: &CancellationToken,
@@ -284,6 +296,20 @@ impl Worker {
             return;
         }
         let now = Now::current();
+        // The first record's queue first, then the others in turn.
+        let start = match &first {
+            Ok(message) => message.partition(),
+            Err(KafkaError::PartitionEOF(partition)) => *partition,
+            Err(_) => progress.next_turn,
+        };
+        progress.next_turn = start.saturating_add(1);
+        let mut streams: Vec<_> = queues
+            .range(start..)
+            .chain(queues.range(..start))
+            .map(|(&partition, queue)| (partition, queue.stream()))
+            .collect();
+        let share = (BATCH / streams.len().max(1)).max(1);
+        let (mut turn, mut from_turn, mut empty_in_a_row) = (0, 0, 0);
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(message) = next {
@@ -317,17 +343,6 @@ impl Worker {
                         }
                     }
                 }
-                // Static membership: another member joined under this worker's group
-                // instance id, so another process runs under the same instance id.
-                Err(KafkaError::MessageConsumptionFatal(code)) => {
-                    let error = Error::Kafka(format!(
-                        "worker {}: the consumer group fenced this member ({code}): another process runs under group instance id {}; this one stops. Give each process its own --instance-id, or none: processes on one host then take distinct ones",
-                        self.id,
-                        self.group_instance.as_deref().unwrap_or("?")
-                    ));
-                    self.fail(progress, error, cancel);
-                    break;
-                }
                 Err(error) => {
                     if progress
                         .last_read_error
@@ -348,11 +363,25 @@ impl Worker {
                 || (self.read_ahead(progress) < self.max_in_flight
                     && !progress.barrier
                     && !self.committing());
-            next = if taken < BATCH && room {
-                messages.next().now_or_never().flatten()
-            } else {
-                None
-            };
+            from_turn += 1;
+            next = None;
+            while taken < BATCH && room && empty_in_a_row < streams.len() {
+                if from_turn >= share {
+                    (turn, from_turn) = ((turn + 1) % streams.len(), 0);
+                }
+                let (partition, stream) = &mut streams[turn];
+                // A partition released during the batch is left to its next owner.
+                if progress.partitions.contains(partition)
+                    && let Some(Some(message)) = stream.next().now_or_never()
+                {
+                    empty_in_a_row = 0;
+                    next = Some(message);
+                    break;
+                }
+                // This queue is empty for now: the next one's turn.
+                empty_in_a_row += 1;
+                (turn, from_turn) = ((turn + 1) % streams.len(), 0);
+            }
         }
         self.flush_tally();
     }
@@ -569,4 +598,27 @@ impl Worker {
             Commit::AtLeastOnce => Ok(()),
         }
     }
+}
+
+/// The first record (or event) of any of `queues`, asked from partition `from` on;
+/// pending while they are all empty, or there are none. Each call registers with every
+/// queue once, not per record.
+async fn first_message(
+    queues: &BTreeMap<i32, Arc<PartitionQueue>>,
+    from: i32,
+) -> std::result::Result<BorrowedMessage<'_>, KafkaError> {
+    let mut streams: Vec<_> = queues
+        .range(from..)
+        .chain(queues.range(..from))
+        .map(|(_, queue)| queue.stream())
+        .collect();
+    std::future::poll_fn(|cx| {
+        for stream in &mut streams {
+            if let Poll::Ready(Some(message)) = stream.poll_next_unpin(cx) {
+                return Poll::Ready(message);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
