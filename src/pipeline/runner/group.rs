@@ -163,25 +163,24 @@ impl Member {
     pub(crate) fn left(&self, worker: usize, consumer: &GroupConsumer) -> Result<()> {
         // Queues still in its mailbox hold the consumer: dropped now.
         drop(self.take_events(worker));
-        let due = {
+        let (due, all_gone) = {
             let mut owners = self.owners();
             owners.gone.insert(worker);
             owners.of.retain(|_, owner| *owner != worker);
-            if owners.gone.len() >= self.inboxes.len() {
-                self.closing.store(true, Ordering::Relaxed);
-                // Every queue holds the consumer: dropped, so that it can close.
-                owners.queues.clear();
-            }
             if let Some(pending) = &mut owners.pending {
                 pending.waiting.remove(&worker);
             }
-            due(&mut owners)
+            (due(&mut owners), owners.gone.len() >= self.inboxes.len())
         };
+        if all_gone {
+            self.close();
+        }
         release_pending(due, consumer)
     }
 
-    /// Drops every queue and pending event: they hold the consumer, which cannot close
-    /// while they live. For the runner, once the workers are done.
+    /// From now on revocations are released at once; drops every queue and pending event:
+    /// they hold the consumer, which cannot close while they live. Once the workers are
+    /// done (the last to leave calls it, and the runner does).
     pub(crate) fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);
         let queues = std::mem::take(&mut self.owners().queues);
