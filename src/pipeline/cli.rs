@@ -126,8 +126,8 @@ pub(crate) struct PipelineArgs {
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000), allow_negative_numbers = true)]
     session_timeout: Option<u64>,
 
-    /// Static membership: worker w joins as ID-w, and a restart within the session timeout
-    /// gets its partitions back without a rebalance
+    /// Static membership: the process joins as ID, and a restart within the session
+    /// timeout gets its partitions back without a rebalance
     #[arg(long, value_name = "ID")]
     group_instance_id: Option<String>,
 
