@@ -32,6 +32,7 @@ mod deliveries;
 pub(crate) mod group;
 mod handover;
 pub(crate) mod offsets;
+mod queues;
 pub(crate) mod send;
 mod worker;
 

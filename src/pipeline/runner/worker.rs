@@ -14,10 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -31,6 +29,7 @@ use super::deliveries::{Refused, Replay, queue};
 use super::group::{GroupConsumer, PartitionQueue};
 use super::handover::{Closing, Revocation};
 use super::offsets::OffsetTracker;
+use super::queues::{Turns, first_message};
 use super::send::{Ack, Input, Sender};
 use crate::error::{Error, Result};
 use crate::pipeline::guarantee::at_least_once::COMMIT_TIMEOUT;
@@ -278,10 +277,8 @@ impl Worker {
     }
 
     /// The first record of a batch, then every one already fetched from this worker's
-    /// queues, up to a batch: timers and select bookkeeping are paid per batch, not per
-    /// record. The queues take turns, each giving at most its share of a batch: a worker
-    /// that drained one partition first would leave the others unread, and the fetcher,
-    /// which stops fetching a partition whose queue is full, with one partition to fetch.
+    /// queues, up to a batch, the queues taking turns ([`Turns`]): timers and select
+    /// bookkeeping are paid per batch, not per record.
     fn read_batch<'a>(
         &mut self,
         queues: &'a BTreeMap<i32, Arc<PartitionQueue>>,
@@ -303,13 +300,7 @@ impl Worker {
             Err(_) => progress.next_turn,
         };
         progress.next_turn = start.saturating_add(1);
-        let mut streams: Vec<_> = queues
-            .range(start..)
-            .chain(queues.range(..start))
-            .map(|(&partition, queue)| (partition, queue.stream()))
-            .collect();
-        let share = (BATCH / streams.len().max(1)).max(1);
-        let (mut turn, mut from_turn, mut empty_in_a_row) = (0, 0, 0);
+        let mut turns = Turns::new(queues, start, BATCH);
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(message) = next {
@@ -363,25 +354,13 @@ impl Worker {
                 || (self.read_ahead(progress) < self.max_in_flight
                     && !progress.barrier
                     && !self.committing());
-            from_turn += 1;
-            next = None;
-            while taken < BATCH && room && empty_in_a_row < streams.len() {
-                if from_turn >= share {
-                    (turn, from_turn) = ((turn + 1) % streams.len(), 0);
-                }
-                let (partition, stream) = &mut streams[turn];
+            turns.taken();
+            next = if taken < BATCH && room {
                 // A partition released during the batch is left to its next owner.
-                if progress.partitions.contains(partition)
-                    && let Some(Some(message)) = stream.next().now_or_never()
-                {
-                    empty_in_a_row = 0;
-                    next = Some(message);
-                    break;
-                }
-                // This queue is empty for now: the next one's turn.
-                empty_in_a_row += 1;
-                (turn, from_turn) = ((turn + 1) % streams.len(), 0);
-            }
+                turns.next(&progress.partitions)
+            } else {
+                None
+            };
         }
         self.flush_tally();
     }
@@ -598,27 +577,4 @@ impl Worker {
             Commit::AtLeastOnce => Ok(()),
         }
     }
-}
-
-/// The first record (or event) of any of `queues`, asked from partition `from` on;
-/// pending while they are all empty, or there are none. Each call registers with every
-/// queue once, not per record.
-async fn first_message(
-    queues: &BTreeMap<i32, Arc<PartitionQueue>>,
-    from: i32,
-) -> std::result::Result<BorrowedMessage<'_>, KafkaError> {
-    let mut streams: Vec<_> = queues
-        .range(from..)
-        .chain(queues.range(..from))
-        .map(|(_, queue)| queue.stream())
-        .collect();
-    std::future::poll_fn(|cx| {
-        for stream in &mut streams {
-            if let Poll::Ready(Some(message)) = stream.poll_next_unpin(cx) {
-                return Poll::Ready(message);
-            }
-        }
-        Poll::Pending
-    })
-    .await
 }
