@@ -3,7 +3,8 @@
 //! then times, in this one process and on the same broker:
 //! 1. a plain copy of that topic, tuned as a Kafka expert would tune it and idempotent like
 //!    the pipeline: one librdkafka consumer and one `ThreadedProducer`
-//!    (`enable.idempotence=true`, `linger.ms=5`, `batch.size=1000000`, no poll per
+//!    (`enable.idempotence=true`, `partitioner=murmur2_random` as the pipeline's,
+//!    `linger.ms=5`, `batch.size=1000000`, no poll per
 //!    message; `fetch.queue.backoff.ms=10` on the consumer, as the pipeline has it), doing
 //!    no parsing: the I/O limit. It runs first and last; the better run is the baseline;
 //! 2. the pipeline at --parallelism 1, 2 and 3, each into its own output topic. Its rate
@@ -230,6 +231,9 @@ fn plain_copy(kafka: &KafkaConfig, from: &str, to: &str) -> u64 {
     producer_config
         .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("enable.idempotence", "true")
+        // The pipeline's partitioner (Java's murmur2, cheaper than librdkafka's default
+        // CRC32), so that neither pays for hashing keys more than the other.
+        .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .set("batch.size", "1000000")
         .set("queue.buffering.max.messages", "1000000");

@@ -169,12 +169,10 @@ pub(super) async fn run(
         injected: &injected,
         prefetch_kbytes,
     };
-    // Every worker's producer first, then every consumer at once. Exactly once, each
+    // Every worker's producer first, then the process's consumer. Exactly once, each
     // producer's `init_transactions` fences its predecessor and takes a while (one after
-    // another: side by side, they took longer). Members that join within the coordinator's
-    // initial rebalance delay share one rebalance; one that joined later would start
-    // another, and its partitions would move only after the next heartbeat, seconds in
-    // which no one reads them.
+    // another: side by side, they took longer); joining before they are done would hold
+    // partitions that no worker can yet write for.
     let commits = (0..parallelism)
         .map(|id| parts.commit(id))
         .collect::<Result<Vec<_>>>()?;
