@@ -633,6 +633,14 @@ impl ErrorLog {
         }
     }
 
+    /// Logs `message` as a warning unless this client logged one in the last few seconds
+    /// (a read error repeats on every poll while a broker is down).
+    pub fn warn(&self, message: std::fmt::Arguments<'_>) {
+        if self.should_log_now() {
+            log::warn!("{message}");
+        }
+    }
+
     fn should_log_now(&self) -> bool {
         let Ok(mut last) = self.last_error_log.lock() else {
             return true;

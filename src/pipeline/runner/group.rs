@@ -122,6 +122,12 @@ impl Member {
         }
     }
 
+    /// Logs a warning, at most one every few seconds for the whole process (its client's
+    /// errors included): one outage, one line at a time.
+    pub(crate) fn warn(&self, message: std::fmt::Arguments<'_>) {
+        self.errors.warn(message);
+    }
+
     /// Lets the callback split partition queues: called once, before `subscribe`.
     pub(crate) fn attach(consumer: &Arc<GroupConsumer>) {
         let _ = consumer.context().consumer.set(Arc::downgrade(consumer));
@@ -456,7 +462,6 @@ pub(crate) async fn serve(
 ) -> Result<()> {
     let mut events = consumer.stream();
     let topic = consumer.context().topic.clone();
-    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         // A poll at least every second, whatever happens: librdkafka counts the time since
         // the application last polled against `max.poll.interval.ms`, and a process whose
@@ -489,12 +494,9 @@ pub(crate) async fn serve(
                 )));
             }
             Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(error)) => {
-                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                    log::warn!("reading {topic}: {error}; retrying");
-                    last_warning = Some(std::time::Instant::now());
-                }
-            }
+            Some(Err(error)) => consumer
+                .context()
+                .warn(format_args!("reading {topic}: {error}; retrying")),
         }
     }
 }

@@ -122,7 +122,6 @@ pub(super) struct Progress {
     pub(super) commit_abandoned: bool,
     pub(super) warned_unjoined: bool,
     pub(super) failure: Option<Error>,
-    pub(super) last_read_error: Option<std::time::Instant>,
     pub(super) redelivered: u64,
 }
 
@@ -335,17 +334,10 @@ impl Worker {
                     }
                 }
                 Err(error) => {
-                    if progress
-                        .last_read_error
-                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
-                    {
-                        log::warn!(
-                            "worker {}: reading {}: {error}; retrying",
-                            self.id,
-                            self.sender.topics.input
-                        );
-                        progress.last_read_error = Some(std::time::Instant::now());
-                    }
+                    self.consumer.context().warn(format_args!(
+                        "worker {}: reading {}: {error}; retrying",
+                        self.id, self.sender.topics.input
+                    ));
                     break;
                 }
             }
