@@ -249,7 +249,7 @@ pub fn pipeline_consumer_config(
             // How long the group waits for a silent member before reassigning its
             // partitions (default 45 s).
             config.set("session.timeout.ms", timeout.as_millis().to_string());
-            // Never less than a third of it, as Kafka advises, so a short session still
+            // Never more than a third of it, as Kafka advises, so a short session still
             // has room for two missed heartbeats.
             heartbeat = heartbeat.min(timeout / 3);
         }
