@@ -26,6 +26,17 @@ topic() {
 input=$(topic eos-in)
 "$release/datagen" -s streaming -e "$events" --seed 1 --bootstrap-servers "$servers" --topic "$input" -q
 echo "== $events events on 6 partitions at $servers; pipeline --bounded, 3 workers" >&2
+# Prints a run's records/s and CPU seconds per million records (from $work/time, written
+# by /usr/bin/time -f "%e %U %S"), then the job's own summary: the lines of $work/log
+# that match $2.
+report() {
+  local label=$1 summary=$2 elapsed user sys
+  read -r elapsed user sys < "$work/time"
+  awk -v label="$label" -v n="$events" -v e="$elapsed" -v u="$user" -v s="$sys" 'BEGIN {
+    printf "%-26s %8.0f records/s in %6.2f s, %.2f CPU-s per million records\n",
+      label, n / e, e, (u + s) * 1e6 / n }' >&2
+  grep "$summary" "$work/log" >&2
+}
 run() {
   local label=$1
   shift
@@ -36,11 +47,7 @@ run() {
     --bootstrap-servers "$servers" --job-name "bench-$label-$out" --input-topic "$input" \
     --output-topic "$out" --dead-letter-topic "$dlq" --no-ui "$@" 2> "$work/log" \
     || { cat "$work/log" >&2; exit 1; }
-  read -r elapsed user sys < "$work/time"
-  awk -v label="$label" -v n="$events" -v e="$elapsed" -v u="$user" -v s="$sys" 'BEGIN {
-    printf "%-26s %8.0f records/s in %6.2f s, %.2f CPU-s per million records\n",
-      label, n / e, e, (u + s) * 1e6 / n }' >&2
-  grep "^pipeline: read" "$work/log" >&2
+  report "$label" "^pipeline: read"
 }
 run "at-least-once"
 run "exactly-once, 100 ms" --processing-guarantee exactly-once --instance-id bench
@@ -72,11 +79,7 @@ streams() {
     -cp "$work/classes:$classpath" StreamsEventLog "$servers" "bench-streams-$out" \
     "$input" "$out" "$dlq" "$guarantee" "$commit_ms" 3 "$events" 2> "$work/log" \
     || { cat "$work/log" >&2; exit 1; }
-  read -r elapsed user sys < "$work/time"
-  awk -v label="$label" -v n="$events" -v e="$elapsed" -v u="$user" -v s="$sys" 'BEGIN {
-    printf "%-26s %8.0f records/s in %6.2f s, %.2f CPU-s per million records\n",
-      label, n / e, e, (u + s) * 1e6 / n }' >&2
-  grep "^StreamsEventLog:" "$work/log" >&2
+  report "$label" "^StreamsEventLog:"
 }
 streams "Kafka Streams, at_least_once" at_least_once 30000
 streams "Kafka Streams, exactly_once_v2, 100 ms" exactly_once_v2 100
