@@ -27,13 +27,9 @@ pub(super) async fn first_message(
     queues: &BTreeMap<i32, Arc<PartitionQueue>>,
     from: i32,
 ) -> Read<'_> {
-    let mut streams: Vec<_> = queues
-        .range(from..)
-        .chain(queues.range(..from))
-        .map(|(_, queue)| queue.stream())
-        .collect();
+    let mut streams = streams_from(queues, from);
     std::future::poll_fn(|cx| {
-        for stream in &mut streams {
+        for (_, stream) in &mut streams {
             if let Poll::Ready(Some(message)) = stream.poll_next_unpin(cx) {
                 return Poll::Ready(message);
             }
@@ -41,6 +37,19 @@ pub(super) async fn first_message(
         Poll::Pending
     })
     .await
+}
+
+/// A stream of each of `queues`, with its partition, in partition order from `from` on,
+/// wrapping around.
+fn streams_from(
+    queues: &BTreeMap<i32, Arc<PartitionQueue>>,
+    from: i32,
+) -> Vec<(i32, MessageStream<'_, Member>)> {
+    queues
+        .range(from..)
+        .chain(queues.range(..from))
+        .map(|(&partition, queue)| (partition, queue.stream()))
+        .collect()
 }
 
 /// The rest of a batch: the queues in turn, from partition `start` on, each giving at most
@@ -59,11 +68,7 @@ impl<'a> Turns<'a> {
         start: i32,
         batch: usize,
     ) -> Self {
-        let streams: Vec<_> = queues
-            .range(start..)
-            .chain(queues.range(..start))
-            .map(|(&partition, queue)| (partition, queue.stream()))
-            .collect();
+        let streams = streams_from(queues, start);
         Turns {
             share: (batch / streams.len().max(1)).max(1),
             streams,
