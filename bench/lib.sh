@@ -20,14 +20,14 @@ if [ -z "${BOOTSTRAP_SERVERS:-}" ]; then
   echo "== broker: $(backend_version "$bench_backend") at $servers" >&2
 fi
 
-# A fresh topic with 3 partitions, named bench-<what>-<random>; prints its name.
+# A fresh topic with 3 partitions (or $2), named bench-<what>-<random>; prints its name.
 fresh_topic() {
-  local name
+  local name partitions=${2:-3}
   name="bench-$1-$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   if [ "$bench_backend" = tansu ]; then
-    "$(tansu_bin)" topic create --broker "tcp://$servers" --partitions 3 "$name" >/dev/null
+    "$(tansu_bin)" topic create --broker "tcp://$servers" --partitions "$partitions" "$name" >/dev/null
   else
-    "$SETUP_DIR/kafka.sh" topics --bootstrap-server "$servers" --create --topic "$name" --partitions 3 >/dev/null
+    "$SETUP_DIR/kafka.sh" topics --bootstrap-server "$servers" --create --topic "$name" --partitions "$partitions" >/dev/null
   fi
   echo "$name"
 }

@@ -3,9 +3,12 @@
 # - the aggregation alone on one pinned core (decode, parse, event time, count, fire), over
 #   1,000,000 events (or EVENTS) of 10,000 users, then of 100 users;
 # - Kafka to Kafka on the local cluster (Apache Kafka unless STREAMKIT_BACKEND=tansu,
-#   started if down) or BOOTSTRAP_SERVERS: the same backlog drained by `pipeline --bounded`
-#   as traffic-agg and as the stateless kafka-io job, alternately, twice each, with
-#   records/s, CPU seconds per million records and peak RSS.
+#   started if down) or BOOTSTRAP_SERVERS: the same backlog (6 partitions, keyed as the
+#   original keys it) drained by `pipeline --bounded`, twice each, alternately: traffic-agg
+#   through its repartition topic in one process, the same in three processes started
+#   together (wall time from the first start to the last exit, CPU summed), traffic-agg in
+#   one stage (--no-repartition), and the stateless kafka-io job; with records/s, CPU
+#   seconds per million records and peak RSS (the largest of the processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${EVENTS:-1000000}
@@ -23,21 +26,43 @@ for users in 10000 100; do
 done
 
 echo "== Kafka to Kafka, $events events of 10000 users, at $servers" >&2
-input=$(fresh_topic windows-in)
+input=$(fresh_topic windows-in 6)
 "$release/datagen" -s streaming -e "$events" -u 10000 --seed 1 --start-time 2024-04-28T00:00:00Z \
   --time-step-ms 10 -l 3 --bootstrap-servers "$servers" --topic "$input" -q "${client_props[@]}"
-for round in 1 2; do
-  for job in traffic-agg kafka-io; do
-    out=$(fresh_topic "$job-out")
-    dlq=$(fresh_topic "$job-dlq")
-    /usr/bin/time -f "%e %U %S %M" -o "$work/time" "$release/pipeline" --bounded --job "$job" \
-      --job-name "bench-$job-$round-$input" --bootstrap-servers "$servers" --input-topic "$input" \
-      --output-topic "$out" --dead-letter-topic "$dlq" --no-ui "${client_props[@]}" 2> "$work/log" \
-      || { cat "$work/log" >&2; exit 1; }
-    read -r elapsed user sys rss < "$work/time"
-    awk -v job="$job" -v n="$events" -v e="$elapsed" -v u="$user" -v s="$sys" -v m="$rss" 'BEGIN {
-      printf "round %s %-11s %8.0f records/s in %5.2f s, %.2f CPU-s per million records, peak RSS %d MB\n",
-        "'"$round"'", job, n / e, e, (u + s) * 1e6 / n, m / 1024 }' >&2
-    grep "^pipeline: read" "$work/log" >&2
+
+# run LABEL PROCESSES JOB [FLAG...]: PROCESSES `pipeline --bounded` processes of one job,
+# started together; prints its figures.
+run() {
+  local label=$1 processes=$2 job=$3 i
+  shift 3
+  local name="bench-$label-$round-$input"
+  local out dlq
+  out=$(fresh_topic "$label-out" 6)
+  dlq=$(fresh_topic "$label-dlq")
+  local started ended
+  started=$(date +%s.%N)
+  for i in $(seq "$processes"); do
+    /usr/bin/time -f "%e %U %S %M" -o "$work/time$i" "$release/pipeline" --bounded --job "$job" \
+      --job-name "$name" --bootstrap-servers "$servers" --input-topic "$input" \
+      --output-topic "$out" --dead-letter-topic "$dlq" --no-ui "$@" "${client_props[@]}" \
+      2> "$work/log$i" &
   done
+  for i in $(seq "$processes"); do
+    wait -n || { cat "$work"/log* >&2; exit 1; }
+  done
+  ended=$(date +%s.%N)
+  cat "$work"/time[0-9]* | awk -v label="$label" -v n="$events" -v p="$processes" \
+    -v s0="$started" -v s1="$ended" -v round="$round" '
+    { cpu += $2 + $3; if ($4 > rss) rss = $4 }
+    END { e = s1 - s0; printf "round %s %-22s %8.0f records/s in %5.2f s, %.2f CPU-s per million records, peak RSS %d MB\n",
+      round, label, n / e, e, cpu * 1e6 / n, rss / 1024 }' >&2
+  grep -h "^pipeline: read" "$work"/log[0-9]* >&2
+  rm -f "$work"/time[0-9]* "$work"/log[0-9]*
+}
+
+for round in 1 2; do
+  run traffic-agg 1 traffic-agg
+  run traffic-agg-x3 3 traffic-agg
+  run traffic-agg-one-stage 1 traffic-agg --no-repartition
+  run kafka-io 1 kafka-io
 done

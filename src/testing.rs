@@ -358,40 +358,10 @@ impl<J: Job> TestDriver<J> {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use super::*;
-    use crate::pipeline::job::{
-        Keyed, Rejection, WindowConfig, WindowResult, Windowed, WindowedJob,
-    };
-
-    /// Records per key in 10-second windows, by record timestamp; a record without a key
-    /// is rejected.
-    struct CountByKey;
-
-    impl WindowedJob for CountByKey {
-        type Value = u64;
-
-        fn key<'r>(&mut self, record: &Record<'r>) -> Result<Keyed<'r, u64>, Rejection> {
-            let key = record
-                .key
-                .and_then(|k| std::str::from_utf8(k).ok())
-                .ok_or_else(|| Rejection::new("no_key", "a record needs a UTF-8 key"))?;
-            let event_ms = record
-                .timestamp
-                .ok_or_else(|| Rejection::new("no_time", "no timestamp"))?;
-            Ok(Keyed {
-                key: Cow::Borrowed(key),
-                event_ms,
-                value: 1,
-            })
-        }
-
-        fn write(&self, result: &WindowResult<u64>, key: &mut Vec<u8>, value: &mut Vec<u8>) {
-            key.extend_from_slice(format!("{}@{}", result.key, result.start_ms).as_bytes());
-            value.extend_from_slice(result.value.to_string().as_bytes());
-        }
-    }
+    // Records per key, by record timestamp; a record without a key is rejected.
+    use crate::pipeline::job::windowed_test_job::CountByKey;
+    use crate::pipeline::job::{WindowConfig, Windowed};
 
     fn windows() -> WindowConfig {
         WindowConfig {

@@ -37,10 +37,13 @@
 //! when a window fires. It grows with open windows × users, not with input. The offsets
 //! that open windows still need ([`Aggregator::hold`]) bound what the caller may commit.
 //!
-//! Limit: a window's count covers the partitions this process owns. It is exact when one
-//! process reads every partition (the default), or when all of a user's events are in one
-//! partition (an input keyed by user). Several processes reading an input keyed otherwise
-//! each emit their own share, as Kafka Streams would without a repartition topic.
+//! A window's count covers the partitions one aggregator reads. It is exact when all of a
+//! key's events are in those partitions: one aggregator reading the whole input (files,
+//! `--no-repartition` with one process), or an input keyed by the grouping key, which on
+//! Kafka the repartition topic makes of any input (`crate::pipeline::job::Stage`). There,
+//! the watermark comes from upstream marks ([`Aggregator::partition_marks`] sent,
+//! [`Aggregator::combine`] applied, [`Aggregator::fire_at`]) rather than from the
+//! aggregator's own partitions.
 //!
 //! Hand-written: `event_time_ms` splits the fixed `YYYY-MM-DDTHH:MM:SS.fff` text itself and
 //! lets chrono validate and build the date: chrono's `parse_from_str` takes several times
@@ -244,6 +247,14 @@ impl<A> PartitionState<A> {
     }
 }
 
+/// How far one input partition has got: its own watermark (`None` before its first event)
+/// and how long it has been without a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceMark {
+    pub watermark_ms: Option<i64>,
+    pub quiet: Duration,
+}
+
 /// A partition's place in the job's watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PartitionWatermark {
@@ -364,28 +375,16 @@ impl<A: Aggregate> Aggregator<A> {
         value: A,
         now: Now,
     ) -> Verdict {
-        let ahead_ms = event_ms.saturating_sub(now.wall_ms);
-        if ahead_ms > self.ahead_ms {
-            return Verdict::Future {
-                event_ms,
-                ahead_ms,
-                bound_ms: self.ahead_ms,
-            };
+        if let Err(future) = self.observe(partition, event_ms, now) {
+            return future;
         }
-        let now = now.instant;
         let start = window_start(event_ms, self.size_ms);
         let end = start.saturating_add(self.size_ms);
         let expiry = end.saturating_add(self.lateness_ms);
-        let state = self
-            .partitions
-            .entry(partition)
-            .or_insert_with(|| PartitionState {
-                max_event_ms: i64::MIN,
-                last_active: now,
-                windows: BTreeMap::new(),
-            });
-        state.last_active = now;
-        state.max_event_ms = state.max_event_ms.max(event_ms);
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            // `observe` has just made it.
+            return Verdict::Counted;
+        };
         if expiry <= self.fired_through {
             self.late += 1;
             return Verdict::Late {
@@ -410,58 +409,108 @@ impl<A: Aggregate> Aggregator<A> {
         Verdict::Counted
     }
 
+    /// An event of `partition` at `event_ms` moves the partition's watermark (and its idle
+    /// clock), unless it is too far ahead of the wall clock ([`Verdict::Future`]: then it
+    /// moves nothing). [`add_value`](Self::add_value) does this first; the first stage of a
+    /// shuffled job does only this, its windows being counted downstream.
+    pub fn observe(&mut self, partition: i32, event_ms: i64, now: Now) -> Result<(), Verdict> {
+        let ahead_ms = event_ms.saturating_sub(now.wall_ms);
+        if ahead_ms > self.ahead_ms {
+            return Err(Verdict::Future {
+                event_ms,
+                ahead_ms,
+                bound_ms: self.ahead_ms,
+            });
+        }
+        let now = now.instant;
+        let state = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionState {
+                max_event_ms: i64::MIN,
+                last_active: now,
+                windows: BTreeMap::new(),
+            });
+        state.last_active = now;
+        state.max_event_ms = state.max_event_ms.max(event_ms);
+        Ok(())
+    }
+
     /// The job's watermark now (see the module doc); it never goes back, and never passes
     /// the wall clock less the out-of-orderness.
     pub fn advance(&mut self, now: Now) -> i64 {
         let ceiling = now.wall_ms.saturating_sub(self.out_of_orderness_ms);
-        let now = now.instant;
-        let marks = self
-            .partitions
-            .values()
-            .filter(|p| p.max_event_ms != i64::MIN)
-            .map(|p| {
-                let quiet = now.saturating_duration_since(p.last_active);
-                let mark = p.watermark(self.out_of_orderness_ms);
-                (
-                    mark,
-                    mark.saturating_add(millis(quiet)),
-                    quiet > self.idle_timeout,
-                )
-            });
-        let mut active_min: Option<i64> = None;
-        let mut all_max: Option<i64> = None;
-        let mut waiting = false;
-        for (mark, moved_on, idle) in marks {
-            // Used only when every partition is idle: event time is taken to have moved on
-            // with the wall clock since the partition's last record.
-            all_max = Some(all_max.map_or(moved_on, |m: i64| m.max(moved_on)));
-            if !idle {
-                active_min = Some(active_min.map_or(mark, |m: i64| m.min(mark)));
-            }
-        }
-        // A partition with no event yet holds the watermark until it goes idle.
-        for p in self.partitions.values() {
-            if p.max_event_ms == i64::MIN
-                && now.saturating_duration_since(p.last_active) <= self.idle_timeout
-            {
-                waiting = true;
-            }
-        }
-        let candidate = if waiting {
-            None
-        } else {
-            active_min.or(all_max)
-        };
-        if let Some(mark) = candidate {
+        let marks = self.partition_marks(now.instant);
+        if let Some(mark) = self.combine(marks.into_iter().map(|(_, mark)| mark)) {
             self.watermark = self.watermark.max(mark.min(ceiling));
         }
         self.watermark
+    }
+
+    /// Each partition's own watermark (`None` before its first event) and how long it has
+    /// been quiet: what [`advance`](Self::advance) combines, and what the first stage of a
+    /// shuffled job sends downstream for its second to combine.
+    pub fn partition_marks(&self, now: Instant) -> Vec<(i32, SourceMark)> {
+        self.partitions
+            .iter()
+            .map(|(&partition, p)| {
+                let mark = SourceMark {
+                    watermark_ms: (p.max_event_ms != i64::MIN)
+                        .then(|| p.watermark(self.out_of_orderness_ms)),
+                    quiet: now.saturating_duration_since(p.last_active),
+                };
+                (partition, mark)
+            })
+            .collect()
+    }
+
+    /// The watermark that `marks`, one per partition, make together (see the module doc):
+    /// the minimum over the partitions that are not idle; when all are, the maximum of
+    /// their watermarks plus their silence; `None` while a partition without an event yet
+    /// is not idle. Neither capped by the clock nor kept from going back: the caller does
+    /// both.
+    pub fn combine(&self, marks: impl IntoIterator<Item = SourceMark>) -> Option<i64> {
+        let mut active_min: Option<i64> = None;
+        let mut all_max: Option<i64> = None;
+        for mark in marks {
+            let idle = mark.quiet > self.idle_timeout;
+            let Some(watermark) = mark.watermark_ms else {
+                // A partition with no event yet holds the watermark until it goes idle.
+                if !idle {
+                    return None;
+                }
+                continue;
+            };
+            // Used only when every partition is idle: event time is taken to have moved on
+            // with the wall clock since the partition's last record.
+            let moved_on = watermark.saturating_add(millis(mark.quiet));
+            all_max = Some(all_max.map_or(moved_on, |m: i64| m.max(moved_on)));
+            if !idle {
+                active_min = Some(active_min.map_or(watermark, |m: i64| m.min(watermark)));
+            }
+        }
+        active_min.or(all_max)
     }
 
     /// Fires every window the watermark has passed (its end plus the allowed lateness),
     /// merged over this process's partitions, ordered by window then user.
     pub fn fire(&mut self, now: Now) -> Vec<WindowResult<A>> {
         let watermark = self.advance(now);
+        self.fire_due(watermark)
+    }
+
+    /// Fires every window `watermark` has passed, the watermark coming from elsewhere
+    /// rather than from this aggregator's partitions: the second stage of a shuffled job,
+    /// whose upstream marks say how far every input partition has got. Capped, as every
+    /// watermark, at the wall clock less the out-of-orderness; it never goes back.
+    pub fn fire_at(&mut self, watermark: i64, now: Now) -> Vec<WindowResult<A>> {
+        let ceiling = now.wall_ms.saturating_sub(self.out_of_orderness_ms);
+        self.watermark = self.watermark.max(watermark.min(ceiling));
+        self.fire_due(self.watermark)
+    }
+
+    /// Fires every window whose end plus the allowed lateness `watermark` has passed.
+    fn fire_due(&mut self, watermark: i64) -> Vec<WindowResult<A>> {
         // Cheap when nothing is due: the earliest open window's expiry, per partition.
         let due = self
             .partitions

@@ -714,7 +714,46 @@ fn traffic_agg_shows_its_watermarks_open_windows_and_late_events() {
     );
     assert!(!windows["partitions"].as_array().unwrap().is_empty());
     assert!(job["totals"]["counted"].as_u64() > Some(0), "{job}");
-    let (_, metrics) = http("GET", &addr, "/metrics");
+    // Both stages (issue 27): the chain runs through the repartition topic, and the second
+    // stage's partitions and lag are shown.
+    let chain: Vec<&str> = job["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|op| op["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            "Read from Kafka",
+            "Decode messages",
+            "Parse elements",
+            "Repartition by key",
+            "Count in windows",
+            "Write to Kafka",
+            "Dead letters"
+        ],
+        "{job}"
+    );
+    let repartition = &job["repartition"];
+    assert_eq!(repartition["topic"], "traffic-agg-repartition", "{job}");
+    assert_eq!(repartition["group"], "traffic-agg-aggregate");
+    assert!(
+        !repartition["partitions"].as_array().unwrap().is_empty(),
+        "{job}"
+    );
+    // Its end offsets are read every 2 s once it has partitions.
+    let metrics = loop {
+        let (_, metrics) = http("GET", &addr, "/metrics");
+        if metrics.contains("topic=\"traffic-agg-repartition\"") {
+            break metrics;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(100),
+            "the second stage's partitions are not in /metrics: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
     assert!(
         metric(
             &metrics,

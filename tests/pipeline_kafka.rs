@@ -1058,8 +1058,18 @@ fn invalid_arguments_are_usage_errors_with_exit_code_2() {
         (&["--job", "user-traffic"], "give --input"),
         (&["--job", "traffic-agg", "--window", "0"], "--window"),
         (
-            &["--job", "traffic-agg", "--parallelism", "2"],
+            &[
+                "--job",
+                "traffic-agg",
+                "--parallelism",
+                "2",
+                "--no-repartition",
+            ],
             "partial result for the same window",
+        ),
+        (
+            &["--job", "traffic-agg", "--repartition-partitions", "0"],
+            "--repartition-partitions",
         ),
         (&["--job", "traffic-agg", "--window", "soon"], "--window"),
         (

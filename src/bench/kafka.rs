@@ -131,6 +131,8 @@ pub(super) fn main() {
             topic_browser: None,
             browse_internal_topics: false,
             drop_input_headers: false,
+            repartition: false,
+            repartition_partitions: None,
         };
         let stats = std::sync::Arc::new(crate::pipeline::Stats::default());
         let started = std::time::SystemTime::now();

@@ -259,6 +259,42 @@ pub fn watermark_client_config(kafka: &KafkaConfig, job_name: &str) -> ClientCon
     config
 }
 
+/// Configuration of the client that reads a group's committed positions without joining
+/// it (a grouped job's purge of its repartition topic).
+pub fn committed_reader_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("client.id", format!("streamkit-pipeline-{group}-purge"))
+        // Committed offsets are asked for by group id; the client never subscribes, so
+        // it never joins.
+        .set("group.id", group)
+        // Fail a connection attempt after 5 s (default 30 s), as every client here.
+        .set("socket.connection.setup.timeout.ms", "5000");
+    apply_properties(&mut config, kafka);
+    // Whatever -X says for the workers: this client is no member.
+    config.set("group.id", group);
+    config.remove("group.instance.id");
+    config
+}
+
+/// Configuration of an admin client: the checks before a job starts, the creation of a
+/// grouped job's repartition topic and its purge.
+pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        // Fail a connection attempt after 5 s (default 30 s), as every client here.
+        .set("socket.connection.setup.timeout.ms", "5000")
+        // Asking for a missing topic's metadata must not create it (an admin client is a
+        // producer inside librdkafka, whose default is true).
+        .set("allow.auto.create.topics", "false");
+    apply_properties(&mut config, kafka);
+    config.remove("group.id");
+    config.remove("group.instance.id");
+    config
+}
+
 /// Producer configuration for the pipeline's output and dead-letter topics.
 pub fn pipeline_producer_config(
     kafka: &KafkaConfig,

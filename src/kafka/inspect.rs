@@ -3,14 +3,13 @@
 
 use rdkafka::ClientContext;
 use rdkafka::client::Client;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::{Error, Result};
 
 use super::{
-    ErrorLog, KafkaConfig, LOCAL_CLUSTER_HINT, REACHABILITY_TIMEOUT, apply_properties, create,
+    ErrorLog, KafkaConfig, LOCAL_CLUSTER_HINT, REACHABILITY_TIMEOUT, admin_config, create,
 };
 
 /// Room left for a record batch's own framing under a topic's `max.message.bytes`.
@@ -37,17 +36,11 @@ pub async fn inspect_topics(
     outputs: &[&str],
 ) -> Result<TopicFacts> {
     use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        // Fail a connection attempt after 5 s (default 30 s), as every client here.
-        .set("socket.connection.setup.timeout.ms", "5000")
-        // Asking for a missing topic's metadata must not create it (an admin client is a
-        // producer inside librdkafka, whose default is true).
-        .set("allow.auto.create.topics", "false");
-    apply_properties(&mut config, kafka);
-    let admin: AdminClient<ErrorLog> =
-        create(&config, ErrorLog::new(&kafka.bootstrap_servers), kafka)?;
+    let admin: AdminClient<ErrorLog> = create(
+        &admin_config(kafka),
+        ErrorLog::new(&kafka.bootstrap_servers),
+        kafka,
+    )?;
     let input_partitions =
         tokio::task::block_in_place(|| check_topic_reachable(admin.inner(), kafka, input))?;
     for topic in outputs {
@@ -92,6 +85,105 @@ pub async fn inspect_topics(
         max_record_bytes,
         record_limits,
     })
+}
+
+/// `topic`'s partition count; fails fast, naming the address, if the cluster cannot be
+/// reached or the topic is missing.
+pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32> {
+    use rdkafka::admin::AdminClient;
+    let admin: AdminClient<ErrorLog> = create(
+        &admin_config(kafka),
+        ErrorLog::new(&kafka.bootstrap_servers),
+        kafka,
+    )?;
+    let count = tokio::task::block_in_place(|| check_topic_reachable(admin.inner(), kafka, topic));
+    drop(tokio::task::spawn_blocking(move || drop(admin)));
+    count
+}
+
+/// Makes `topic` with `partitions` partitions (at the broker's replication factor) and the
+/// topic settings `configs`, unless it exists; returns its partition count, whatever it
+/// is. A cluster that takes no `CreateTopics` (librdkafka's mock cluster) gets the topic by
+/// auto-creation, if it allows that. Fails fast, naming the address, as
+/// [`inspect_topics`], and names what the job's principal must be allowed when the topic
+/// cannot be made.
+pub async fn ensure_topic(
+    kafka: &KafkaConfig,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> Result<i32> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let config = admin_config(kafka);
+    let admin: AdminClient<ErrorLog> =
+        create(&config, ErrorLog::new(&kafka.bootstrap_servers), kafka)?;
+    let existing =
+        tokio::task::block_in_place(|| check_topic_reachable(admin.inner(), kafka, topic));
+    match existing {
+        Ok(count) if count > 0 => {
+            drop(tokio::task::spawn_blocking(move || drop(admin)));
+            return Ok(count);
+        }
+        Ok(_) | Err(Error::TopicMissing { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    // Replication -1: the broker's default.
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    for (name, value) in configs {
+        new = new.set(name, value);
+    }
+    // A cluster that does not take CreateTopics may never answer it: the request is given
+    // up after the reachability timeout, as the other checks before a job starts.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(REACHABILITY_TIMEOUT))
+        .request_timeout(Some(REACHABILITY_TIMEOUT));
+    let refused = match admin.create_topics([&new], &options).await {
+        Ok(results) => results.into_iter().find_map(|result| match result {
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) | Ok(_) => None,
+            Err((_, code)) => Some(code.to_string()),
+        }),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(refused) = &refused {
+        // librdkafka's mock cluster takes no CreateTopics, but creates a topic asked for
+        // by a client that allows it.
+        log::debug!("cannot create {topic} ({refused}); asking for it to be auto-created");
+        let mut auto = config.clone();
+        auto.set("allow.auto.create.topics", "true");
+        // (An admin client is a producer inside librdkafka: its metadata requests carry
+        // the setting.)
+        let client: AdminClient<ErrorLog> =
+            create(&auto, ErrorLog::new(&kafka.bootstrap_servers), kafka)?;
+        let _ = tokio::task::block_in_place(|| {
+            client
+                .inner()
+                .fetch_metadata(Some(topic), REACHABILITY_TIMEOUT)
+        });
+        drop(tokio::task::spawn_blocking(move || drop(client)));
+    }
+    // The new topic's metadata may take a moment to reach every broker.
+    let deadline = std::time::Instant::now() + REACHABILITY_TIMEOUT;
+    loop {
+        let count =
+            tokio::task::block_in_place(|| check_topic_reachable(admin.inner(), kafka, topic));
+        match count {
+            Ok(count) if count > 0 => {
+                drop(tokio::task::spawn_blocking(move || drop(admin)));
+                return Ok(count);
+            }
+            Ok(_) | Err(Error::TopicMissing { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(_) | Err(Error::TopicMissing { .. }) => {
+                return Err(Error::Kafka(format!(
+                    "cannot create topic {topic} on {}: {}; the job's principal must be allowed to create topics (and delete records) named after the job",
+                    kafka.bootstrap_servers,
+                    refused.as_deref().unwrap_or("it did not appear")
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Fails fast, naming the address, if the cluster cannot be reached or `topic` is

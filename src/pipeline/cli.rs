@@ -110,9 +110,19 @@ pub(crate) struct PipelineArgs {
     #[arg(long, default_value = "1h", value_parser = parse_duration_or_zero, value_name = "DURATION")]
     max_event_time_ahead: Duration,
 
+    /// Windowed jobs on Kafka: the input is keyed by the grouping key already, so count
+    /// where it is read, without the repartition topic <job-name>-repartition (one worker
+    /// per process)
+    #[arg(long)]
+    no_repartition: bool,
+
+    /// Windowed jobs on Kafka: partitions of <job-name>-repartition when the job creates
+    /// it [default: the input's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    repartition_partitions: Option<u16>,
+
     /// Workers in this process, sharing its partitions (more processes with the same
-    /// --job-name share the partitions between them) [default: 3; a windowed job: 1, the
-    /// only value it takes]
+    /// --job-name share the partitions between them) [default: 3; a windowed job: 1]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64), allow_negative_numbers = true)]
     parallelism: Option<u16>,
 
@@ -275,16 +285,17 @@ impl PipelineArgs {
         job: JobSpec,
         default_output: &str,
     ) -> Result<PipelineConfig, clap::Error> {
-        // A stateful job keeps each key's state in one place: split over workers, a key's
-        // window would be counted in parts (until the stateful scale-out, through a
-        // repartition topic, lands).
+        // A stateful job keeps each key's state in one place: split over workers without
+        // the repartition topic, a key's window would be counted in parts.
+        let single_stage = !job.grouped || self.no_repartition || self.input.is_some();
         let parallelism = match self.parallelism {
-            Some(n) if n > 1 && job.stateful => {
+            Some(n) if n > 1 && job.stateful && single_stage => {
                 return Err(command.error(
                     clap::error::ErrorKind::ArgumentConflict,
                     format!(
-                        "{} runs one worker per process (--parallelism 1): its windows count each key's events in one place, and {n} workers would each write a partial result for the same window",
-                        job.name
+                        "{} runs one worker per process (--parallelism 1) {}: its windows count each key's events in one place, and {n} workers would each write a partial result for the same window",
+                        job.name,
+                        if self.no_repartition { "with --no-repartition" } else { "here" }
                     ),
                 ));
             }
@@ -426,6 +437,8 @@ impl PipelineArgs {
             },
             browse_internal_topics: self.browse_internal_topics,
             drop_input_headers: self.drop_input_headers,
+            repartition: !self.no_repartition,
+            repartition_partitions: self.repartition_partitions.map(i32::from),
         })
     }
 }

@@ -133,17 +133,13 @@ impl JobView {
                 rate_per_second: rates.get(i).copied().unwrap_or(0.0),
             })
             .collect();
-        let partitions = self
-            .stats
-            .partitions()
-            .into_iter()
-            .map(|(partition, p)| PartitionSnapshot {
-                partition,
-                committed_offset: p.committed,
-                end_offset: p.end,
-                lag: p.lag(),
-            })
-            .collect();
+        let partitions = partition_snapshots(&self.stats);
+        let repartition = self.stats.downstream().map(|down| RepartitionSnapshot {
+            topic: down.topic.clone(),
+            group: down.group.clone(),
+            lag: down.stats.lag(),
+            partitions: partition_snapshots(&down.stats),
+        });
         let checkpoints = self
             .stats
             .checkpoints()
@@ -225,6 +221,7 @@ impl JobView {
             dead_letters,
             totals: self.stats.totals(),
             windows: self.stats.windows(),
+            repartition,
         }
     }
 }
@@ -375,8 +372,12 @@ impl Collector for JobMetrics {
                 )
             }),
         )?;
-        let partitions = self.stats.partitions();
-        let input = self.input.as_str();
+        // The input's partitions, and a grouped job's repartition topic's (its second stage).
+        let mut read: Vec<(String, std::collections::BTreeMap<i32, PartitionStatus>)> =
+            vec![(self.input.clone(), self.stats.partitions())];
+        if let Some(down) = self.stats.downstream() {
+            read.push((down.topic.clone(), down.stats.partitions()));
+        }
         type Pick = fn(&PartitionStatus) -> Option<i64>;
         let families: [(&str, &str, Pick); 3] = [
             (
@@ -401,16 +402,18 @@ impl Collector for JobMetrics {
                 name,
                 help,
                 MetricType::Gauge,
-                partitions.iter().filter_map(|(partition, status)| {
-                    pick(status).map(|value| {
-                        (
-                            [
-                                ("job", job.to_string()),
-                                ("topic", input.to_string()),
-                                ("partition", partition.to_string()),
-                            ],
-                            ConstGauge::new(value),
-                        )
+                read.iter().flat_map(|(topic, partitions)| {
+                    partitions.iter().filter_map(move |(partition, status)| {
+                        pick(status).map(|value| {
+                            (
+                                [
+                                    ("job", job.to_string()),
+                                    ("topic", topic.clone()),
+                                    ("partition", partition.to_string()),
+                                ],
+                                ConstGauge::new(value),
+                            )
+                        })
                     })
                 }),
             )?;
@@ -523,6 +526,32 @@ struct JobSnapshot {
     totals: Totals,
     /// traffic-agg: watermarks and open windows (`null` for the other jobs).
     windows: Option<crate::windows::WindowStatus>,
+    /// A windowed job on Kafka: its second stage, reading the repartition topic (`null`
+    /// for a job in one stage).
+    repartition: Option<RepartitionSnapshot>,
+}
+
+/// A grouped job's second stage: the repartition topic it reads, as its group, and its lag.
+#[derive(Debug, Serialize)]
+struct RepartitionSnapshot {
+    topic: String,
+    group: String,
+    lag: Option<i64>,
+    partitions: Vec<PartitionSnapshot>,
+}
+
+/// The partitions `stats` reads, with their positions and lag.
+fn partition_snapshots(stats: &Stats) -> Vec<PartitionSnapshot> {
+    stats
+        .partitions()
+        .into_iter()
+        .map(|(partition, p)| PartitionSnapshot {
+            partition,
+            committed_offset: p.committed,
+            end_offset: p.end,
+            lag: p.lag(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]

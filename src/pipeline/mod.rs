@@ -35,6 +35,7 @@ pub mod job;
 mod periodic;
 mod program;
 mod runner;
+pub(crate) mod shuffle;
 mod stats;
 mod summary;
 mod watch;
@@ -97,6 +98,11 @@ pub(crate) struct PipelineConfig {
     /// letters, as Flink's and Beam's Kafka sinks do (for `datagen --verify-topic`'s
     /// matching by content).
     pub drop_input_headers: bool,
+    /// A grouped job on Kafka runs in two stages through `<job-name>-repartition` (see
+    /// [`shuffle`]); `false`: in one, its input being keyed by the grouping key already.
+    pub repartition: bool,
+    /// Partitions of the repartition topic when the job creates it (`None`: the input's).
+    pub repartition_partitions: Option<i32>,
 }
 
 /// `--processing-guarantee`, named as in Kafka Streams.
@@ -279,9 +285,19 @@ pub(crate) fn run_kafka(
         Arc::clone(stats),
         cancel.clone(),
     )?;
-    let result = runtime.block_on(runner::run(
-        config, kafka, topics, print_keys, stats, &cancel,
-    ));
+    let result = if config.job.grouped && config.repartition {
+        runtime.block_on(shuffle::run(config, kafka, topics, stats, &cancel))
+    } else {
+        runtime.block_on(runner::run(
+            config,
+            kafka,
+            topics,
+            print_keys,
+            stats,
+            &cancel,
+            runner::Plan::whole(),
+        ))
+    };
     drop(watch);
     // A deleted topic is the reason, whatever the engine made of the stop.
     match stats.failure() {

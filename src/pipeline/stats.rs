@@ -6,8 +6,8 @@
 //! commits (until then they are `in_transaction`).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::job::{MAX_OPERATORS, Operator, Tally};
@@ -58,6 +58,19 @@ pub struct Stats {
     /// Exactly-once: records read into open transactions (counted in `read` only when
     /// their transaction commits).
     pub in_transaction: AtomicU64,
+    /// A grouped job's second stage (these stats are its first's): it counts, keeps the
+    /// windows and writes the results.
+    downstream: std::sync::OnceLock<Downstream>,
+}
+
+/// A grouped job's second stage, as its first stage's stats show it.
+#[derive(Debug)]
+pub struct Downstream {
+    pub stats: Arc<Stats>,
+    /// The repartition topic it reads.
+    pub topic: String,
+    /// Its consumer group.
+    pub group: String,
 }
 
 /// One member of the job's consumer group in this process: a worker, and what it owns.
@@ -174,6 +187,10 @@ pub struct Totals {
     /// and, under exactly-once, the records of open transactions (which count in `read`
     /// once their transaction commits).
     pub in_flight: u64,
+    /// A grouped job's dead letters after the repartition topic (events late for their
+    /// window, results the output refused), apart from the reconciliation; `null` for a
+    /// job in one stage.
+    pub dead_lettered_downstream: Option<u64>,
 }
 
 /// One operator's counts, as the dashboard and `/metrics` show them.
@@ -219,6 +236,20 @@ impl Stats {
             Self::get(&self.written),
             Self::get(&self.dead_lettered),
         );
+        if let Some(Downstream { stats: down, .. }) = self.downstream.get() {
+            // Two stages: an event is done once handed to the windows through the
+            // repartition topic (written there); the results are the second stage's.
+            return Totals {
+                read,
+                written: Self::get(&down.written),
+                dead_lettered,
+                counted: Some(written),
+                dropped: None,
+                in_flight: read.saturating_sub(written + dead_lettered)
+                    + Self::get(&self.in_transaction),
+                dead_lettered_downstream: Some(Self::get(&down.dead_lettered)),
+            };
+        }
         let aggregating = self.aggregating.load(Ordering::Relaxed);
         let counted = Self::get(&self.counted);
         // An aggregation's records are done once counted (what it writes are results); a
@@ -235,7 +266,18 @@ impl Stats {
             counted: aggregating.then_some(counted),
             dropped: (!aggregating && counted > 0).then_some(counted),
             in_flight: read.saturating_sub(done + dead_lettered) + Self::get(&self.in_transaction),
+            dead_lettered_downstream: None,
         }
+    }
+
+    /// These are a grouped job's first stage's stats; `second` its second's.
+    pub(crate) fn set_downstream(&self, second: Downstream) {
+        let _ = self.downstream.set(second);
+    }
+
+    /// A grouped job's second stage, if these are its first's.
+    pub fn downstream(&self) -> Option<&Downstream> {
+        self.downstream.get()
     }
 
     /// The job's operators, and whether it aggregates (a record is done once counted).
@@ -263,10 +305,19 @@ impl Stats {
 
     /// Dead letters per kind, with the latest reason of each.
     pub fn rejections(&self) -> BTreeMap<RejectKind, RejectionStats> {
-        self.rejections
+        let mut rejections = self
+            .rejections
             .lock()
             .map(|m| m.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(down) = self.downstream.get() {
+            for (kind, theirs) in down.stats.rejections() {
+                let ours = rejections.entry(kind).or_default();
+                ours.count += theirs.count;
+                ours.last_reason = theirs.last_reason;
+            }
+        }
+        rejections
     }
 
     pub fn phase(&self) -> Phase {
@@ -307,23 +358,55 @@ impl Stats {
         };
         let mut counts = vec![count(read_name, "read", read, read)];
         let mut last = read;
-        for (i, operator) in named.iter().enumerate() {
+        let down = self.downstream.get().map(|d| &d.stats);
+        // Two stages: the first runs the operators up to the window, the second the window.
+        let first = match down {
+            Some(_) => named.len().saturating_sub(1),
+            None => named.len(),
+        };
+        for (i, operator) in named.iter().enumerate().take(first) {
             let out = Self::get(&self.passed[i]);
             counts.push(count(operator.name, operator.label, last, out));
             last = out;
         }
         let rejected: u64 = self.rejections().values().map(|r| r.count).sum();
+        let (written_from, mut dead_lettered) = (self, Self::get(&self.dead_lettered));
+        let written_from = match (down, named.last()) {
+            (Some(down), Some(window)) => {
+                counts.push(count(
+                    "Repartition by key",
+                    "repartition",
+                    Self::get(&self.emitted),
+                    Self::get(&self.written),
+                ));
+                // The second stage's records that reached its window (its marks reach no
+                // operator).
+                let reached = match first.checked_sub(1) {
+                    Some(i) => Self::get(&down.passed[i]),
+                    None => Self::get(&down.read),
+                };
+                counts.push(count(
+                    window.name,
+                    window.label,
+                    reached,
+                    Self::get(&down.passed[first.min(MAX_OPERATORS - 1)]),
+                ));
+                dead_lettered += Self::get(&down.dead_lettered);
+                down.as_ref()
+            }
+            _ => written_from,
+        };
         counts.push(count(
             write_name,
             "write",
-            Self::get(&self.emitted),
-            Self::get(&self.written),
+            Self::get(&written_from.emitted),
+            Self::get(&written_from.written),
         ));
         counts.push(count(
             "Dead letters",
             "dead_letter",
             rejected,
-            Self::get(&self.dead_lettered),
+            dead_lettered,
         ));
         counts
     }
@@ -487,6 +570,9 @@ impl Stats {
 
     /// The windows' state (traffic-agg only).
     pub fn windows(&self) -> Option<crate::windows::WindowStatus> {
+        if let Some(down) = self.downstream.get() {
+            return down.stats.windows();
+        }
         self.windows.lock().ok().and_then(|w| w.clone())
     }
 

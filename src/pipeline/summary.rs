@@ -23,6 +23,9 @@ pub struct Summary {
     pub dead_lettered: u64,
     /// Read but not acknowledged when the job stopped: read again on restart.
     pub unfinished: u64,
+    /// A grouped job's dead letters after the repartition topic (see
+    /// [`Totals`](super::stats::Totals)).
+    pub dead_lettered_downstream: Option<u64>,
     pub elapsed: Duration,
     pub rejections: BTreeMap<RejectKind, RejectionStats>,
 }
@@ -37,6 +40,7 @@ impl Summary {
             dropped: totals.dropped,
             dead_lettered: totals.dead_lettered,
             unfinished: totals.in_flight,
+            dead_lettered_downstream: totals.dead_lettered_downstream,
             elapsed,
             rejections: stats.rejections(),
         }
@@ -79,6 +83,13 @@ impl fmt::Display for Summary {
         )?;
         if self.counted.is_some() {
             write!(f, "; {} results written", group_thousands(self.written))?;
+        }
+        if let Some(downstream) = self.dead_lettered_downstream {
+            write!(
+                f,
+                " (through the repartition topic; {} dead-lettered after it)",
+                group_thousands(downstream)
+            )?;
         }
         for (kind, rejected) in &self.rejections {
             write!(

@@ -28,6 +28,13 @@ pub(crate) fn run(
     for topic in [&topics.input, &topics.output, &topics.dead_letter] {
         cluster.create_topic(topic, 3, 1).map_err(mock_error)?;
     }
+    // A windowed job's repartition topic (the mock cluster takes no CreateTopics).
+    if config.job.grouped && config.repartition {
+        let repartition = crate::pipeline::shuffle::repartition_topic(&config.job_name);
+        cluster
+            .create_topic(&repartition, 3, 1)
+            .map_err(mock_error)?;
+    }
     let bootstrap = cluster.bootstrap_servers();
     log::info!(
         "embedded Kafka cluster at {bootstrap}: topics {}, {}, {} (3 partitions each)",

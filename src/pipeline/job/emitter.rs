@@ -33,6 +33,10 @@ pub struct Emitter {
     packed: Vec<u8>,
     /// Where each packed record's key and value end.
     ends: Vec<(usize, usize)>,
+    /// Each packed record's timestamp, if the job gave one.
+    times: Vec<Option<i64>>,
+    /// The timestamp of the record being written, if the job gave one.
+    time: Option<i64>,
     len: usize,
     /// How many operators the record being processed went through, if the job said.
     reached: Option<usize>,
@@ -53,11 +57,20 @@ impl Emitter {
             let key_end = self.packed.len();
             self.packed.extend_from_slice(&self.value);
             self.ends.push((key_end, self.packed.len()));
+            self.times.push(self.time);
         }
+        self.time = None;
         self.len += 1;
         self.key.clear();
         self.value.clear();
         (&mut self.key, &mut self.value)
+    }
+
+    /// The record being written gets `ms` (epoch milliseconds) as its timestamp, rather
+    /// than the time it is sent: a shuffled job's first stage stamps each record with its
+    /// event time.
+    pub fn timestamp(&mut self, ms: i64) {
+        self.time = Some(ms);
     }
 
     /// The record being processed went through the first `operators` of the job's
@@ -83,6 +96,15 @@ impl Emitter {
         packed.chain(last)
     }
 
+    /// The records emitted since the last [`clear`](Self::clear), in order, each with the
+    /// timestamp the job gave it.
+    pub fn timed_records(&self) -> impl Iterator<Item = (&[u8], &[u8], Option<i64>)> {
+        let last = (self.len > 0).then_some(self.time);
+        self.records()
+            .zip(self.times.iter().copied().chain(last))
+            .map(|((key, value), time)| (key, value, time))
+    }
+
     /// How many records were emitted since the last [`clear`](Self::clear).
     pub fn len(&self) -> usize {
         self.len
@@ -97,6 +119,8 @@ impl Emitter {
     pub fn clear(&mut self) {
         self.len = 0;
         self.ends.clear();
+        self.times.clear();
+        self.time = None;
         self.packed.clear();
         if self.packed.capacity() > PACKED_KEPT {
             self.packed.shrink_to(PACKED_KEPT);
@@ -170,6 +194,15 @@ mod tests {
         out.clear();
         assert!(out.is_empty());
         assert_eq!(out.records().count(), 0);
+        let (key, _) = out.record();
+        key.push(b'x');
+        out.timestamp(7);
+        out.record();
+        assert_eq!(
+            out.timed_records().map(|(_, _, t)| t).collect::<Vec<_>>(),
+            vec![Some(7), None]
+        );
+        out.clear();
         let (key, _) = out.record();
         key.push(b'x');
         assert_eq!(

@@ -70,7 +70,10 @@ pub use crate::windows::{
 pub use emitter::Emitter;
 pub(crate) use emitter::Tally;
 pub(crate) use spec::{JobKind, JobSpec};
-pub use windowed::{Keyed, Windowed, WindowedJob};
+pub(crate) use windowed::source_header;
+#[cfg(test)]
+pub(crate) use windowed::test_job as windowed_test_job;
+pub use windowed::{Keyed, SOURCE_HEADER, Windowed, WindowedJob};
 
 /// One input record, as the runner read it.
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +187,26 @@ pub const MAX_OPERATORS: usize = 6;
 /// A job's one operator when it names none.
 const PROCESS: [Operator; 1] = [Operator::new("Process", "process")];
 
+/// The part of a grouped job an instance plays on Kafka (see [`Job::grouped`]): Kafka
+/// Streams' sub-topologies on either side of a repartition topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stage {
+    /// All of it: every record is grouped where it is read (files, the test driver, or an
+    /// input already keyed by the grouping key).
+    #[default]
+    Whole,
+    /// Reads the input and writes each record, keyed by its grouping key and stamped with
+    /// its event time, to the repartition topic; tells every repartition partition how far
+    /// its input partitions have got ([`Job::broadcast`]).
+    Repartition,
+    /// Reads the repartition topic and groups: each key's state lives in one partition.
+    Aggregate {
+        /// The input's partition count: a window fires only once every one of them has
+        /// said it is past it.
+        upstream: i32,
+    },
+}
+
 /// A job: see the module doc. Every hook but `process` has a stateless default.
 pub trait Job: Send {
     /// One record: emit its outputs, count it, drop it, or reject it. `now` is the time
@@ -226,8 +249,9 @@ pub trait Job: Send {
     }
 
     /// A stateful job's state must be committed with the positions: the runner then takes
-    /// a checkpoint only when every output sent has been acknowledged, and runs one worker
-    /// per process (a key's state lives in one place).
+    /// a checkpoint only when every output sent has been acknowledged. Unless it is
+    /// [`grouped`](Self::grouped) (then the repartition topic puts each key in one place),
+    /// it runs one worker per process.
     fn stateful(&self) -> bool {
         false
     }
@@ -248,6 +272,22 @@ pub trait Job: Send {
 
     /// `partition` is no longer this job's: drop its state.
     fn revoke(&mut self, _partition: i32) {}
+
+    /// Whether the job groups records by a key of its own (a [`Windowed`] job): on Kafka
+    /// it then runs in two [stages](Stage) through a repartition topic, so that any number
+    /// of workers and processes share it and each key's state still lives in one place.
+    fn grouped(&self) -> bool {
+        false
+    }
+
+    /// The stage this instance plays, said once before its first record.
+    fn set_stage(&mut self, _stage: Stage) {}
+
+    /// [`Stage::Repartition`]: a record every partition of the output must get now (a
+    /// watermark mark), asked at each [`tick`](Self::tick); `None`: nothing to say.
+    fn broadcast(&mut self, _now: Now) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl<J: Job + ?Sized> Job for Box<J> {
@@ -289,6 +329,15 @@ impl<J: Job + ?Sized> Job for Box<J> {
     }
     fn revoke(&mut self, partition: i32) {
         (**self).revoke(partition)
+    }
+    fn grouped(&self) -> bool {
+        (**self).grouped()
+    }
+    fn set_stage(&mut self, stage: Stage) {
+        (**self).set_stage(stage)
+    }
+    fn broadcast(&mut self, now: Now) -> Option<Vec<u8>> {
+        (**self).broadcast(now)
     }
 }
 

@@ -17,6 +17,8 @@ pub(crate) struct JobSpec {
     /// Read from one instance: see [`Job::stateful`] and [`Job::aggregates`].
     pub stateful: bool,
     pub aggregates: bool,
+    /// Groups by a key of its own: see [`Job::grouped`].
+    pub grouped: bool,
 }
 
 impl std::fmt::Debug for JobSpec {
@@ -41,6 +43,7 @@ impl JobSpec {
             windows: windows.filter(|_| probe.stateful()),
             stateful: probe.stateful(),
             aggregates: probe.aggregates(),
+            grouped: probe.grouped(),
             make: Arc::new(move || Box::new(make()) as Box<dyn Job>),
         }
     }

@@ -276,6 +276,26 @@ impl Worker {
                 .partitions
                 .iter()
                 .all(|p| progress.at_end.contains(p))
+            && self.reached_ends(progress)
+    }
+
+    /// Whether the input's ends are known and, when they came after the start (see
+    /// [`Siblings`](super::Siblings)), every partition of this worker has been read up to
+    /// its end.
+    fn reached_ends(&self, progress: &Progress) -> bool {
+        let Some(ends) = self.siblings.ends.get() else {
+            return false;
+        };
+        !self.siblings.late_ends.load(Ordering::Acquire)
+            || progress.partitions.iter().all(|partition| {
+                ends.get(partition).is_none_or(|&end| {
+                    end <= 0
+                        || progress
+                            .tracker
+                            .reached(*partition)
+                            .is_some_and(|r| r >= end)
+                })
+            })
     }
 
     /// Whether the job's committed positions reach the input's ends as they were when it
@@ -283,8 +303,11 @@ impl Worker {
     /// committed, by whichever process of the group. False if it cannot be told now.
     pub(super) fn job_drained(&self) -> bool {
         let input = &self.sender.topics.input;
+        let Some(ends) = self.siblings.ends.get() else {
+            return false;
+        };
         let mut list = TopicPartitionList::new();
-        for &partition in self.siblings.ends.keys() {
+        for &partition in ends.keys() {
             let _ = list.add_partition(input, partition);
         }
         let Ok(committed) = block_in_place(|| {
@@ -293,7 +316,7 @@ impl Worker {
         }) else {
             return false;
         };
-        self.siblings.ends.iter().all(|(&partition, &end)| {
+        ends.iter().all(|(&partition, &end)| {
             end <= 0
                 || committed
                     .find_partition(input, partition)
@@ -344,6 +367,24 @@ impl Worker {
     }
 
     /// The consumer's read position of `partition` (past any transaction marker).
+    /// Where `partition` is committed, if it is (asks the group coordinator).
+    pub(super) fn committed_of(&self, partition: i32) -> Option<i64> {
+        let mut list = TopicPartitionList::new();
+        let _ = list.add_partition(&self.sender.topics.input, partition);
+        let committed = block_in_place(|| {
+            self.consumer
+                .committed_offsets(list, Duration::from_secs(5))
+        })
+        .ok()?;
+        match committed
+            .find_partition(&self.sender.topics.input, partition)?
+            .offset()
+        {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    }
+
     pub(super) fn position_of(&self, partition: i32) -> Option<i64> {
         let positions = self.consumer.position().ok()?;
         match positions

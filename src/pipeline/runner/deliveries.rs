@@ -169,6 +169,16 @@ impl Worker {
             progress.in_flight = progress.in_flight.saturating_sub(1);
         }
         let exactly_once = matches!(self.commit, Commit::ExactlyOnce(_));
+        if ack.destination == Destination::Mark {
+            // A later mark says the same (exactly once, the commit fails and aborts).
+            if let Some((_, error)) = ack.error {
+                log::debug!(
+                    "worker {}: a watermark mark was not delivered: {error}",
+                    self.id
+                );
+            }
+            return Ok(());
+        }
         if exactly_once && let Some((code, error)) = ack.error.take() {
             // Reported after its transaction aborted, most likely: the refusal still holds
             // when the record is read again.
@@ -238,6 +248,7 @@ impl Worker {
                     topics.dead_letter
                 )));
             }
+            Destination::Mark => {}
         }
         Ok(())
     }
@@ -310,7 +321,9 @@ pub(super) fn queue(
 ) -> std::result::Result<(), KafkaError> {
     let destination = result?;
     *sent += 1;
-    if let Commit::ExactlyOnce(tx) = commit {
+    if let Commit::ExactlyOnce(tx) = commit
+        && destination != Destination::Mark
+    {
         if destination.is_output() {
             tx.open.written += 1;
         } else {

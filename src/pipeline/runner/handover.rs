@@ -101,6 +101,11 @@ impl Worker {
     /// Gives the job the state saved with the committed positions of `partitions`.
     pub(super) fn assign_to_job(&mut self, partitions: &[i32]) {
         if !self.job.stateful() {
+            // Nothing saved to read: the job only hears of its partitions.
+            let now = Now::current();
+            for &partition in partitions {
+                self.job.assign(partition, None, now);
+            }
             return;
         }
         let input = &self.sender.topics.input;

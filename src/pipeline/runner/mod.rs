@@ -74,7 +74,34 @@ pub const REVOKE_TIMEOUT: Duration = DRAIN_TIMEOUT;
 /// How often the input's end offsets are read, for the lag.
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How one run of the runner fits its job: all of it, or one of the two stages of a
+/// grouped job (see [`crate::pipeline::shuffle`]).
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// The stage its workers' job plays.
+    pub stage: job::Stage,
+    /// Partitions of the output topic that each of the job's broadcasts goes to (the first
+    /// stage: the repartition topic's); 0: none.
+    pub broadcast_partitions: i32,
+    /// `--bounded` with ends given later (the second stage: the repartition topic's, once
+    /// the first stage has drained the input); `None`: the input's ends when it starts.
+    pub ends_later: Option<tokio::sync::oneshot::Receiver<BTreeMap<i32, i64>>>,
+    /// Print the status line (one stage of two prints none).
+    pub status_line: bool,
+}
+
+impl Plan {
+    /// The whole job in one stage.
+    pub(crate) fn whole() -> Self {
+        Plan {
+            status_line: true,
+            ..Plan::default()
+        }
+    }
+}
+
 /// Runs `config`'s job on `kafka` until the input ends (`bounded`) or `cancel` fires.
+#[allow(clippy::too_many_arguments)] // the job's parts, each used once
 pub(super) async fn run(
     config: &PipelineConfig,
     kafka: &KafkaConfig,
@@ -82,6 +109,7 @@ pub(super) async fn run(
     print_keys: bool,
     stats: &Arc<Stats>,
     cancel: &CancellationToken,
+    plan: Plan,
 ) -> Result<()> {
     let parallelism = config.parallelism.max(1);
     // Fail fast, naming the address, before reading anything.
@@ -133,7 +161,7 @@ pub(super) async fn run(
         facts.input_partitions,
         claim.as_ref(),
     );
-    let ends = if config.bounded {
+    let ends = if config.bounded && plan.ends_later.is_none() {
         input_ends(
             kafka,
             &config.job_name,
@@ -143,7 +171,24 @@ pub(super) async fn run(
     } else {
         BTreeMap::new()
     };
-    let siblings = Arc::new(Siblings::new(parallelism, ends));
+    let siblings = Arc::new(Siblings::new(parallelism));
+    if config.bounded {
+        match plan.ends_later {
+            None => {
+                let _ = siblings.ends.set(ends);
+            }
+            Some(later) => {
+                let siblings = Arc::clone(&siblings);
+                tokio::spawn(async move {
+                    if let Ok(ends) = later.await {
+                        let _ = siblings.ends.set(ends);
+                        siblings.late_ends.store(true, Ordering::Release);
+                        siblings.changed.notify_waiters();
+                    }
+                });
+            }
+        }
+    }
     // librdkafka bounds each split partition queue on its own.
     let prefetch_kbytes =
         (PREFETCH_BUDGET_KBYTES / facts.input_partitions.max(1) as usize).max(1_024);
@@ -168,6 +213,8 @@ pub(super) async fn run(
         delivered: &delivered,
         injected: &injected,
         prefetch_kbytes,
+        stage: plan.stage,
+        broadcast_partitions: plan.broadcast_partitions,
     };
     // Every worker's producer first, then the process's consumer. Exactly once, each
     // producer's `init_transactions` fences its predecessor and takes a while (one after
@@ -215,7 +262,9 @@ pub(super) async fn run(
 
     let status_stop = CancellationToken::new();
     let mut watcher = watch_end_offsets(kafka, &config.job_name, &topics.input, Arc::clone(stats))?;
-    let status = tokio::spawn(print_status(Arc::clone(stats), status_stop.clone()));
+    let status = plan
+        .status_line
+        .then(|| tokio::spawn(print_status(Arc::clone(stats), status_stop.clone())));
     // Stopped: the job drains from now on, whatever its workers are busy with (a commit
     // waiting on the broker, say).
     let draining = {
@@ -267,7 +316,9 @@ pub(super) async fn run(
         })
     });
     block_in_place(|| watcher.stop());
-    let _ = status.await;
+    if let Some(status) = status {
+        let _ = status.await;
+    }
     for closing in closings {
         closing.wait(closed_by).await;
     }
@@ -302,6 +353,8 @@ struct Parts<'a> {
     /// Exactly once: the test hook's abort has happened (once per job).
     injected: &'a Arc<AtomicBool>,
     prefetch_kbytes: usize,
+    stage: job::Stage,
+    broadcast_partitions: i32,
 }
 
 impl Parts<'_> {
@@ -383,7 +436,8 @@ impl Parts<'_> {
                 partitions: BTreeSet::new(),
             },
         );
-        let job = config.job.build(self.stats);
+        let mut job = config.job.build(self.stats);
+        job.set_stage(self.stage);
         Ok(worker::Worker {
             id,
             name,
@@ -395,6 +449,8 @@ impl Parts<'_> {
                 worker: id,
                 generation: 0,
                 print_keys: self.print_keys,
+                broadcast_partitions: self.broadcast_partitions,
+                source_header: self.stage == job::Stage::Repartition,
             },
             acks,
             emitter: job::Emitter::for_job(job.as_ref()),
@@ -479,7 +535,7 @@ fn claim_instance(
 }
 
 /// `--bounded` drains the backlog as it is now: its ends, per partition.
-fn input_ends(
+pub(crate) fn input_ends(
     kafka: &KafkaConfig,
     job_name: &str,
     input: &str,
@@ -555,14 +611,18 @@ pub(super) struct Siblings {
     ready: AtomicU64,
     all: u64,
     changed: Notify,
-    /// `--bounded`: the input's end offsets when the job started.
-    ends: BTreeMap<i32, i64>,
+    /// `--bounded`: the input's end offsets when the job started (the second stage of a
+    /// grouped job: once the first has drained the input).
+    pub(super) ends: std::sync::OnceLock<BTreeMap<i32, i64>>,
+    /// The ends came later: a worker is done with a partition only once it has read up to
+    /// its end (an end of partition seen before then says nothing).
+    pub(super) late_ends: AtomicBool,
     /// `--bounded`: the job's committed positions reached `ends`.
     drained: AtomicBool,
 }
 
 impl Siblings {
-    fn new(workers: usize, ends: BTreeMap<i32, i64>) -> Self {
+    fn new(workers: usize) -> Self {
         Siblings {
             ready: AtomicU64::new(0),
             all: if workers >= 64 {
@@ -571,7 +631,8 @@ impl Siblings {
                 (1u64 << workers) - 1
             },
             changed: Notify::new(),
-            ends,
+            ends: std::sync::OnceLock::new(),
+            late_ends: AtomicBool::new(false),
             drained: AtomicBool::new(false),
         }
     }

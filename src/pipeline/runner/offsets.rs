@@ -158,6 +158,16 @@ impl OffsetTracker {
         }
     }
 
+    /// How far `partition` has been read: one past the last record read, or where the
+    /// consumer said it ends, whichever is further.
+    pub fn reached(&self, partition: i32) -> Option<i64> {
+        let track = self.partitions.get(&partition)?;
+        [track.last_read.map(|o| o + 1), track.end, track.committed]
+            .into_iter()
+            .flatten()
+            .max()
+    }
+
     /// The next offset to read per partition, as far as this tracker knows.
     pub fn last_committed(&self, partition: i32) -> Option<i64> {
         self.partitions.get(&partition).and_then(|t| t.committed)

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedHeaders, DeliveryResult, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::mpsc::UnboundedSender;
@@ -24,6 +24,7 @@ use tokio::task::block_in_place;
 
 use crate::kafka::ErrorLog;
 use crate::pipeline::dead_letter::{self, Position, record_refusal};
+use crate::pipeline::job::{SOURCE_HEADER, source_header};
 use crate::pipeline::{Stats, Topics};
 use crate::transform::{RejectKind, Rejection};
 
@@ -52,6 +53,9 @@ pub(crate) enum Destination {
     Result,
     /// A result's dead letter.
     ResultDeadLetter,
+    /// A watermark mark to one partition of the repartition topic: neither an output nor
+    /// a dead letter, standing for no position (a later mark says the same and more).
+    Mark,
 }
 
 impl Destination {
@@ -169,7 +173,7 @@ impl ProducerContext for AckRouter {
                 }
                 if counted {
                     count();
-                    if !self.exactly_once {
+                    if !self.exactly_once && ticket.destination != Destination::Mark {
                         Stats::add(if ticket.destination.is_output() {
                             &self.stats.written
                         } else {
@@ -258,6 +262,11 @@ pub(crate) struct Sender {
     pub worker: usize,
     pub generation: u32,
     pub print_keys: bool,
+    /// Partitions of the output topic that a job's broadcast goes to (each gets it).
+    pub broadcast_partitions: i32,
+    /// Each output carries the input position it came from ([`SOURCE_HEADER`]): the first
+    /// stage of a grouped job.
+    pub source_header: bool,
 }
 
 impl Sender {
@@ -312,11 +321,11 @@ impl Sender {
 
     /// Sends one output of `input`; a refused one is dead-lettered in its place (the
     /// refusal counted in `stats`). Returns what was queued.
+    /// The record's timestamp is `timestamp` (epoch ms) when the job gave one.
     pub(crate) fn output(
         &self,
         input: &Input<'_>,
-        key: &[u8],
-        value: &[u8],
+        (key, value, timestamp): (&[u8], &[u8], Option<i64>),
         stats: &Stats,
     ) -> Result<Destination, KafkaError> {
         let mut ticket = self.ticket(input.partition, input.offset, Destination::Output);
@@ -326,7 +335,18 @@ impl Sender {
         let mut record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
             .key(key)
             .payload(value);
-        if let Some(headers) = input.owned_headers() {
+        if let Some(ms) = timestamp {
+            record = record.timestamp(ms);
+        }
+        let mut headers = input.owned_headers();
+        if self.source_header {
+            let source = source_header(input.partition, input.offset);
+            headers = Some(headers.unwrap_or_default().insert(Header {
+                key: SOURCE_HEADER,
+                value: Some(&source[..]),
+            }));
+        }
+        if let Some(headers) = headers {
             record = record.headers(headers);
         }
         match self.send(record)? {
@@ -439,6 +459,25 @@ impl Sender {
                     self.topics.input
                 );
             }),
+        }
+    }
+
+    /// Sends a watermark mark (null key, `value`) to `partition` of the output topic.
+    pub(crate) fn mark(&self, partition: i32, value: &[u8]) -> Result<Destination, KafkaError> {
+        let ticket = self.ticket(-1, -1, Destination::Mark);
+        let record = BaseRecord::<[u8], [u8], _>::with_opaque_to(&self.topics.output, ticket)
+            .partition(partition)
+            .payload(value);
+        match self.send(record)? {
+            Sent::Queued => Ok(Destination::Mark),
+            // A later mark says the same: none is dead-lettered.
+            Sent::Refused(_, error) => {
+                log::warn!(
+                    "a watermark mark for {} partition {partition} was refused: {error}",
+                    self.topics.output
+                );
+                Ok(Destination::Mark)
+            }
         }
     }
 

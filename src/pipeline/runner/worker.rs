@@ -228,7 +228,9 @@ impl Worker {
                     self.emitter.begin();
                     self.job.tick(now, &mut self.emitter);
                     job::publish(self.job.as_ref(), &self.stats, now);
-                    let sent = self.send_results(&mut progress);
+                    let sent = self
+                        .send_results(&mut progress)
+                        .and_then(|()| self.send_broadcast(now, &mut progress));
                     if let Err(e) = sent.and_then(|()| self.abort_if_due(&mut progress)) {
                         self.fail(&mut progress, e, cancel);
                     }
@@ -325,9 +327,13 @@ impl Worker {
                             .revoking
                             .as_ref()
                             .is_some_and(|r| r.partitions.contains(&partition));
+                        // Nothing read since the assignment: the consumer has no position,
+                        // and the end is where the partition was committed.
                         if progress.reading()
                             && !handing_over
-                            && let Some(end) = self.position_of(partition)
+                            && let Some(end) = self
+                                .position_of(partition)
+                                .or_else(|| self.committed_of(partition))
                         {
                             progress.tracker.skip_to(partition, end);
                         }
@@ -484,8 +490,8 @@ impl Worker {
                     queue(commit, reference, &mut sent)
                 }
                 (Outcome::Emitted, None) => {
-                    for (key, value) in emitter.records() {
-                        queue(commit, sender.output(&input, key, value, stats), &mut sent)?;
+                    for record in emitter.timed_records() {
+                        queue(commit, sender.output(&input, record, stats), &mut sent)?;
                     }
                     Ok(())
                 }
@@ -541,6 +547,33 @@ impl Worker {
             }
         }
         // Results stand for no input position: their deliveries are counted, not reported.
+        self.sent += u64::from(sent);
+        result.or_else(|e| self.send_failed(&e, progress))
+    }
+
+    /// Sends what the job has to tell every partition of the output (the first stage of a
+    /// grouped job: its watermark mark), if anything: standing for no input position, and
+    /// after every record this worker sent before it.
+    pub(super) fn send_broadcast(&mut self, now: Now, progress: &mut Progress) -> Result<()> {
+        if self.sender.broadcast_partitions <= 0 {
+            return Ok(());
+        }
+        let Some(value) = self.job.broadcast(now) else {
+            return Ok(());
+        };
+        self.begin()?;
+        let mut sent = 0u32;
+        let mut result = Ok(());
+        for partition in 0..self.sender.broadcast_partitions {
+            result = queue(
+                &mut self.commit,
+                self.sender.mark(partition, &value),
+                &mut sent,
+            );
+            if result.is_err() {
+                break;
+            }
+        }
         self.sent += u64::from(sent);
         result.or_else(|e| self.send_failed(&e, progress))
     }
