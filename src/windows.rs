@@ -42,8 +42,8 @@
 //! `--no-repartition` with one process), or an input keyed by the grouping key, which on
 //! Kafka the repartition topic makes of any input (`crate::pipeline::job::Stage`). There,
 //! the watermark comes from upstream marks ([`Aggregator::partition_marks`] sent,
-//! [`Aggregator::combine`] applied, [`Aggregator::fire_at`]) rather than from the
-//! aggregator's own partitions.
+//! [`Aggregator::combine`] applied) rather than from the aggregator's own partitions, and
+//! each partition fires at its own ([`Aggregator::per_partition`]).
 //!
 //! Hand-written: `event_time_ms` splits the fixed `YYYY-MM-DDTHH:MM:SS.fff` text itself and
 //! lets chrono validate and build the date: chrono's `parse_from_str` takes several times
@@ -239,6 +239,8 @@ struct PartitionState<A> {
     max_event_ms: i64,
     last_active: Instant,
     windows: BTreeMap<i64, PartitionWindow<A>>,
+    /// [`Aggregator::per_partition`]: this partition's windows fired through this.
+    fired_through: i64,
 }
 
 impl<A> PartitionState<A> {
@@ -301,6 +303,8 @@ pub struct Aggregator<A = u64> {
     fired_through: i64,
     late: u64,
     fired: u64,
+    /// Each partition has a watermark and windows of its own ([`Aggregator::per_partition`]).
+    per_partition: bool,
 }
 
 #[cfg(any(test, feature = "bench"))]
@@ -333,18 +337,24 @@ impl<A: Aggregate> Aggregator<A> {
             fired_through: i64::MIN,
             late: 0,
             fired: 0,
+            per_partition: false,
         }
+    }
+
+    /// Each partition is a task of its own, as a Kafka Streams task: its windows fire at
+    /// the watermark given for it ([`fire_partition_at`](Self::fire_partition_at)), an event
+    /// is late against its own partition's fired windows, and a restored `fired_through`
+    /// holds for its partition alone ([`restore_partition`](Self::restore_partition)). For
+    /// the second stage of a shuffled job, where each key lives in one partition: a
+    /// partition taken over from another instance brings its state, and its progress moves
+    /// no other partition's windows.
+    pub fn per_partition(&mut self) {
+        self.per_partition = true;
     }
 
     /// A partition this process starts to read; its idle clock starts `now`.
     pub fn assign(&mut self, partition: i32, now: Instant) {
-        self.partitions
-            .entry(partition)
-            .or_insert_with(|| PartitionState {
-                max_event_ms: i64::MIN,
-                last_active: now,
-                windows: BTreeMap::new(),
-            });
+        self.state(partition, now);
     }
 
     /// A partition this process no longer reads: its share of the open windows is dropped
@@ -361,6 +371,26 @@ impl<A: Aggregate> Aggregator<A> {
         let fired_through = fired_through.min(wall_ms);
         self.fired_through = self.fired_through.max(fired_through);
         self.watermark = self.watermark.max(fired_through);
+    }
+
+    /// [`per_partition`](Self::per_partition): windows of `partition` up to
+    /// `fired_through` have fired before (capped at the wall clock, as
+    /// [`restore`](Self::restore)).
+    pub fn restore_partition(&mut self, partition: i32, fired_through: i64, now: Now) {
+        let fired_through = fired_through.min(now.wall_ms);
+        let state = self.state(partition, now.instant);
+        state.fired_through = state.fired_through.max(fired_through);
+    }
+
+    fn state(&mut self, partition: i32, now: Instant) -> &mut PartitionState<A> {
+        self.partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionState {
+                max_event_ms: i64::MIN,
+                last_active: now,
+                windows: BTreeMap::new(),
+                fired_through: i64::MIN,
+            })
     }
 
     /// Merges one event's `value` of `partition` at `offset` into its key's window,
@@ -385,11 +415,16 @@ impl<A: Aggregate> Aggregator<A> {
             // `observe` has just made it.
             return Verdict::Counted;
         };
-        if expiry <= self.fired_through {
+        let fired_through = if self.per_partition {
+            state.fired_through
+        } else {
+            self.fired_through
+        };
+        if expiry <= fired_through {
             self.late += 1;
             return Verdict::Late {
                 window_end_ms: end,
-                behind_ms: self.fired_through - expiry,
+                behind_ms: fired_through - expiry,
             };
         }
         let window = state
@@ -423,14 +458,7 @@ impl<A: Aggregate> Aggregator<A> {
             });
         }
         let now = now.instant;
-        let state = self
-            .partitions
-            .entry(partition)
-            .or_insert_with(|| PartitionState {
-                max_event_ms: i64::MIN,
-                last_active: now,
-                windows: BTreeMap::new(),
-            });
+        let state = self.state(partition, now);
         state.last_active = now;
         state.max_event_ms = state.max_event_ms.max(event_ms);
         Ok(())
@@ -499,14 +527,56 @@ impl<A: Aggregate> Aggregator<A> {
         self.fire_due(watermark)
     }
 
-    /// Fires every window `watermark` has passed, the watermark coming from elsewhere
-    /// rather than from this aggregator's partitions: the second stage of a shuffled job,
-    /// whose upstream marks say how far every input partition has got. Capped, as every
-    /// watermark, at the wall clock less the out-of-orderness; it never goes back.
-    pub fn fire_at(&mut self, watermark: i64, now: Now) -> Vec<WindowResult<A>> {
+    /// [`per_partition`](Self::per_partition): fires the windows of `partition` that its
+    /// `watermark` has passed (capped at the wall clock less the out-of-orderness; it never
+    /// goes back), ordered by window then key.
+    pub fn fire_partition_at(
+        &mut self,
+        partition: i32,
+        watermark: i64,
+        now: Now,
+    ) -> Vec<WindowResult<A>> {
         let ceiling = now.wall_ms.saturating_sub(self.out_of_orderness_ms);
-        self.watermark = self.watermark.max(watermark.min(ceiling));
-        self.fire_due(self.watermark)
+        let (size_ms, lateness_ms) = (self.size_ms, self.lateness_ms);
+        let state = self.state(partition, now.instant);
+        let watermark = state.fired_through.max(watermark.min(ceiling));
+        state.fired_through = watermark;
+        let last_start = watermark
+            .saturating_sub(size_ms)
+            .saturating_sub(lateness_ms);
+        let open = state.windows.split_off(&last_start.saturating_add(1));
+        let closed = std::mem::replace(&mut state.windows, open);
+        let mut results: Vec<WindowResult<A>> = closed
+            .into_iter()
+            .flat_map(|(start, window)| {
+                window
+                    .counts
+                    .into_iter()
+                    .map(move |(key, value)| WindowResult {
+                        start_ms: start,
+                        end_ms: start + size_ms,
+                        key: key.into(),
+                        value,
+                    })
+            })
+            .collect();
+        results.sort_unstable_by(|a, b| (a.start_ms, &a.key).cmp(&(b.start_ms, &b.key)));
+        self.fired += results.len() as u64;
+        // Shown as the job's watermark: the lowest partition's.
+        self.watermark = self
+            .partitions
+            .values()
+            .map(|p| p.fired_through)
+            .min()
+            .unwrap_or(i64::MIN);
+        results
+    }
+
+    /// [`per_partition`](Self::per_partition): the windows of `partition` fired through.
+    pub fn fired_through_of(&self, partition: i32) -> i64 {
+        self.partitions
+            .get(&partition)
+            .map_or(i64::MIN, |p| p.fired_through)
     }
 
     /// Fires every window whose end plus the allowed lateness `watermark` has passed.
@@ -588,6 +658,9 @@ impl<A: Aggregate> Aggregator<A> {
         // By window, then user: the order does not depend on hashing.
         merged.sort_unstable_by(|a, b| (a.start_ms, &a.key).cmp(&(b.start_ms, &b.key)));
         self.fired_through = self.fired_through.max(watermark);
+        for state in self.partitions.values_mut() {
+            state.fired_through = state.fired_through.max(watermark);
+        }
         self.fired += merged.len() as u64;
         merged
     }
@@ -1042,6 +1115,30 @@ mod tests {
             Verdict::Counted,
             "an event stamped after the clock is not late"
         );
+    }
+
+    #[test]
+    fn per_partition_each_partition_fires_at_its_own_watermark_and_keeps_its_own_past() {
+        let now = Now::current();
+        let mut agg = Aggregator::new(&config(10, 0, 0));
+        agg.per_partition();
+        let base = now.wall_ms - now.wall_ms.rem_euclid(10_000) - 100_000;
+        // Partition 1 was taken over from an instance that had fired it far ahead; that
+        // says nothing of partition 0.
+        agg.restore_partition(1, base + 50_000, now);
+        assert_eq!(agg.add(0, 0, "a", base + 1_000, now), Verdict::Counted);
+        assert!(matches!(
+            agg.add(1, 0, "b", base + 1_000, now),
+            Verdict::Late { .. }
+        ));
+        assert_eq!(agg.add(1, 1, "b", base + 61_000, now), Verdict::Counted);
+        // Partition 1's watermark fires nothing of partition 0.
+        assert!(agg.fire_partition_at(1, base + 30_000, now).is_empty());
+        assert_eq!(agg.fired_through_of(1), base + 50_000, "never goes back");
+        let fired = agg.fire_partition_at(0, base + 10_000, now);
+        assert_eq!(results(&fired).len(), 1);
+        assert_eq!(agg.fired_through_of(0), base + 10_000);
+        assert_eq!(agg.hold(1), Some(1));
     }
 
     #[test]

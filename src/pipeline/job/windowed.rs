@@ -363,32 +363,32 @@ impl<W: WindowedJob> Windowed<W> {
         Outcome::Emitted
     }
 
-    /// [`Stage::Aggregate`]: the watermark of the whole input, as the marks on every
-    /// repartition partition read say (combined as one instance reading every input
-    /// partition would combine them, each one's silence grown by the time since its mark
-    /// came); `None` until every input partition has said.
-    fn upstream_watermark(&self, upstream: i32, now: Instant) -> Option<i64> {
-        let mut lowest: Option<i64> = None;
-        for marks in self.marks.values() {
-            let mut heard = Vec::with_capacity(marks.len());
-            for partition in 0..upstream {
-                let (mark, came) = marks.get(&partition)?;
-                heard.push(SourceMark {
-                    watermark_ms: mark.watermark_ms,
-                    quiet: mark.quiet + now.saturating_duration_since(*came),
-                });
-            }
-            let watermark = self.aggregator.combine(heard)?;
-            lowest = Some(lowest.map_or(watermark, |l| l.min(watermark)));
-        }
-        lowest
-    }
-
     fn emit(&self, results: Vec<WindowResult<W::Value>>, out: &mut Emitter) {
         for result in results {
             let (key, value) = out.record();
             self.job.write(&result, key, value);
         }
+    }
+
+    /// [`Stage::Aggregate`]: per repartition partition read, the watermark of the whole
+    /// input as the marks on that partition say (combined as one instance reading every
+    /// input partition would combine them, each one's silence grown by the time since its
+    /// mark came); a partition whose marks do not yet cover every input partition has none.
+    fn upstream_watermarks(&self, upstream: i32, now: Instant) -> Vec<(i32, i64)> {
+        self.marks
+            .iter()
+            .filter_map(|(&partition, marks)| {
+                let heard = (0..upstream)
+                    .map(|input| {
+                        marks.get(&input).map(|(mark, came)| SourceMark {
+                            watermark_ms: mark.watermark_ms,
+                            quiet: mark.quiet + now.saturating_duration_since(*came),
+                        })
+                    })
+                    .collect::<Option<Vec<SourceMark>>>()?;
+                Some((partition, self.aggregator.combine(heard)?))
+            })
+            .collect()
     }
 }
 
@@ -476,10 +476,14 @@ impl<W: WindowedJob> Job for Windowed<W> {
         let results = match self.stage {
             Stage::Whole => self.aggregator.fire(now),
             Stage::Repartition => return,
-            Stage::Aggregate { upstream } => match self.upstream_watermark(upstream, now.instant) {
-                Some(watermark) => self.aggregator.fire_at(watermark, now),
-                None => return,
-            },
+            Stage::Aggregate { upstream } => {
+                // Each repartition partition fires at its own watermark: a key lives in one.
+                let mut results = Vec::new();
+                for (partition, watermark) in self.upstream_watermarks(upstream, now.instant) {
+                    results.extend(self.aggregator.fire_partition_at(partition, watermark, now));
+                }
+                results
+            }
         };
         self.emit(results, out);
     }
@@ -510,8 +514,12 @@ impl<W: WindowedJob> Job for Windowed<W> {
             .get(&partition)
             .map(Sources::furthest)
             .unwrap_or_default();
-        (self.stage != Stage::Repartition)
-            .then(|| metadata(self.aggregator.fired_through(), read, &sources))
+        let fired_through = match self.stage {
+            Stage::Whole => self.aggregator.fired_through(),
+            Stage::Aggregate { .. } => self.aggregator.fired_through_of(partition),
+            Stage::Repartition => return None,
+        };
+        Some(metadata(fired_through, read, &sources))
     }
 
     fn assign(&mut self, partition: i32, saved: Option<&str>, now: Now) {
@@ -528,8 +536,9 @@ impl<W: WindowedJob> Job for Windowed<W> {
             Stage::Whole => {}
         }
         if let Some(restored) = saved.and_then(parse_metadata) {
-            self.aggregator.restore(restored.fired_through, now.wall_ms);
             if let Stage::Aggregate { .. } = self.stage {
+                self.aggregator
+                    .restore_partition(partition, restored.fired_through, now);
                 self.sources.insert(
                     partition,
                     Sources {
@@ -537,6 +546,8 @@ impl<W: WindowedJob> Job for Windowed<W> {
                         seen: BTreeMap::new(),
                     },
                 );
+            } else {
+                self.aggregator.restore(restored.fired_through, now.wall_ms);
             }
             self.restored.insert(partition, restored);
         }
@@ -558,6 +569,9 @@ impl<W: WindowedJob> Job for Windowed<W> {
 
     fn set_stage(&mut self, stage: Stage) {
         self.stage = stage;
+        if let Stage::Aggregate { .. } = stage {
+            self.aggregator.per_partition();
+        }
     }
 
     fn broadcast(&mut self, now: Now) -> Option<Vec<u8>> {
