@@ -260,21 +260,13 @@ pub fn watermark_client_config(kafka: &KafkaConfig, job_name: &str) -> ClientCon
 }
 
 /// Configuration of the client that reads a group's committed positions without joining
-/// it (a grouped job's purge of its repartition topic).
+/// it (a grouped job's purge of its repartition topic): the watermark client's, with the
+/// group to ask about.
 pub fn committed_reader_config(kafka: &KafkaConfig, group: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &kafka.bootstrap_servers)
-        .set("client.id", format!("streamkit-pipeline-{group}-purge"))
-        // Committed offsets are asked for by group id; the client never subscribes, so
-        // it never joins.
-        .set("group.id", group)
-        // Fail a connection attempt after 5 s (default 30 s), as every client here.
-        .set("socket.connection.setup.timeout.ms", "5000");
-    apply_properties(&mut config, kafka);
-    // Whatever -X says for the workers: this client is no member.
+    let mut config = watermark_client_config(kafka, group);
+    // Committed offsets are asked for by group id; the client never subscribes, so it
+    // never joins.
     config.set("group.id", group);
-    config.remove("group.instance.id");
     config
 }
 

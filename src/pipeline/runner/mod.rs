@@ -34,16 +34,16 @@ mod handover;
 pub(crate) mod offsets;
 mod queues;
 pub(crate) mod send;
+mod siblings;
 mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::{Producer, PurgeConfig};
-use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::block_in_place;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +59,7 @@ use crate::error::{Error, Result};
 use crate::kafka::{self, ErrorLog, KafkaConfig};
 use group::{GroupConsumer, Member};
 use send::{AckRouter, OutputProducer, Sender};
+pub(super) use siblings::Siblings;
 
 /// Most records the job reads ahead of their acknowledgements, shared among its workers.
 pub const IN_FLIGHT_BUDGET: usize = 15_000;
@@ -174,19 +175,8 @@ pub(super) async fn run(
     let siblings = Arc::new(Siblings::new(parallelism));
     if config.bounded {
         match plan.ends_later {
-            None => {
-                let _ = siblings.ends.set(ends);
-            }
-            Some(later) => {
-                let siblings = Arc::clone(&siblings);
-                tokio::spawn(async move {
-                    if let Ok(ends) = later.await {
-                        let _ = siblings.ends.set(ends);
-                        siblings.late_ends.store(true, Ordering::Release);
-                        siblings.changed.notify_waiters();
-                    }
-                });
-            }
+            None => siblings.set_ends(ends),
+            Some(later) => Siblings::set_ends_later(&siblings, later),
         }
     }
     // librdkafka bounds each split partition queue on its own.
@@ -603,53 +593,4 @@ fn watch_end_offsets(
         }
         std::ops::ControlFlow::Continue(())
     })
-}
-
-/// The workers of this process, so that they leave the group together.
-pub(super) struct Siblings {
-    /// Bit `w`: worker `w` is ready to leave (or has left).
-    ready: AtomicU64,
-    all: u64,
-    changed: Notify,
-    /// `--bounded`: the input's end offsets when the job started (the second stage of a
-    /// grouped job: once the first has drained the input).
-    pub(super) ends: std::sync::OnceLock<BTreeMap<i32, i64>>,
-    /// The ends came later: a worker is done with a partition only once it has read up to
-    /// its end (an end of partition seen before then says nothing).
-    pub(super) late_ends: AtomicBool,
-    /// `--bounded`: the job's committed positions reached `ends`.
-    drained: AtomicBool,
-}
-
-impl Siblings {
-    fn new(workers: usize) -> Self {
-        Siblings {
-            ready: AtomicU64::new(0),
-            all: if workers >= 64 {
-                u64::MAX
-            } else {
-                (1u64 << workers) - 1
-            },
-            changed: Notify::new(),
-            ends: std::sync::OnceLock::new(),
-            late_ends: AtomicBool::new(false),
-            drained: AtomicBool::new(false),
-        }
-    }
-
-    fn report(&self, worker: usize, ready: bool) {
-        let bit = 1u64 << worker;
-        let before = if ready {
-            self.ready.fetch_or(bit, Ordering::AcqRel)
-        } else {
-            self.ready.fetch_and(!bit, Ordering::AcqRel)
-        };
-        if (before & bit != 0) != ready {
-            self.changed.notify_waiters();
-        }
-    }
-
-    fn all_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) == self.all
-    }
 }
