@@ -366,7 +366,6 @@ impl Worker {
         }
     }
 
-    /// The consumer's read position of `partition` (past any transaction marker).
     /// Where `partition` is committed, if it is (asks the group coordinator).
     pub(super) fn committed_of(&self, partition: i32) -> Option<i64> {
         let mut list = TopicPartitionList::new();
@@ -385,6 +384,7 @@ impl Worker {
         }
     }
 
+    /// The consumer's read position of `partition` (past any transaction marker).
     pub(super) fn position_of(&self, partition: i32) -> Option<i64> {
         let positions = self.consumer.position().ok()?;
         match positions

@@ -1,5 +1,7 @@
 //! The one Kafka runner: every job, under either guarantee, runs as `parallelism` workers in
 //! this process, which is one member of the job's consumer group (named after `--job-name`).
+//! A grouped job (a windowed one) runs as two runs of it, one per stage, joined through the
+//! repartition topic ([`Plan`], [`crate::pipeline::shuffle`]).
 //!
 //! **Partitions.** The group coordinator balances the input's partitions over every process
 //! of the job: `subscribe`, with `cooperative-sticky` assignment (or the broker's, under
