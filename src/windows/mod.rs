@@ -503,11 +503,12 @@ impl<A: Aggregate> Aggregator<A> {
             .collect();
         results.sort_unstable_by(|a, b| (a.start_ms, &a.key).cmp(&(b.start_ms, &b.key)));
         self.fired += results.len() as u64;
-        // Shown as the job's watermark: the lowest partition's.
+        // Shown as the job's watermark: the lowest of the partitions that have one.
         self.watermark = self
             .partitions
             .values()
             .map(|p| p.fired_through)
+            .filter(|&fired| fired != i64::MIN)
             .min()
             .unwrap_or(i64::MIN);
         results
