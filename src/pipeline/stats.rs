@@ -370,7 +370,8 @@ impl Stats {
             last = out;
         }
         let rejected: u64 = self.rejections().values().map(|r| r.count).sum();
-        let (written_from, mut dead_lettered) = (self, Self::get(&self.dead_lettered));
+        let mut dead_lettered = Self::get(&self.dead_lettered);
+        // The results are the second stage's writes, when there is one.
         let written_from = match (down, named.last()) {
             (Some(down), Some(window)) => {
                 counts.push(count(
@@ -394,7 +395,7 @@ impl Stats {
                 dead_lettered += Self::get(&down.dead_lettered);
                 down.as_ref()
             }
-            _ => written_from,
+            _ => self,
         };
         counts.push(count(
             write_name,

@@ -188,6 +188,21 @@ impl<A> PartitionState<A> {
     fn watermark(&self, out_of_orderness_ms: i64) -> i64 {
         self.max_event_ms.saturating_sub(out_of_orderness_ms)
     }
+
+    /// Takes the windows that `watermark` has passed: those whose end plus the allowed
+    /// lateness is at or before it (their start at or before `watermark - size - lateness`).
+    fn take_passed(
+        &mut self,
+        watermark: i64,
+        size_ms: i64,
+        lateness_ms: i64,
+    ) -> BTreeMap<i64, PartitionWindow<A>> {
+        let last_start = watermark
+            .saturating_sub(size_ms)
+            .saturating_sub(lateness_ms);
+        let open = self.windows.split_off(&last_start.saturating_add(1));
+        std::mem::replace(&mut self.windows, open)
+    }
 }
 
 /// How far one input partition has got: its own watermark (`None` before its first event)
@@ -482,11 +497,7 @@ impl<A: Aggregate> Aggregator<A> {
         let state = self.state(partition, now.instant);
         let watermark = state.fired_through.max(watermark.min(ceiling));
         state.fired_through = watermark;
-        let last_start = watermark
-            .saturating_sub(size_ms)
-            .saturating_sub(lateness_ms);
-        let open = state.windows.split_off(&last_start.saturating_add(1));
-        let closed = std::mem::replace(&mut state.windows, open);
+        let closed = state.take_passed(watermark, size_ms, lateness_ms);
         let mut results: Vec<WindowResult<A>> = closed
             .into_iter()
             .flat_map(|(start, window)| {
@@ -555,16 +566,11 @@ impl<A: Aggregate> Aggregator<A> {
     }
 
     fn fire_through(&mut self, watermark: i64) -> Vec<WindowResult<A>> {
-        // Windows whose end + lateness <= watermark: start <= watermark - size - lateness.
-        let last_start = watermark
-            .saturating_sub(self.size_ms)
-            .saturating_sub(self.lateness_ms);
         let mut merged: Vec<WindowResult<A>> = Vec::new();
         let mut shared: HashMap<(i64, Box<str>), A> = HashMap::default();
         let several = self.partitions.len() > 1;
         for state in self.partitions.values_mut() {
-            let open = state.windows.split_off(&last_start.saturating_add(1));
-            let closed = std::mem::replace(&mut state.windows, open);
+            let closed = state.take_passed(watermark, self.size_ms, self.lateness_ms);
             for (start, window) in closed {
                 for (key, value) in window.counts {
                     if several {
