@@ -1196,7 +1196,8 @@ fn traffic_agg_killed_mid_run_and_restarted_writes_the_same_window_results() {
         "--max-lag-seconds",
         "3",
     ]);
-    // Keyed, so the partitions fill evenly: the mock keeps only about 5 MB of each.
+    // Keyed, so the partitions fill evenly: the mock keeps only about 5 MB of each, and
+    // drops the oldest records past that, read or not.
     let records: Vec<RawRecord> = events
         .into_iter()
         .enumerate()
@@ -1205,7 +1206,9 @@ fn traffic_agg_killed_mid_run_and_restarted_writes_the_same_window_results() {
     let partitions = 12;
     let setup = || {
         let cluster = MockCluster::new(1).expect("mock cluster");
-        for topic in [INPUT, DLQ] {
+        // The repartition topic too, as many partitions as the input (the job's default):
+        // the mock takes no CreateTopics, and would auto-create 4, each past the 5 MB.
+        for topic in [INPUT, DLQ, "traffic-agg-repartition"] {
             cluster.create_topic(topic, partitions, 1).expect("topic");
         }
         cluster.create_topic("traffic-agg", 3, 1).expect("topic");
@@ -1221,6 +1224,9 @@ fn traffic_agg_killed_mid_run_and_restarted_writes_the_same_window_results() {
             bootstrap,
             "--checkpointing-interval",
             "200",
+            // The killed run's members leave the group after this, not the default 45 s.
+            "--session-timeout",
+            "6000",
         ]);
         command
     };
@@ -1259,8 +1265,20 @@ fn traffic_agg_killed_mid_run_and_restarted_writes_the_same_window_results() {
         .spawn()
         .unwrap();
     let started = Instant::now();
+    use rdkafka::consumer::Consumer;
+    let watcher: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
     loop {
-        let written = read_topic(&bootstrap, "traffic-agg", 3).len();
+        // The results' high watermarks, cheap to ask for: the kill lands mid-run.
+        let written: i64 = (0..3)
+            .map(|p| {
+                watcher
+                    .fetch_watermarks("traffic-agg", p, Duration::from_secs(5))
+                    .map_or(0, |(_, high)| high)
+            })
+            .sum();
         if written > 2_000 {
             break;
         }
