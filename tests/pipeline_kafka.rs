@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{
-    RawRecord, Record, datagen, pipeline, produce, read_topic, signal, stderr, wait_with_timeout,
+    RawRecord, Record, datagen, end_offsets, pipeline, produce, read_topic, signal, stderr,
+    wait_with_timeout,
 };
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -443,23 +444,9 @@ fn output_keys(bootstrap: &str) -> (usize, BTreeSet<String>) {
 
 /// Waits until the job has written something to the output topic.
 fn wait_for_output(bootstrap: &str) {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
     // The output's end offsets, not its records: cheap enough to ask every 50 ms, so a
     // caller that kills the job here catches it early in its run.
-    let client: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let written = || {
-        (0..BIG)
-            .filter_map(|p| {
-                client
-                    .fetch_watermarks(OUTPUT, p, Duration::from_secs(5))
-                    .ok()
-            })
-            .map(|(_, high)| high)
-            .sum::<i64>()
-    };
+    let written = || end_offsets(bootstrap, OUTPUT, BIG);
     let started = Instant::now();
     while written() == 0 {
         assert!(
@@ -1265,20 +1252,9 @@ fn traffic_agg_killed_mid_run_and_restarted_writes_the_same_window_results() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    use rdkafka::consumer::Consumer;
-    let watcher: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .unwrap();
     loop {
-        // The results' high watermarks, cheap to ask for: the kill lands mid-run.
-        let written: i64 = (0..3)
-            .map(|p| {
-                watcher
-                    .fetch_watermarks("traffic-agg", p, Duration::from_secs(5))
-                    .map_or(0, |(_, high)| high)
-            })
-            .sum();
+        // Cheap to ask for: the kill lands mid-run.
+        let written = end_offsets(&bootstrap, "traffic-agg", 3);
         if written > 2_000 {
             break;
         }

@@ -4,7 +4,7 @@
 //! (`{"event_id", "event_ts"}`, so every partition holds every user), must write the
 //! results of one bounded file-mode run on the same events: window by window, count by
 //! count, none twice. At least once on a clean run; exactly once with one process
-//! `kill -9`'d mid-run and restarted.
+//! `kill -9`'d mid-run and restarted past the idle timeout.
 //! Run with `cargo test --features e2e --test shuffle_e2e -- --test-threads=1`.
 
 mod common;
@@ -18,7 +18,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use common::broker::{BOOTSTRAP, Job, committed, job, partition_count};
-use common::{Reaper, datagen, pipeline, read_topic, signal, stderr, wait_with_timeout};
+use common::{
+    Reaper, datagen, end_offsets, pipeline, read_topic, signal, stderr, wait_with_timeout,
+};
 
 const PARTITIONS: i32 = 6;
 
@@ -119,6 +121,51 @@ fn results(job: &Job) -> Vec<String> {
     values
 }
 
+/// Asserts `results == expected`, saying otherwise which windows are missing and which
+/// were not expected (a few of each), with each process's summary line.
+fn assert_same_results(results: &[String], expected: &[String], outputs: &[Output]) {
+    if results == expected {
+        return;
+    }
+    fn count(lines: &[String]) -> BTreeMap<&str, i64> {
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+        for line in lines {
+            *counts.entry(line.as_str()).or_default() += 1;
+        }
+        counts
+    }
+    let (got, wanted) = (count(results), count(expected));
+    let missing: Vec<&&str> = wanted
+        .iter()
+        .filter(|(line, n)| got.get(*line).copied().unwrap_or(0) < **n)
+        .map(|(line, _)| line)
+        .collect();
+    let unexpected: Vec<&&str> = got
+        .iter()
+        .filter(|(line, n)| wanted.get(*line).copied().unwrap_or(0) < **n)
+        .map(|(line, _)| line)
+        .collect();
+    let summaries: Vec<String> = outputs
+        .iter()
+        .map(|output| {
+            stderr(output)
+                .lines()
+                .filter(|l| l.contains(" results written"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .collect();
+    panic!(
+        "{} results, {} expected; {} missing, first {:?}; {} unexpected, first {:?}; summaries: {summaries:#?}",
+        results.len(),
+        expected.len(),
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        unexpected.len(),
+        &unexpected[..unexpected.len().min(5)],
+    );
+}
+
 /// "N results written" of a process's summary.
 fn results_written(output: &Output) -> u64 {
     let log = stderr(output);
@@ -185,12 +232,7 @@ fn three_processes_of_two_workers_write_the_results_of_one_file_run() {
         expected.len() as u64,
         "each result written by one process, once"
     );
-    let results = results(&job);
-    assert_eq!(results.len(), expected.len());
-    assert!(
-        results == expected,
-        "the processes' results differ from the file run's"
-    );
+    assert_same_results(&results(&job), &expected, &outputs);
 }
 
 #[test]
@@ -218,36 +260,41 @@ fn exactly_once_with_one_process_killed_and_restarted_writes_each_result_once() 
         .iter()
         .map(|instance| reaper.watch(eos(instance).spawn().unwrap()))
         .collect();
-    // Killed once some windows are committed, and well before the end.
+    // Killed once a tenth of the results are written (asked of the output's end offsets,
+    // which reading the results back would take seconds to say), well before the end.
     let started = Instant::now();
     loop {
-        let committed = read_topic(BOOTSTRAP, &job.output, PARTITIONS).len();
-        if committed >= expected.len() / 10 {
-            assert!(
-                committed < expected.len(),
-                "the kill came after the end: make the input larger"
-            );
+        let written = end_offsets(BOOTSTRAP, &job.output, PARTITIONS);
+        if written >= expected.len() as i64 / 10 {
             break;
         }
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "no results after 120 s ({committed})"
+            "no results after 120 s ({written})"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     let b = children.remove(1);
     signal(&b, "KILL");
     let _ = wait_with_timeout(b, Duration::from_secs(10));
+    // Some windows were committed before the kill, and b's share of the rest waits for it.
+    let at_kill = read_topic(BOOTSTRAP, &job.output, PARTITIONS).len();
+    assert!(
+        at_kill > 0 && at_kill < expected.len(),
+        "the kill came before any commit or after the end ({at_kill} of {})",
+        expected.len()
+    );
+    // Down past the idle timeout (10 s): its input partitions' last marks must still hold
+    // the watermark (they said they were busy, not idle), or the others would fire its
+    // windows without its events and dead-letter them as late when it comes back.
+    std::thread::sleep(Duration::from_secs(12));
     // Restarted under its instance id: it fences the dead one's transactions and takes
     // its place in both groups.
     children.push(reaper.watch(eos("b").spawn().unwrap()));
-    for (i, child) in children.into_iter().enumerate() {
-        finish(child, &format!("process {i}"));
-    }
-    let results = results(&job);
-    assert_eq!(results.len(), expected.len(), "every window result, once");
-    assert!(
-        results == expected,
-        "the results differ from the file run's"
-    );
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| finish(child, &format!("process {i}")))
+        .collect();
+    assert_same_results(&results(&job), &expected, &outputs);
 }

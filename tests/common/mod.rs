@@ -51,6 +51,25 @@ pub fn read_topic(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> 
     read_topic_as(bootstrap, topic, partitions, "read_committed")
 }
 
+/// How many records `topic`'s first `partitions` partitions hold (their high watermarks,
+/// summed; on a transactional topic, open transactions and their markers count too): cheap
+/// enough to ask every 50 ms, where reading the records back takes seconds, so that a test
+/// that kills a job once it has written enough catches it early in its run.
+pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> i64 {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("client");
+    (0..partitions)
+        .filter_map(|p| {
+            client
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .ok()
+        })
+        .map(|(_, high)| high)
+        .sum()
+}
+
 /// As [`read_topic`], with `isolation` (`read_committed` or `read_uncommitted`).
 pub fn read_topic_as(
     bootstrap: &str,

@@ -32,17 +32,22 @@
 //! mark of each input partition, and combines them exactly as one instance reading the
 //! whole input would (the minimum over the partitions not idle, idleness, the clock
 //! ceiling), taking the lowest over its repartition partitions. Nothing fires until every
-//! input partition has been heard of. So a window fires only when no input partition can
-//! still send it an event within the bound, whichever instance reads it, and a partition
-//! that changes hands carries no other partition's progress with it.
+//! input partition has been heard of. A mark's silence counts as it was sent: an input
+//! partition is idle only when its reader said so, and one whose reader dies or stalls
+//! holds the watermark where its last mark left it until its next reader says more (as
+//! Flink's idleness is declared by the source, never guessed downstream). So a window
+//! fires only when no input partition can still send it an event within the bound,
+//! whichever instance reads it, and a partition that changes hands carries no other
+//! partition's progress with it.
 //!
 //! Limits: an event that was late in one run may be counted in a replay (or the reverse)
 //! when it was out of order beyond the out-of-orderness bound, since lateness depends on
 //! how the partitions interleave, as in Flink. In one stage ([`Stage::Whole`]), a window's
 //! result covers the partitions one instance owns, so it runs one worker per process.
-//! Across the shuffle at least once, records that the first stage writes again after a
-//! crash arrive after marks that covered them: counted again while their window is open,
-//! dead-lettered as `late` once it has fired.
+//! Across the shuffle at least once, a record that the first stage writes again after a
+//! crash is known by its input position ([`SOURCE_HEADER`]) and dropped; only when the
+//! positions saved with a commit outgrow the 3,000 bytes kept (about 200 input
+//! partitions) is a copy of a fired window's record dead-lettered as `late` instead.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -318,8 +323,8 @@ pub struct Windowed<W: WindowedJob> {
     /// [`Stage::Repartition`]: when the last mark was made.
     said_at: Option<Instant>,
     /// [`Stage::Aggregate`]: per repartition partition read, each input partition's latest
-    /// mark, and when it came.
-    marks: BTreeMap<i32, BTreeMap<i32, (SourceMark, Instant)>>,
+    /// mark.
+    marks: BTreeMap<i32, BTreeMap<i32, SourceMark>>,
     /// [`Stage::Aggregate`]: per repartition partition read, the input positions counted.
     sources: BTreeMap<i32, Sources>,
 }
@@ -372,19 +377,16 @@ impl<W: WindowedJob> Windowed<W> {
 
     /// [`Stage::Aggregate`]: per repartition partition read, the watermark of the whole
     /// input as the marks on that partition say (combined as one instance reading every
-    /// input partition would combine them, each one's silence grown by the time since its
-    /// mark came); a partition whose marks do not yet cover every input partition has none.
-    fn upstream_watermarks(&self, upstream: i32, now: Instant) -> Vec<(i32, i64)> {
+    /// input partition would combine them); a partition whose marks do not yet cover every
+    /// input partition has none. A mark's silence counts as it was sent, never grown by the
+    /// mark's age: marks that stop coming (their first-stage instance killed or stalled)
+    /// say nothing of the input, and hold the watermark where they left it.
+    fn upstream_watermarks(&self, upstream: i32) -> Vec<(i32, i64)> {
         self.marks
             .iter()
             .filter_map(|(&partition, marks)| {
                 let heard = (0..upstream)
-                    .map(|input| {
-                        marks.get(&input).map(|(mark, came)| SourceMark {
-                            watermark_ms: mark.watermark_ms,
-                            quiet: mark.quiet + now.saturating_duration_since(*came),
-                        })
-                    })
+                    .map(|input| marks.get(&input).copied())
                     .collect::<Option<Vec<SourceMark>>>()?;
                 Some((partition, self.aggregator.combine(heard)?))
             })
@@ -399,9 +401,7 @@ impl<W: WindowedJob> Job for Windowed<W> {
             Stage::Aggregate { upstream } if record.key.is_none() => {
                 if let Some(entries) = record.value.and_then(|v| parse_mark(v, upstream)) {
                     let marks = self.marks.entry(record.partition).or_default();
-                    for (partition, mark) in entries {
-                        marks.insert(partition, (mark, now.instant));
-                    }
+                    marks.extend(entries);
                     // A mark is no event: it goes through no operator.
                     out.passed(0);
                     return Outcome::Dropped;
@@ -479,7 +479,7 @@ impl<W: WindowedJob> Job for Windowed<W> {
             Stage::Aggregate { upstream } => {
                 // Each repartition partition fires at its own watermark: a key lives in one.
                 let mut results = Vec::new();
-                for (partition, watermark) in self.upstream_watermarks(upstream, now.instant) {
+                for (partition, watermark) in self.upstream_watermarks(upstream) {
                     results.extend(self.aggregator.fire_partition_at(partition, watermark, now));
                 }
                 results
@@ -875,6 +875,56 @@ mod stage_tests {
         assert_eq!([fired, rest].concat(), expected);
         // The same mark again after MARK_REPEAT.
         assert!(firsts[1].broadcast(start.after(MARK_REPEAT)).is_some());
+    }
+
+    #[test]
+    fn marks_that_stop_coming_hold_the_watermark_and_only_a_mark_says_idle() {
+        let start = Now::current();
+        let base = start.wall_ms - start.wall_ms.rem_euclid(10_000) - 60_000;
+        let mut second = staged(Stage::Aggregate { upstream: 2 });
+        second.assign(0, None, start);
+        let mut offset = 0;
+        let mut feed = |second: &mut Windowed<CountByKey>, key: Option<&[u8]>, value: &[u8]| {
+            let mut out = Emitter::default();
+            out.begin();
+            second.process(
+                &record(0, offset, key, value, base + 1_000),
+                start,
+                &mut out,
+            );
+            offset += 1;
+        };
+        let mark = |partition: i32, watermark_ms: i64, quiet: Duration| {
+            write_mark(&[(
+                partition,
+                SourceMark {
+                    watermark_ms: Some(watermark_ms),
+                    quiet,
+                },
+            )])
+        };
+        let fired = |second: &mut Windowed<CountByKey>, now: Now| {
+            let mut out = Emitter::default();
+            out.begin();
+            second.tick(now, &mut out);
+            taken(&out).len()
+        };
+        feed(&mut second, Some(b"a"), b"v");
+        // Partition 0 is far ahead; partition 1's reader is busy at base + 2 s, then dies.
+        feed(&mut second, None, &mark(0, base + 30_000, Duration::ZERO));
+        feed(&mut second, None, &mark(1, base + 2_000, Duration::ZERO));
+        assert_eq!(fired(&mut second, start), 0);
+        // Long past the idle timeout, its last mark still says busy: nothing fires.
+        let later = start.after(config().idle_timeout * 3);
+        assert_eq!(
+            fired(&mut second, later),
+            0,
+            "a silent reader is no idle input"
+        );
+        // Its next reader says the partition has been quiet past the timeout: it is idle.
+        let idle = config().idle_timeout + Duration::from_secs(1);
+        feed(&mut second, None, &mark(1, base + 2_000, idle));
+        assert_eq!(fired(&mut second, later), 1);
     }
 
     fn sourced<'a>(
