@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::broker::{BOOTSTRAP, Job, fetch_args, job, partition_count, topic_args};
 use common::{
-    Reaper, datagen, http, output_within, read_topic, signal, spawn_with_address, stderr,
-    wait_with_timeout,
+    Reaper, datagen, end_offsets, http, output_within, read_topic, signal, spawn_with_address,
+    stderr, wait_with_timeout,
 };
 use serde_json::{Value, json};
 
@@ -248,8 +248,9 @@ fn both_examples_in_file_mode_write_what_their_rules_give_on_the_same_input() {
 }
 
 /// Runs `name` exactly once on `job` (committing every 200 ms), `kill -9`s it once its
-/// committed output reaches `at_least` (of `total`), restarts it bounded under the same
-/// instance id, and returns what a read_committed reader sees.
+/// output reaches `at_least` records (of `total`; its end offsets, cheap to ask every
+/// 50 ms, so the kill lands early), restarts it bounded under the same instance id, and
+/// returns what a read_committed reader sees.
 fn killed_and_restarted(
     name: &str,
     job: &Job,
@@ -282,7 +283,7 @@ fn killed_and_restarted(
             .unwrap(),
     );
     let started = Instant::now();
-    while read_topic(BOOTSTRAP, &job.output, PARTITIONS).len() < at_least {
+    while end_offsets(BOOTSTRAP, &job.output, PARTITIONS) < at_least as i64 {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "{name}: no progress"
