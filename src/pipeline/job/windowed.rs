@@ -682,6 +682,12 @@ mod stage_tests {
         }
     }
 
+    /// The start of the window (of `config`'s 10 s) a minute before `now`: events there are
+    /// behind the clock, so no bound on event time touches them.
+    fn a_minute_ago(now: Now) -> i64 {
+        now.wall_ms - now.wall_ms.rem_euclid(10_000) - 60_000
+    }
+
     fn staged(stage: Stage) -> Windowed<CountByKey> {
         let mut job = Windowed::new(CountByKey, &config());
         job.set_stage(stage);
@@ -756,7 +762,7 @@ mod stage_tests {
     #[test]
     fn two_stages_give_the_results_of_one_and_fire_only_once_every_input_partition_has_passed() {
         let start = Now::current();
-        let base = start.wall_ms - start.wall_ms.rem_euclid(10_000) - 60_000;
+        let base = a_minute_ago(start);
         // Two input partitions; user "a" on both, "b" on partition 1 only.
         let events: [(i32, &str, i64); 6] = [
             (0, "a", base + 1_000),
@@ -880,7 +886,7 @@ mod stage_tests {
     #[test]
     fn marks_that_stop_coming_hold_the_watermark_and_only_a_mark_says_idle() {
         let start = Now::current();
-        let base = start.wall_ms - start.wall_ms.rem_euclid(10_000) - 60_000;
+        let base = a_minute_ago(start);
         let mut second = staged(Stage::Aggregate { upstream: 2 });
         second.assign(0, None, start);
         let mut offset = 0;
@@ -953,7 +959,7 @@ mod stage_tests {
     #[test]
     fn the_second_stage_counts_each_input_position_once_across_a_crash_of_either_stage() {
         let now = Now::current();
-        let base = now.wall_ms - now.wall_ms.rem_euclid(10_000) - 60_000;
+        let base = a_minute_ago(now);
         let mut second = staged(Stage::Aggregate { upstream: 1 });
         second.assign(0, None, now);
         let mut out = Emitter::default();
