@@ -18,7 +18,7 @@ use tokio::task::block_in_place;
 use super::send::{Ack, Destination};
 use super::worker::{Commit, Progress, Worker};
 use crate::error::{Error, Result};
-use crate::pipeline::{Stats, dead_letter};
+use crate::pipeline::dead_letter;
 use crate::transform::Rejection;
 
 /// Exactly once, what the broker refused on delivery (an output topic's
@@ -195,11 +195,7 @@ impl Worker {
             progress.tracker.ack(ack.partition, ack.offset);
         }
         if !exactly_once {
-            Stats::add(if ack.destination.is_output() {
-                &self.stats.written
-            } else {
-                &self.stats.dead_lettered
-            });
+            self.uncounted.acknowledged(ack.destination.is_output());
         }
         Ok(())
     }

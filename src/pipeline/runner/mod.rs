@@ -456,6 +456,7 @@ impl Parts<'_> {
             siblings: Arc::clone(self.siblings),
             delivered: self.delivered.get(id).map(Arc::clone).unwrap_or_default(),
             sent: 0,
+            uncounted: Default::default(),
         })
     }
 }

@@ -99,7 +99,20 @@ impl OffsetTracker {
         let Some(track) = self.partitions.get_mut(&partition) else {
             return;
         };
-        if let Ok(index) = track.pending.binary_search_by_key(&offset, |&(o, _)| o) {
+        // Offsets read are mostly consecutive (gaps come only from transaction markers and
+        // compaction): the record is then where its distance from the first says, and the
+        // search is for the rest.
+        let guess = track
+            .pending
+            .front()
+            .and_then(|&(first, _)| usize::try_from(offset.checked_sub(first)?).ok())
+            .filter(|&i| track.pending.get(i).is_some_and(|&(o, _)| o == offset));
+        if let Some(index) = guess.or_else(|| {
+            track
+                .pending
+                .binary_search_by_key(&offset, |&(o, _)| o)
+                .ok()
+        }) {
             let outstanding = &mut track.pending[index].1;
             *outstanding = outstanding.saturating_sub(1);
         }
@@ -232,6 +245,16 @@ mod tests {
         assert_eq!(t.to_commit(), vec![(1, 108)]);
         t.ack(0, 5);
         assert_eq!(t.to_commit(), vec![(0, 6), (1, 108)]);
+        // After a gap, the slot an offset's distance points at holds another record.
+        for o in [200, 202, 203, 204] {
+            t.read(2, o);
+        }
+        t.ack(2, 202);
+        t.ack(2, 200);
+        assert_eq!(t.to_commit(), vec![(0, 6), (1, 108), (2, 203)]);
+        t.ack(2, 204);
+        t.ack(2, 203);
+        assert_eq!(t.to_commit(), vec![(0, 6), (1, 108), (2, 205)]);
     }
 
     #[test]

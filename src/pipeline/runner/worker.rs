@@ -86,6 +86,44 @@ pub(crate) struct Worker {
     pub delivered: Arc<super::send::Delivered>,
     /// Exactly once: records this worker sent so far.
     pub sent: u64,
+    /// At least once: records read and deliveries acknowledged since the stats were last
+    /// told, added to them once per batch rather than per record (the workers and the
+    /// dashboard share those counters: a shared add per record bounced their cache line
+    /// between the cores).
+    pub uncounted: Uncounted,
+}
+
+/// Counts a worker adds to the shared [`Stats`] once per batch.
+#[derive(Debug, Default)]
+pub(crate) struct Uncounted {
+    read: u64,
+    written: u64,
+    dead_lettered: u64,
+}
+
+impl Uncounted {
+    /// One delivery acknowledged: written, or dead-lettered.
+    pub(super) fn acknowledged(&mut self, output: bool) {
+        if output {
+            self.written += 1;
+        } else {
+            self.dead_lettered += 1;
+        }
+    }
+
+    /// Adds the counts to `stats`, and starts again from zero.
+    pub(super) fn publish(&mut self, stats: &Stats) {
+        for (counter, n) in [
+            (&stats.read, self.read),
+            (&stats.written, self.written),
+            (&stats.dead_lettered, self.dead_lettered),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        *self = Uncounted::default();
+    }
 }
 
 /// The state of a worker's loop.
@@ -189,6 +227,7 @@ impl Worker {
                             self.fail(&mut progress, e, cancel);
                         }
                     }
+                    self.uncounted.publish(&self.stats);
                 }
                 _ = cancel.cancelled(), if reading => {
                     self.stats.set_phase(Phase::Draining);
@@ -363,12 +402,14 @@ impl Worker {
         self.flush_tally();
     }
 
-    /// Adds what the job counted (records through its operators, outputs) to the stats.
+    /// Adds what the job counted (records through its operators, outputs) and the records
+    /// read to the stats.
     pub(super) fn flush_tally(&mut self) {
         let tally = self.emitter.take_tally();
         if !tally.is_empty() {
             self.stats.add_tally(&tally);
         }
+        self.uncounted.publish(&self.stats);
     }
 
     /// One record read: processed, or skipped when it is not this worker's to process.
@@ -414,7 +455,7 @@ impl Worker {
         progress.finished = false;
         let inject_abort = match &mut self.commit {
             Commit::AtLeastOnce => {
-                Stats::add(&self.stats.read);
+                self.uncounted.read += 1;
                 false
             }
             Commit::ExactlyOnce(tx) => tx.read_one(),
