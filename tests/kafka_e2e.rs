@@ -350,3 +350,81 @@ fn big_records_are_dead_lettered_and_every_good_record_is_written() {
         common::assert_dead_letter_reference(record, &job.input, kind, position, size);
     }
 }
+
+/// At least once, the output's limit lowered while the job runs: the broker refuses each
+/// later output on delivery (the job's own check still holds the limit it started with).
+/// Each one is dead-lettered by reference, naming its input position, in the read batch
+/// of the output it replaces; the job commits past them, and stops with exit 0. Every
+/// record is written or dead-lettered, once.
+#[test]
+fn outputs_refused_on_delivery_are_dead_lettered_by_reference_and_committed_past() {
+    apache_kafka();
+    let reaper = common::Reaper::default();
+    let job = job("refused-later", 3);
+    let first = job.feed(2_000, 27);
+    let mut child = reaper.watch(job.spawn(&[]));
+    // Drained as it runs: each refusal is a warning.
+    let log = {
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            let mut log = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+            log
+        })
+    };
+    let counts = job.wait_for_all(&first, Duration::from_secs(60));
+    assert_eq!(loss_and_duplicates(&first, &counts), (0, 0));
+    common::broker::allow_records_of(&job.output, 100);
+    let later = job.feed(1_000, 28);
+    let input = common::read_topic(BOOTSTRAP, &job.input, 3);
+    let mut ends = std::collections::BTreeMap::new();
+    for record in &input {
+        let end = ends.entry(record.partition).or_insert(0);
+        *end = record.offset.max(*end - 1) + 1;
+    }
+    // Each later record's position, with the bytes of its key and value.
+    let sizes: std::collections::BTreeMap<(i32, i64), usize> = input
+        .into_iter()
+        .filter(|r| later.contains(&String::from_utf8_lossy(&r.key).into_owned()))
+        .map(|r| ((r.partition, r.offset), r.key.len() + r.value.len()))
+        .collect();
+    assert_eq!(sizes.len(), later.len());
+    let started = Instant::now();
+    while common::broker::committed(&job.name, &job.input, 3) != ends {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the group's position never reached the input's end {ends:?}: {:?}",
+            common::broker::committed(&job.name, &job.input, 3)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    signal(&child, "TERM");
+    let (output, log) = common::wait_with_log(child, Duration::from_secs(60), log);
+    assert_eq!(output.status.code(), Some(0), "{log}");
+    assert_eq!(job.output_counts(), counts, "nothing more written: {log}");
+    let dead = common::read_topic(BOOTSTRAP, &job.dead, 3);
+    let mut positions = BTreeSet::new();
+    for record in &dead {
+        let position = (
+            record.headers[streamkit::pipeline::dead_letter::SOURCE_PARTITION]
+                .parse()
+                .expect("a partition"),
+            record.headers[streamkit::pipeline::dead_letter::SOURCE_OFFSET]
+                .parse()
+                .expect("an offset"),
+        );
+        let size = *sizes
+            .get(&position)
+            .unwrap_or_else(|| panic!("a dead letter for {position:?}, not a later record"));
+        common::assert_dead_letter_reference(record, &job.input, "too_large", position, size);
+        assert!(
+            positions.insert(position),
+            "{position:?} dead-lettered twice"
+        );
+    }
+    assert_eq!(
+        positions.len(),
+        later.len(),
+        "every later record dead-lettered: {log}"
+    );
+}

@@ -529,14 +529,16 @@ impl Stats {
             .unwrap_or_default()
     }
 
-    /// Records the end-to-end latency of an output acknowledged now, whose input record
-    /// has the timestamp `source_ms` (ms since the epoch).
-    pub(crate) fn record_end_to_end(&self, source_ms: i64) {
+    /// Records the end-to-end latencies of outputs acknowledged now, whose input records
+    /// have the timestamps `sources_ms` (ms since the epoch): one clock read for them all.
+    pub(crate) fn record_end_to_end(&self, sources_ms: &[i64]) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        self.end_to_end
-            .record_between(u64::try_from(source_ms).unwrap_or(0) * 1000, now);
+        for &source_ms in sources_ms {
+            self.end_to_end
+                .record_between(u64::try_from(source_ms).unwrap_or(0) * 1000, now);
+        }
     }
 
     /// End-to-end latencies: from an input record's timestamp to its output's

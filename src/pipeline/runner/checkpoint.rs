@@ -194,10 +194,8 @@ impl Worker {
     }
 
     /// Exactly once, after an abort: every owned partition goes back to its committed
-    /// position, and the job to the state saved there; reports of what was sent before
-    /// no longer count.
+    /// position, and the job to the state saved there.
     pub(super) fn rewind(&mut self, progress: &mut Progress) -> Result<()> {
-        self.sender.generation = self.sender.generation.wrapping_add(1);
         progress.refused.aborted();
         let owned: Vec<i32> = progress.partitions.iter().copied().collect();
         for &partition in &owned {

@@ -1,9 +1,10 @@
 //! Deliveries: what is in flight, and what the runner does with each report of the
-//! producer. At least once, a record's delivery is reported and awaited one by one (the
+//! producer. At least once, the deliveries of a read batch's records are awaited (the
 //! job's results, standing for no position, are only counted); exactly once, every
 //! delivery is only counted, since the transaction's commit awaits them. At least once, a
-//! record's acknowledgement moves its position; a record refused on delivery for what it
-//! is becomes a dead letter (by reference: the input record is no longer in memory).
+//! batch delivered moves the positions of its records ([`super::batches`]); a record
+//! refused on delivery for what it is becomes a dead letter (by reference: the input
+//! record is no longer in memory), in the same batch.
 //! Exactly once, a refusal fails the open transaction: it aborts, and the refused record
 //! is dead-lettered when it is read again.
 //!
@@ -15,7 +16,8 @@ use std::collections::BTreeMap;
 use rdkafka::error::KafkaError;
 use tokio::task::block_in_place;
 
-use super::send::{Ack, Destination};
+use super::batches::At;
+use super::send::{Destination, Failure, Report};
 use super::worker::{Commit, Progress, Worker};
 use crate::error::{Error, Result};
 use crate::pipeline::dead_letter;
@@ -159,45 +161,69 @@ impl Worker {
         Ok(())
     }
 
-    /// Records one delivery report. At least once, a record the broker refused because of
-    /// the record itself is dead-lettered instead (by reference: the input record is no
-    /// longer in memory), one more record in flight for the same position. Exactly once,
-    /// a failed delivery fails the transaction's commit, which aborts and replays it.
-    pub(super) fn acknowledge(&mut self, progress: &mut Progress, mut ack: Ack) -> Result<()> {
-        // Only reported deliveries were counted in flight (see `send`).
-        if self.awaits_deliveries() && ack.destination.has_position() {
-            progress.in_flight = progress.in_flight.saturating_sub(1);
-        }
-        let exactly_once = matches!(self.commit, Commit::ExactlyOnce(_));
-        if ack.destination == Destination::Mark {
-            // A later mark says the same (exactly once, the commit fails and aborts).
-            if let Some((_, error)) = ack.error {
-                log::debug!(
-                    "worker {}: a watermark mark was not delivered: {error}",
-                    self.id
-                );
+    /// Takes one report of the producer's context: a read batch delivered, or a failure.
+    pub(super) fn report(&mut self, progress: &mut Progress, report: Report) -> Result<()> {
+        match report {
+            Report::Delivered(slot) => {
+                self.delivered_batch(progress, slot);
+                Ok(())
             }
+            Report::Failed(failure) => {
+                let at = failure.ticket.at;
+                self.failed(progress, failure)?;
+                // Counted down once dealt with (any dead letter in its place is queued in
+                // the same batch by now), so the batch is not complete before. One that
+                // could not be dealt with holds its batch, and its position, for good.
+                if let Some(at) = at
+                    && self.delivered.batches.done(at.slot)
+                {
+                    self.delivered_batch(progress, at.slot);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Every record sent for the batch in `slot` is delivered: at least once, its records'
+    /// positions move on and its deliveries are counted; the latencies it samples are
+    /// measured.
+    pub(super) fn delivered_batch(&mut self, progress: &mut Progress, slot: u16) {
+        let at_least_once = self.awaits_deliveries();
+        let (stats, uncounted) = (&self.stats, &mut self.uncounted);
+        self.batches.complete(slot, |batch| {
+            if at_least_once {
+                for &(partition, offset) in &batch.positions {
+                    progress.tracker.delivered(partition, offset);
+                }
+                progress.in_flight = progress.in_flight.saturating_sub(batch.sent as usize);
+                uncounted.delivered(batch.outputs, batch.sent - batch.outputs);
+            }
+            if !batch.sampled.is_empty() {
+                stats.record_end_to_end(&batch.sampled);
+            }
+        });
+    }
+
+    /// A delivery failed. At least once, a record the broker refused because of the record
+    /// itself is dead-lettered instead (by reference: the input record is no longer in
+    /// memory), in the same batch. Exactly once, a failed delivery fails the transaction's
+    /// commit, which aborts and replays it.
+    fn failed(&mut self, progress: &mut Progress, failure: Failure) -> Result<()> {
+        if failure.ticket.destination == Destination::Mark {
+            // A later mark says the same (exactly once, the commit fails and aborts).
+            log::debug!(
+                "worker {}: a watermark mark was not delivered: {}",
+                self.id,
+                failure.error
+            );
             return Ok(());
         }
-        if exactly_once && let Some((code, error)) = ack.error.take() {
-            // Reported after its transaction aborted, most likely: the refusal still holds
-            // when the record is read again.
-            return self.refused_in_transaction(progress, ack, code, &error);
+        if matches!(self.commit, Commit::ExactlyOnce(_)) {
+            // Reported after its transaction aborted, maybe: the refusal still holds when
+            // the record is read again.
+            return self.refused_in_transaction(progress, failure);
         }
-        if ack.generation != self.sender.generation {
-            // A report of an aborted transaction's record: it moves nothing.
-            return Ok(());
-        }
-        if let Some((code, error)) = ack.error.take() {
-            return self.refused_on_delivery(progress, ack, code, &error);
-        }
-        if ack.destination.has_position() {
-            progress.tracker.ack(ack.partition, ack.offset);
-        }
-        if !exactly_once {
-            self.uncounted.acknowledged(ack.destination.is_output());
-        }
-        Ok(())
+        self.refused_on_delivery(progress, failure)
     }
 
     /// Exactly once: a record the broker refused on delivery fails its transaction, which
@@ -205,26 +231,28 @@ impl Worker {
     pub(super) fn refused_in_transaction(
         &mut self,
         progress: &mut Progress,
-        ack: Ack,
-        code: Option<rdkafka::types::RDKafkaErrorCode>,
-        error: &str,
+        failure: Failure,
     ) -> Result<()> {
+        let error = &failure.error;
         log::debug!(
             "worker {}: a delivery failed ({error}); the transaction will abort",
             self.id
         );
-        let Some(kind) = code.and_then(dead_letter::record_refusal) else {
+        let Some(kind) = failure.code.and_then(dead_letter::record_refusal) else {
             return Ok(());
         };
         let topics = &self.sender.topics;
-        let position = (ack.partition, ack.offset);
-        match ack.destination {
+        let destination = failure.ticket.destination;
+        match destination {
             // Its output refused: its dead letter next time; its dead letter refused: a
             // dead letter by reference.
             Destination::Output | Destination::DeadLetter => {
-                let topic = self.sender.topic_of(ack.destination);
+                let Some(position) = self.position_of_ticket(failure.ticket.at) else {
+                    return Ok(());
+                };
+                let topic = self.sender.topic_of(destination);
                 let rejection = dead_letter::refused_on_delivery(topic, kind, error);
-                let replay = if ack.destination == Destination::Output {
+                let replay = if destination == Destination::Output {
                     Replay::DeadLetter(rejection)
                 } else {
                     Replay::Reference(rejection)
@@ -232,8 +260,8 @@ impl Worker {
                 progress.refused.records.insert(position, replay);
             }
             Destination::Result => {
-                if let Some((key, _)) = ack.refused_result {
-                    let topic = self.sender.topic_of(ack.destination);
+                if let Some((key, _)) = failure.refused_result {
+                    let topic = self.sender.topic_of(destination);
                     let rejection = dead_letter::refused_on_delivery(topic, kind, error);
                     progress.refused.results.insert(key, (rejection, false));
                 }
@@ -249,32 +277,36 @@ impl Worker {
         Ok(())
     }
 
+    /// The input position a ticket's record stands for.
+    fn position_of_ticket(&self, at: Option<At>) -> Option<(i32, i64)> {
+        at.and_then(|at| self.batches.position(at))
+    }
+
     /// At least once: a record the broker refused on delivery.
     pub(super) fn refused_on_delivery(
         &mut self,
         progress: &mut Progress,
-        ack: Ack,
-        code: Option<rdkafka::types::RDKafkaErrorCode>,
-        error: &str,
+        failure: Failure,
     ) -> Result<()> {
+        let (destination, error) = (failure.ticket.destination, &failure.error);
         let topics = &self.sender.topics;
-        let topic = self.sender.topic_of(ack.destination);
-        let kind = code.and_then(dead_letter::record_refusal);
+        let topic = self.sender.topic_of(destination);
+        let kind = failure.code.and_then(dead_letter::record_refusal);
         let Some(kind) = kind.filter(|_| {
             !matches!(
-                ack.destination,
+                destination,
                 Destination::Reference | Destination::ResultDeadLetter
             )
         }) else {
             return Err(Error::Kafka(format!("cannot deliver to {topic}: {error}")));
         };
         let rejection = dead_letter::refused_on_delivery(topic, kind, error);
-        if ack.destination.is_output() {
+        if destination.is_output() {
             self.stats.reject(kind, &rejection.reason);
         }
-        let was_result = ack.destination == Destination::Result;
-        let resent = match (ack.destination, ack.refused_result) {
-            (Destination::Result, Some((key, value))) => {
+        let at = failure.ticket.at;
+        let resent = match (destination, failure.refused_result, at) {
+            (Destination::Result, Some((key, value)), _) => {
                 log::warn!(
                     "worker {}: a result: {}; dead-lettered",
                     self.id,
@@ -282,30 +314,51 @@ impl Worker {
                 );
                 self.sender.result_dead_letter(&key, &value, &rejection)
             }
-            _ => {
+            (_, _, Some(at)) => {
+                let Some((partition, offset)) = self.batches.position(at) else {
+                    return Err(Error::Kafka(format!(
+                        "a refused delivery to {topic} names no record read ({error})"
+                    )));
+                };
                 log::warn!(
-                    "worker {}: {} partition {} offset {}: {}; dead-lettered by reference",
+                    "worker {}: {} partition {partition} offset {offset}: {}; dead-lettered by reference",
                     self.id,
                     topics.input,
-                    ack.partition,
-                    ack.offset,
                     rejection.reason
                 );
                 // The input record is no longer in memory: its headers stay with it.
-                self.sender
-                    .reference(None, ack.partition, ack.offset, ack.size, None, &rejection)
+                self.sender.reference(
+                    None,
+                    Some(at),
+                    (partition, offset),
+                    failure.size,
+                    None,
+                    &rejection,
+                )
             }
+            _ => return Err(Error::Kafka(format!("cannot deliver to {topic}: {error}"))),
         };
-        let mut sent = 0;
+        let mut sent = Sends::default();
         queue(&mut self.commit, resent, &mut sent)
             .map_err(|e| Error::Kafka(format!("cannot dead-letter a refused record: {e}")))?;
-        if was_result {
-            self.sent += u64::from(sent);
-        } else {
-            progress.in_flight += sent as usize;
+        match at {
+            Some(at) => {
+                self.batches
+                    .replaced(&self.delivered.batches, at.slot, destination, sent.records);
+                progress.in_flight += sent.records as usize;
+            }
+            None => self.sent += u64::from(sent.records),
         }
         Ok(())
     }
+}
+
+/// Records queued for one input record (or one batch of results).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Sends {
+    pub records: u32,
+    /// Of them, outputs (the rest are dead letters or marks).
+    pub outputs: u32,
 }
 
 /// A send's result: a queued record counts in `sent` and, exactly once, with its
@@ -313,10 +366,13 @@ impl Worker {
 pub(super) fn queue(
     commit: &mut Commit,
     result: std::result::Result<Destination, KafkaError>,
-    sent: &mut u32,
+    sent: &mut Sends,
 ) -> std::result::Result<(), KafkaError> {
     let destination = result?;
-    *sent += 1;
+    sent.records += 1;
+    if destination.is_output() {
+        sent.outputs += 1;
+    }
     if let Commit::ExactlyOnce(tx) = commit
         && destination != Destination::Mark
     {

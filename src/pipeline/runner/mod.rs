@@ -29,11 +29,13 @@
 //! acknowledgements and prefetches at most [`PREFETCH_BUDGET_KBYTES`], whatever its
 //! parallelism. Acknowledgements are handled before new input, so commits keep up.
 
+mod batches;
 mod checkpoint;
 mod deliveries;
 pub(crate) mod group;
 mod handover;
 pub(crate) mod offsets;
+mod process;
 mod queues;
 pub(crate) mod send;
 mod siblings;
@@ -415,7 +417,7 @@ impl Parts<'_> {
         &self,
         id: usize,
         consumer: &Arc<GroupConsumer>,
-        acks: UnboundedReceiver<send::Ack>,
+        acks: UnboundedReceiver<send::Report>,
         (commit, producer): (worker::Commit, Arc<OutputProducer>),
     ) -> Result<worker::Worker> {
         let config = self.config;
@@ -438,13 +440,14 @@ impl Parts<'_> {
                 producer,
                 topics: self.topics.clone(),
                 limits: self.limits,
-                worker: id,
-                generation: 0,
+                worker: u16::try_from(id)
+                    .map_err(|_| Error::Kafka(format!("worker {id}: too many workers")))?,
                 print_keys: self.print_keys,
                 broadcast_partitions: self.broadcast_partitions,
                 source_header: self.stage == job::Stage::Repartition,
             },
             acks,
+            batches: batches::BatchTable::default(),
             emitter: job::Emitter::for_job(job.as_ref()),
             job,
             commit,

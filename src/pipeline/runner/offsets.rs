@@ -1,20 +1,20 @@
 //! Which input positions may be committed: the runner's bookkeeping of reads and
 //! acknowledgements, per worker.
 //!
-//! Records are registered as they are read and acknowledged when their outputs (or dead
-//! letters) are delivered, in any order. A record may have any number of outputs (one by
-//! default, none when a job only counts it; see [`OffsetTracker::settle`]): it is released
-//! once all of them are acknowledged. For each partition the committable position is one
-//! past the last offset of the *contiguous* released prefix, so a commit never covers a
-//! record whose output is still in flight. Pure: no Kafka here.
+//! Records are registered as they are read and released when everything sent for them
+//! (any number of outputs or dead letters; none when a job only counts a record) is
+//! delivered, in any order: the worker says so once per read batch
+//! ([`super::batches`]). For each partition the committable position is one past the last
+//! offset of the *contiguous* released prefix, so a commit never covers a record whose
+//! output is still in flight. Pure: no Kafka here.
 
 use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Debug, Default)]
 struct PartitionTrack {
-    /// Offsets read and not yet released, ascending, with their outputs not yet
-    /// acknowledged.
-    pending: VecDeque<(i64, u32)>,
+    /// Offsets read and not yet released, ascending, with whether everything sent for
+    /// them is delivered.
+    pending: VecDeque<(i64, bool)>,
     /// Next offset to commit (one past the last released record).
     committable: Option<i64>,
     /// What the last commit stored.
@@ -29,7 +29,7 @@ struct PartitionTrack {
 impl PartitionTrack {
     /// Releases the front records with nothing in flight.
     fn release(&mut self) {
-        while let Some(&(offset, 0)) = self.pending.front() {
+        while let Some(&(offset, true)) = self.pending.front() {
             self.pending.pop_front();
             self.committable = Some(offset + 1);
         }
@@ -66,20 +66,8 @@ impl OffsetTracker {
             track.end = None;
         }
         track.last_read = Some(offset);
-        track.pending.push_back((offset, 1));
+        track.pending.push_back((offset, false));
         true
-    }
-
-    /// Says how many outputs the record just read at `offset` has in flight (registered
-    /// with one): with none, it is released at once.
-    pub fn settle(&mut self, partition: i32, offset: i64, outputs: u32) {
-        let Some(track) = self.partitions.get_mut(&partition) else {
-            return;
-        };
-        if let Some(entry) = track.pending.iter_mut().rev().find(|(o, _)| *o == offset) {
-            entry.1 = outputs;
-        }
-        track.release();
     }
 
     /// A partition read to its end at `next` (past a transaction marker, say): its
@@ -94,8 +82,9 @@ impl OffsetTracker {
         track.release();
     }
 
-    /// Marks the record delivered. Unknown records are ignored.
-    pub fn ack(&mut self, partition: i32, offset: i64) {
+    /// Marks the record delivered: everything sent for it (or nothing was). Unknown records
+    /// are ignored.
+    pub fn delivered(&mut self, partition: i32, offset: i64) {
         let Some(track) = self.partitions.get_mut(&partition) else {
             return;
         };
@@ -113,8 +102,7 @@ impl OffsetTracker {
                 .binary_search_by_key(&offset, |&(o, _)| o)
                 .ok()
         }) {
-            let outstanding = &mut track.pending[index].1;
-            *outstanding = outstanding.saturating_sub(1);
+            track.pending[index].1 = true;
         }
         track.release();
     }
@@ -197,35 +185,33 @@ mod tests {
         for o in 10..15 {
             assert!(t.read(0, o));
         }
-        t.ack(0, 12);
-        t.ack(0, 11);
+        t.delivered(0, 12);
+        t.delivered(0, 11);
         assert!(t.to_commit().is_empty(), "10 is still in flight");
-        t.ack(0, 10);
+        t.delivered(0, 10);
         assert_eq!(t.to_commit(), vec![(0, 13)]);
         assert_eq!(t.in_flight(), 2);
         t.committed(&[(0, 13)]);
         assert!(t.to_commit().is_empty());
-        t.ack(0, 14);
+        t.delivered(0, 14);
         assert!(t.to_commit().is_empty(), "13 is still in flight");
-        t.ack(0, 13);
+        t.delivered(0, 13);
         assert_eq!(t.to_commit(), vec![(0, 15)]);
         assert_eq!(t.in_flight(), 0);
     }
 
     #[test]
-    fn a_record_is_released_once_all_its_outputs_are_acknowledged() {
+    fn a_record_is_released_once_delivered_and_the_end_past_a_marker_is_committable() {
         let mut t = OffsetTracker::default();
         t.read(0, 1);
-        t.settle(0, 1, 0);
+        t.delivered(0, 1);
         assert_eq!(t.to_commit(), vec![(0, 2)], "counted, nothing to send");
         t.read(0, 2);
-        t.settle(0, 2, 2);
         t.read(0, 3);
-        t.ack(0, 2);
-        t.ack(0, 3);
-        assert_eq!(t.to_commit(), vec![(0, 2)], "one output of 2 in flight");
+        t.delivered(0, 3);
+        assert_eq!(t.to_commit(), vec![(0, 2)], "2 in flight");
         assert_eq!(t.read_positions(), vec![(0, 4)]);
-        t.ack(0, 2);
+        t.delivered(0, 2);
         assert_eq!(t.to_commit(), vec![(0, 4)]);
         t.committed(&[(0, 4)]);
         assert!(t.read_positions().is_empty());
@@ -240,20 +226,20 @@ mod tests {
         t.read(0, 5);
         t.read(1, 100);
         t.read(1, 107); // compacted or transactional gap
-        t.ack(1, 107);
-        t.ack(1, 100);
+        t.delivered(1, 107);
+        t.delivered(1, 100);
         assert_eq!(t.to_commit(), vec![(1, 108)]);
-        t.ack(0, 5);
+        t.delivered(0, 5);
         assert_eq!(t.to_commit(), vec![(0, 6), (1, 108)]);
         // After a gap, the slot an offset's distance points at holds another record.
         for o in [200, 202, 203, 204] {
             t.read(2, o);
         }
-        t.ack(2, 202);
-        t.ack(2, 200);
+        t.delivered(2, 202);
+        t.delivered(2, 200);
         assert_eq!(t.to_commit(), vec![(0, 6), (1, 108), (2, 203)]);
-        t.ack(2, 204);
-        t.ack(2, 203);
+        t.delivered(2, 204);
+        t.delivered(2, 203);
         assert_eq!(t.to_commit(), vec![(0, 6), (1, 108), (2, 205)]);
     }
 
@@ -264,13 +250,13 @@ mod tests {
         t.read(0, 2);
         t.read(1, 7);
         assert_eq!((t.in_flight_of(0), t.in_flight_of(1)), (2, 1));
-        t.ack(0, 1);
+        t.delivered(0, 1);
         assert_eq!(t.in_flight_of(0), 1);
         t.forget(0);
-        t.ack(0, 2);
+        t.delivered(0, 2);
         assert_eq!(t.in_flight_of(0), 0);
         assert!(t.to_commit().is_empty(), "{:?}", t.to_commit());
-        t.ack(1, 7);
+        t.delivered(1, 7);
         assert_eq!(t.to_commit(), vec![(1, 8)]);
     }
 
@@ -280,8 +266,8 @@ mod tests {
         assert!(t.read(0, 50));
         assert!(t.read(0, 51));
         assert!(!t.read(0, 51), "in flight, delivered again");
-        t.ack(0, 50);
-        t.ack(0, 51);
+        t.delivered(0, 50);
+        t.delivered(0, 51);
         assert!(
             !t.read(0, 50),
             "delivered and not yet committed, delivered again"
@@ -297,15 +283,15 @@ mod tests {
     #[test]
     fn unknown_acks_are_ignored_and_a_reset_below_the_commit_restarts_a_partition() {
         let mut t = OffsetTracker::default();
-        t.ack(3, 1);
+        t.delivered(3, 1);
         assert!(t.read(0, 50));
-        t.ack(0, 50);
+        t.delivered(0, 50);
         t.committed(&[(0, 51)]);
         assert!(t.read(0, 51));
         assert!(t.read(0, 3), "the topic was recreated: offsets start over");
-        t.ack(0, 51);
+        t.delivered(0, 51);
         assert!(t.to_commit().is_empty(), "{:?}", t.to_commit());
-        t.ack(0, 3);
+        t.delivered(0, 3);
         assert_eq!(t.to_commit(), vec![(0, 4)]);
     }
 }

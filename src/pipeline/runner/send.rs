@@ -1,7 +1,9 @@
 //! The runner's one send path: every record a worker writes (an output, a job's result, a
-//! dead letter, a dead letter by reference) goes through [`Sender`], and every delivery
-//! report comes back to the worker that sent it on its own channel ([`AckRouter`]), with
-//! no future or task per record.
+//! dead letter, a dead letter by reference) goes through [`Sender`], and what its delivery
+//! report says comes back to the worker that sent it on its own channel ([`AckRouter`]),
+//! with no future, task or allocation per record: a record carries a [`Ticket`] packed in
+//! its delivery opaque, and a worker hears once per read batch that it is delivered
+//! ([`super::batches`]), and once per failure.
 //!
 //! **Back-pressure.** A full producer queue makes `send` wait a millisecond and try again;
 //! it cannot happen while the job's in-flight budget stays under the queue size.
@@ -28,17 +30,14 @@ use crate::pipeline::job::{SOURCE_HEADER, source_header};
 use crate::pipeline::{Stats, Topics};
 use crate::transform::{RejectKind, Rejection};
 
+use super::batches::{At, Outstanding, Ticket};
+
 /// The producer of a worker's records: shared by the workers at least once, one per
 /// worker (transactional) exactly once.
 pub(crate) type OutputProducer = ThreadedProducer<AckRouter>;
 
-/// A record on its way to the output or dead-letter topic.
-type Outgoing<'a> = BaseRecord<'a, [u8], [u8], Box<Ticket>>;
-
-/// One output record in this many has its end-to-end latency measured: from the input
-/// record's timestamp to the output's acknowledgement (a clock read and a histogram
-/// record each).
-const LATENCY_SAMPLE: i64 = 8;
+/// A record on its way to the output or dead-letter topic, with its packed [`Ticket`].
+type Outgoing<'a> = BaseRecord<'a, [u8], [u8], usize>;
 
 /// What a record sent is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,41 +72,33 @@ impl Destination {
     }
 }
 
-/// Which worker sent a record, and the input position it stands for: the delivery opaque.
+/// What a worker hears of its deliveries.
 #[derive(Debug)]
-pub(crate) struct Ticket {
-    worker: usize,
-    /// The worker's generation when it sent: an exactly-once abort starts a new one, and
-    /// reports of the aborted generation no longer move any position.
-    generation: u32,
-    partition: i32,
-    offset: i64,
-    destination: Destination,
-    /// The input record's timestamp (ms since the epoch) when its end-to-end latency is
-    /// sampled; 0 otherwise.
-    source_ms: i64,
+pub(crate) enum Report {
+    /// Every record sent for the read batch in this slot is delivered (or its failure was
+    /// dealt with).
+    Delivered(u16),
+    /// The broker refused a record for good.
+    Failed(Failure),
 }
 
-/// A delivery report, routed back to the worker that sent the record.
+/// A delivery that failed.
 #[derive(Debug)]
-pub(crate) struct Ack {
-    pub generation: u32,
-    pub partition: i32,
-    pub offset: i64,
-    pub destination: Destination,
-    /// Why the broker refused the record for good, if it did.
-    pub error: Option<(Option<RDKafkaErrorCode>, String)>,
-    /// Key and value bytes of the record sent, when refused.
+pub(crate) struct Failure {
+    pub ticket: Ticket,
+    pub code: Option<RDKafkaErrorCode>,
+    pub error: String,
+    /// Bytes of the key and value of the record sent.
     pub size: usize,
     /// A refused result's key and value (a result has no input record to refer to).
     pub refused_result: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The output producer's context: each delivery report goes straight to the channel of
-/// the worker that sent the record (exactly once, each failure).
+/// The output producer's context: each delivery is counted down on its read batch, whose
+/// completion goes to the channel of the worker that sent it, as does each failure.
 pub(crate) struct AckRouter {
     errors: ErrorLog,
-    workers: Vec<UnboundedSender<Ack>>,
+    workers: Vec<UnboundedSender<Report>>,
     stats: Arc<Stats>,
     /// Per worker, the deliveries only counted, not reported one by one: exactly once,
     /// every record's (the transaction's commit waits for them itself); at least once,
@@ -117,18 +108,20 @@ pub(crate) struct AckRouter {
     exactly_once: bool,
 }
 
-/// Exactly once, a worker's deliveries so far (successful or not), and a wake-up for a
-/// worker that waits for room in its read-ahead budget.
+/// A worker's deliveries as the producer's context counts them: those counted rather
+/// than awaited (successful or not), with a wake-up for a worker that waits for room in
+/// its read-ahead budget; and each read batch's records not yet delivered.
 #[derive(Debug, Default)]
 pub(crate) struct Delivered {
     pub count: std::sync::atomic::AtomicU64,
     pub wake: tokio::sync::Notify,
+    pub batches: Outstanding,
 }
 
 impl AckRouter {
     pub(crate) fn new(
         servers: &str,
-        workers: Vec<UnboundedSender<Ack>>,
+        workers: Vec<UnboundedSender<Report>>,
         stats: Arc<Stats>,
         counted: Vec<Arc<Delivered>>,
         exactly_once: bool,
@@ -154,23 +147,31 @@ impl ClientContext for AckRouter {
 }
 
 impl ProducerContext for AckRouter {
-    type DeliveryOpaque = Box<Ticket>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, packed: usize) {
+        let Some(ticket) = Ticket::unpack(packed) else {
+            return;
+        };
+        let worker = usize::from(ticket.worker);
         let counted = self.exactly_once || !ticket.destination.has_position();
         let count = || {
-            if let Some(delivered) = self.counted.get(ticket.worker) {
+            if let Some(delivered) = self.counted.get(worker) {
                 delivered
                     .count
                     .fetch_add(1, std::sync::atomic::Ordering::Release);
                 delivered.wake.notify_one();
             }
         };
-        let (error, size, refused_result) = match result {
+        let report = |report: Report| {
+            if let Some(worker) = self.workers.get(worker) {
+                // A worker that has stopped no longer listens: its uncommitted records are
+                // read again on restart.
+                let _ = worker.send(report);
+            }
+        };
+        match result {
             Ok(_) => {
-                if ticket.source_ms > 0 {
-                    self.stats.record_end_to_end(ticket.source_ms);
-                }
                 if counted {
                     count();
                     if !self.exactly_once && ticket.destination != Destination::Mark {
@@ -180,38 +181,36 @@ impl ProducerContext for AckRouter {
                             &self.stats.dead_lettered
                         });
                     }
-                    return;
                 }
-                (None, 0, None)
+                if let Some(at) = ticket.at
+                    && self
+                        .counted
+                        .get(worker)
+                        .is_some_and(|d| d.batches.done(at.slot))
+                {
+                    report(Report::Delivered(at.slot));
+                }
             }
-            Err((error, message)) => (
-                Some((error.rdkafka_error_code(), error.to_string())),
-                message.payload_len() + message.key_len(),
-                (ticket.destination == Destination::Result).then(|| {
-                    (
-                        message.key().unwrap_or_default().to_vec(),
-                        message.payload().unwrap_or_default().to_vec(),
-                    )
-                }),
-            ),
-        };
-        if let Some(worker) = self.workers.get(ticket.worker) {
-            // A worker that has stopped no longer listens: its uncommitted records are read
-            // again on restart.
-            let _ = worker.send(Ack {
-                generation: ticket.generation,
-                partition: ticket.partition,
-                offset: ticket.offset,
-                destination: ticket.destination,
-                error,
-                size,
-                refused_result,
-            });
-        }
-        // A counted failure is counted once reported, so that the worker never finds
-        // everything settled while its report waits.
-        if counted {
-            count();
+            Err((error, message)) => {
+                // Counted down on its batch by the worker, once dealt with.
+                report(Report::Failed(Failure {
+                    ticket,
+                    code: error.rdkafka_error_code(),
+                    error: error.to_string(),
+                    size: message.payload_len() + message.key_len(),
+                    refused_result: (ticket.destination == Destination::Result).then(|| {
+                        (
+                            message.key().unwrap_or_default().to_vec(),
+                            message.payload().unwrap_or_default().to_vec(),
+                        )
+                    }),
+                }));
+                // A counted failure is counted once reported, so that the worker never finds
+                // everything settled while its report waits.
+                if counted {
+                    count();
+                }
+            }
         }
     }
 }
@@ -220,13 +219,13 @@ impl ProducerContext for AckRouter {
 pub(crate) struct Input<'a> {
     pub partition: i32,
     pub offset: i64,
+    /// Where it is in the worker's open read batch.
+    pub at: Option<At>,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
     /// Its headers, to go along with what it becomes (none when the job drops them);
     /// copied only into what is sent.
     pub headers: Option<&'a BorrowedHeaders>,
-    /// Its timestamp (ms since the epoch), if any.
-    pub timestamp_ms: Option<i64>,
 }
 
 impl Input<'_> {
@@ -259,8 +258,7 @@ pub(crate) struct Sender {
     /// batch (and, exactly once, fail the transaction). librdkafka's own check cannot do it
     /// below its floor of 1,000 bytes.
     pub limits: (Option<usize>, Option<usize>),
-    pub worker: usize,
-    pub generation: u32,
+    pub worker: u16,
     pub print_keys: bool,
     /// Partitions of the output topic that a job's broadcast goes to (each gets it).
     pub broadcast_partitions: i32,
@@ -270,15 +268,13 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    fn ticket(&self, partition: i32, offset: i64, destination: Destination) -> Box<Ticket> {
-        Box::new(Ticket {
+    fn ticket(&self, at: Option<At>, destination: Destination) -> usize {
+        Ticket {
             worker: self.worker,
-            generation: self.generation,
-            partition,
-            offset,
             destination,
-            source_ms: 0,
-        })
+            at,
+        }
+        .pack()
     }
 
     /// Sends a record: an error when the producer cannot send at all (the caller says
@@ -328,10 +324,7 @@ impl Sender {
         (key, value, timestamp): (&[u8], &[u8], Option<i64>),
         stats: &Stats,
     ) -> Result<Destination, KafkaError> {
-        let mut ticket = self.ticket(input.partition, input.offset, Destination::Output);
-        if input.offset % LATENCY_SAMPLE == 0 {
-            ticket.source_ms = input.timestamp_ms.unwrap_or(0);
-        }
+        let ticket = self.ticket(input.at, Destination::Output);
         let mut record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
             .key(key)
             .payload(value);
@@ -402,7 +395,7 @@ impl Sender {
         input: &Input<'_>,
         rejection: &Rejection,
     ) -> Result<Destination, KafkaError> {
-        let ticket = self.ticket(input.partition, input.offset, Destination::DeadLetter);
+        let ticket = self.ticket(input.at, Destination::DeadLetter);
         let source = self.position(input.partition, input.offset);
         let headers = dead_letter::headers(input.owned_headers(), Some(source), rejection, None);
         let mut record: Outgoing<'_> =
@@ -417,8 +410,8 @@ impl Sender {
             Sent::Queued => Ok(Destination::DeadLetter),
             Sent::Refused(_, error) => self.reference(
                 input.owned_headers(),
-                input.partition,
-                input.offset,
+                input.at,
+                (input.partition, input.offset),
                 input.size(),
                 input.key,
                 &dead_letter::refused_twice(rejection, &error),
@@ -431,15 +424,15 @@ impl Sender {
     pub(crate) fn reference(
         &self,
         inherited: Option<OwnedHeaders>,
-        partition: i32,
-        offset: i64,
+        at: Option<At>,
+        (partition, offset): (i32, i64),
         size: usize,
         key: Option<&[u8]>,
         rejection: &Rejection,
     ) -> Result<Destination, KafkaError> {
         let source = self.position(partition, offset);
         let value = dead_letter::reference(source, size);
-        let ticket = self.ticket(partition, offset, Destination::Reference);
+        let ticket = self.ticket(at, Destination::Reference);
         let headers = dead_letter::headers(inherited, Some(source), rejection, Some(size));
         let mut record: Outgoing<'_> = BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket)
             .headers(headers)
@@ -464,7 +457,7 @@ impl Sender {
 
     /// Sends a watermark mark (null key, `value`) to `partition` of the output topic.
     pub(crate) fn mark(&self, partition: i32, value: &[u8]) -> Result<Destination, KafkaError> {
-        let ticket = self.ticket(-1, -1, Destination::Mark);
+        let ticket = self.ticket(None, Destination::Mark);
         let record = BaseRecord::<[u8], [u8], _>::with_opaque_to(&self.topics.output, ticket)
             .partition(partition)
             .payload(value);
@@ -488,7 +481,7 @@ impl Sender {
         value: &[u8],
         stats: &Stats,
     ) -> Result<Destination, KafkaError> {
-        let ticket = self.ticket(-1, -1, Destination::Result);
+        let ticket = self.ticket(None, Destination::Result);
         let record = BaseRecord::with_opaque_to(&self.topics.output, ticket)
             .key(key)
             .payload(value);
@@ -509,7 +502,7 @@ impl Sender {
         value: &[u8],
         rejection: &Rejection,
     ) -> Result<Destination, KafkaError> {
-        let ticket = self.ticket(-1, -1, Destination::ResultDeadLetter);
+        let ticket = self.ticket(None, Destination::ResultDeadLetter);
         let headers = dead_letter::headers(None, None, rejection, None);
         let record = BaseRecord::with_opaque_to(&self.topics.dead_letter, ticket)
             .headers(headers)
@@ -518,7 +511,7 @@ impl Sender {
         match self.send(record)? {
             Sent::Queued => Ok(Destination::ResultDeadLetter),
             Sent::Refused(_, error) => {
-                let ticket = self.ticket(-1, -1, Destination::ResultDeadLetter);
+                let ticket = self.ticket(None, Destination::ResultDeadLetter);
                 let why = dead_letter::refused_twice(rejection, &error);
                 let headers = dead_letter::headers(None, None, &why, Some(key.len() + value.len()));
                 let record =

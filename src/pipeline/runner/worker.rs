@@ -1,9 +1,10 @@
 //! One worker of the runner: one `select!` loop, one job instance, and the queues of the
 //! partitions the process's consumer gave it ([`super::group`]).
 //!
-//! The loop reads a batch of records from its partitions' queues, hands each to the job,
-//! sends what it emits (or its dead letter) through the [`Sender`], and tracks every record until its outputs are
-//! acknowledged ([`OffsetTracker`]). It commits through its [`Commit`] strategy: at
+//! The loop reads a batch of records from its partitions' queues, hands each to the job
+//! and sends what it emits (or its dead letter) through the [`Sender`] ([`super::process`]),
+//! and tracks every record until its batch's outputs are delivered ([`BatchTable`],
+//! [`OffsetTracker`]). It commits through its [`Commit`] strategy: at
 //! least once, the acknowledged prefix; exactly once, a transaction per interval. A job
 //! that keeps state has it saved with each commit ([`Job::save`]) and given back when a
 //! partition is assigned ([`Job::assign`]).
@@ -20,21 +21,21 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::task::block_in_place;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::Siblings;
-use super::deliveries::{Refused, Replay, queue};
+use super::batches::BatchTable;
+use super::deliveries::Refused;
 use super::group::{GroupConsumer, PartitionQueue};
 use super::handover::{Closing, Revocation};
 use super::offsets::OffsetTracker;
 use super::queues::{Turns, first_message};
-use super::send::{Ack, Input, Sender};
+use super::send::{Report, Sender};
 use crate::error::{Error, Result};
 use crate::pipeline::guarantee::at_least_once::COMMIT_TIMEOUT;
 use crate::pipeline::guarantee::exactly_once::Transactions;
-use crate::pipeline::job::{self, Emitter, Headers, Job, Outcome, Record};
+use crate::pipeline::job::{self, Emitter, Job};
 use crate::pipeline::{DRAIN_TIMEOUT, Phase, Stats};
 use crate::windows::Now;
 
@@ -69,8 +70,11 @@ pub(crate) struct Worker {
     /// The process's consumer, shared by its workers.
     pub consumer: Arc<GroupConsumer>,
     pub sender: Sender,
-    /// Delivery reports of the records this worker sent.
-    pub acks: UnboundedReceiver<Ack>,
+    /// Delivery reports of the records this worker sent: its read batches delivered, and
+    /// its failures.
+    pub acks: UnboundedReceiver<Report>,
+    /// Its read batches in flight.
+    pub batches: BatchTable,
     pub job: Box<dyn Job>,
     pub emitter: Emitter,
     pub commit: Commit,
@@ -82,7 +86,7 @@ pub(crate) struct Worker {
     pub max_in_flight: usize,
     pub stats: Arc<Stats>,
     pub siblings: Arc<Siblings>,
-    /// Exactly once: this worker's deliveries so far, counted by the producer's context.
+    /// This worker's deliveries as the producer's context counts them.
     pub delivered: Arc<super::send::Delivered>,
     /// Exactly once: records this worker sent so far.
     pub sent: u64,
@@ -96,19 +100,16 @@ pub(crate) struct Worker {
 /// Counts a worker adds to the shared [`Stats`] once per batch.
 #[derive(Debug, Default)]
 pub(crate) struct Uncounted {
-    read: u64,
+    pub(super) read: u64,
     written: u64,
     dead_lettered: u64,
 }
 
 impl Uncounted {
-    /// One delivery acknowledged: written, or dead-lettered.
-    pub(super) fn acknowledged(&mut self, output: bool) {
-        if output {
-            self.written += 1;
-        } else {
-            self.dead_lettered += 1;
-        }
+    /// Deliveries acknowledged: written, and dead-lettered.
+    pub(super) fn delivered(&mut self, written: u32, dead_lettered: u32) {
+        self.written += u64::from(written);
+        self.dead_lettered += u64::from(dead_lettered);
     }
 
     /// Adds the counts to `stats`, and starts again from zero.
@@ -214,7 +215,7 @@ impl Worker {
                 .map(|r| r.retry_at.unwrap_or(r.deadline));
             let reading = progress.reading();
             let drain_over = progress.drain_deadline.is_some_and(|d| Instant::now() >= d);
-            let room = self.read_ahead(&progress) < self.max_in_flight;
+            let room = self.read_ahead(&progress) < self.max_in_flight && self.batches.has_free();
             // Exactly once, nothing is read (and so sent) while a commit is under way.
             let may_read = !reading || (room && !progress.barrier && !self.committing());
             tokio::select! {
@@ -222,8 +223,8 @@ impl Worker {
                 // Every acknowledgement that is ready, up to a batch, before any new input.
                 // (Deliveries only counted report their failures, whenever they come.)
                 _ = self.acks.recv_many(&mut acks, BATCH) => {
-                    for ack in acks.drain(..) {
-                        if let Err(e) = self.acknowledge(&mut progress, ack) {
+                    for report in acks.drain(..) {
+                        if let Err(e) = self.report(&mut progress, report) {
                             self.fail(&mut progress, e, cancel);
                         }
                     }
@@ -332,6 +333,12 @@ impl Worker {
             self.fail(progress, e, cancel);
             return;
         }
+        // Read only with a slot free (the loop's `room`); after a stop nothing is sent.
+        if !self.batches.open(&self.delivered.batches) && progress.reading() {
+            let e = Error::Kafka(format!("worker {}: no read batch slot is free", self.id));
+            self.fail(progress, e, cancel);
+            return;
+        }
         let now = Now::current();
         // The first record's queue first, then the others in turn.
         let start = match &first {
@@ -389,6 +396,7 @@ impl Worker {
             taken += 1;
             let room = !progress.reading()
                 || (self.read_ahead(progress) < self.max_in_flight
+                    && self.batches.has_free()
                     && !progress.barrier
                     && !self.committing());
             turns.taken();
@@ -398,6 +406,9 @@ impl Worker {
             } else {
                 None
             };
+        }
+        if let Some(slot) = self.batches.close(&self.delivered.batches) {
+            self.delivered_batch(progress, slot);
         }
         self.flush_tally();
     }
@@ -410,213 +421,6 @@ impl Worker {
             self.stats.add_tally(&tally);
         }
         self.uncounted.publish(&self.stats);
-    }
-
-    /// One record read: processed, or skipped when it is not this worker's to process.
-    fn take(
-        &mut self,
-        message: &BorrowedMessage<'_>,
-        now: Now,
-        progress: &mut Progress,
-    ) -> Result<()> {
-        let partition = message.partition();
-        if !progress.partitions.contains(&partition) {
-            // Assigned by the callback inside this recv(): take the news before deciding,
-            // or the records would be skipped and a later commit would pass over them.
-            self.handle_rebalances(progress);
-        }
-        if !progress.reading()
-            || progress
-                .revoking
-                .as_ref()
-                .is_some_and(|r| r.partitions.contains(&partition))
-            || !progress.partitions.contains(&partition)
-        {
-            // Being handed over (or no longer ours): its new owner reads it from the
-            // committed position.
-            return Ok(());
-        }
-        if !progress.tracker.read(partition, message.offset()) {
-            // Delivered again (a fetch restarted from a stale position): already
-            // processed, not written twice.
-            progress.redelivered += 1;
-            if progress.redelivered == 1 || progress.redelivered.is_power_of_two() {
-                log::info!(
-                    "worker {}: {} partition {partition} offset {} was delivered again by the consumer; skipped ({} so far)",
-                    self.id,
-                    self.sender.topics.input,
-                    message.offset(),
-                    progress.redelivered
-                );
-            }
-            return Ok(());
-        }
-        progress.at_end.remove(&partition);
-        progress.finished = false;
-        let inject_abort = match &mut self.commit {
-            Commit::AtLeastOnce => {
-                self.uncounted.read += 1;
-                false
-            }
-            Commit::ExactlyOnce(tx) => tx.read_one(),
-        };
-        self.process(message, now, progress)?;
-        if inject_abort && let Commit::ExactlyOnce(tx) = &mut self.commit {
-            block_in_place(|| tx.inject_abort())?;
-            self.sender.producer = tx.producer();
-            self.rewind(progress)?;
-        }
-        self.abort_if_due(progress)
-    }
-
-    /// Hands one record to the job and sends what it emits, or its dead letter.
-    fn process(
-        &mut self,
-        message: &BorrowedMessage<'_>,
-        now: Now,
-        progress: &mut Progress,
-    ) -> Result<()> {
-        let (partition, offset) = (message.partition(), message.offset());
-        let timestamp = message.timestamp().to_millis();
-        let record = Record {
-            partition,
-            offset,
-            key: message.key(),
-            value: message.payload(),
-            timestamp,
-            headers: Headers::kafka(message),
-        };
-        self.emitter.begin();
-        let outcome = self.job.process(&record, now, &mut self.emitter);
-        self.emitter.tally_record(&outcome);
-        // Headers are parsed (librdkafka allocates them) only for what is sent with them.
-        let forward = self.forward_headers
-            && match outcome {
-                Outcome::Emitted => self.job.forwards_headers(),
-                Outcome::Counted | Outcome::Dropped => false,
-                Outcome::Rejected(_) => true,
-            };
-        let input = Input {
-            partition,
-            offset,
-            key: record.key,
-            payload: record.value,
-            headers: if forward { message.headers() } else { None },
-            timestamp_ms: timestamp,
-        };
-        let replay = if progress.refused.records.is_empty() {
-            None
-        } else {
-            progress.refused.records.get(&(partition, offset)).cloned()
-        };
-        let mut sent = 0u32;
-        let (sender, stats, emitter, commit) =
-            (&self.sender, &self.stats, &self.emitter, &mut self.commit);
-        let result = (|| -> std::result::Result<(), KafkaError> {
-            match (outcome, replay) {
-                (_, Some(Replay::DeadLetter(rejection))) => {
-                    stats.reject(rejection.kind, &rejection.reason);
-                    queue(commit, sender.dead_letter(&input, &rejection), &mut sent)
-                }
-                (_, Some(Replay::Reference(rejection))) => {
-                    let key = input.key;
-                    let reference = sender.reference(
-                        input.headers.map(|h| h.detach()),
-                        partition,
-                        offset,
-                        input.size(),
-                        key,
-                        &rejection,
-                    );
-                    queue(commit, reference, &mut sent)
-                }
-                (Outcome::Emitted, None) => {
-                    for record in emitter.timed_records() {
-                        queue(commit, sender.output(&input, record, stats), &mut sent)?;
-                    }
-                    Ok(())
-                }
-                (Outcome::Counted | Outcome::Dropped, None) => {
-                    match commit {
-                        Commit::AtLeastOnce => Stats::add(&stats.counted),
-                        Commit::ExactlyOnce(tx) => tx.open.counted += 1,
-                    }
-                    Ok(())
-                }
-                (Outcome::Rejected(rejection), None) => {
-                    stats.reject(rejection.kind, &rejection.reason);
-                    queue(commit, sender.dead_letter(&input, &rejection), &mut sent)
-                }
-            }
-        })();
-        // Exactly once, deliveries are not reported one by one: the commit waits for them.
-        let awaited = if self.awaits_deliveries() {
-            sent
-        } else {
-            self.sent += u64::from(sent);
-            0
-        };
-        if awaited != 1 {
-            progress.tracker.settle(partition, offset, awaited);
-        }
-        progress.in_flight += awaited as usize;
-        result.or_else(|e| self.send_failed(&e, progress))
-    }
-
-    /// Sends what the job emitted on its own (window results): tied to no input position.
-    pub(super) fn send_results(&mut self, progress: &mut Progress) -> Result<()> {
-        self.emitter.tally_results();
-        self.flush_tally();
-        if self.emitter.is_empty() {
-            return Ok(());
-        }
-        self.begin()?;
-        let mut sent = 0u32;
-        let mut result = Ok(());
-        for (key, value) in self.emitter.records() {
-            let refused = progress.refused.results.get_mut(key);
-            let destination = match refused {
-                Some((rejection, in_transaction)) => {
-                    *in_transaction = true;
-                    self.sender.result_dead_letter(key, value, rejection)
-                }
-                None => self.sender.result(key, value, &self.stats),
-            };
-            result = queue(&mut self.commit, destination, &mut sent);
-            if result.is_err() {
-                break;
-            }
-        }
-        // Results stand for no input position: their deliveries are counted, not reported.
-        self.sent += u64::from(sent);
-        result.or_else(|e| self.send_failed(&e, progress))
-    }
-
-    /// Sends what the job has to tell every partition of the output (the first stage of a
-    /// grouped job: its watermark mark), if anything: standing for no input position, and
-    /// after every record this worker sent before it.
-    pub(super) fn send_broadcast(&mut self, now: Now, progress: &mut Progress) -> Result<()> {
-        if self.sender.broadcast_partitions <= 0 {
-            return Ok(());
-        }
-        let Some(value) = self.job.broadcast(now) else {
-            return Ok(());
-        };
-        self.begin()?;
-        let mut sent = 0u32;
-        let mut result = Ok(());
-        for partition in 0..self.sender.broadcast_partitions {
-            result = queue(
-                &mut self.commit,
-                self.sender.mark(partition, &value),
-                &mut sent,
-            );
-            if result.is_err() {
-                break;
-            }
-        }
-        self.sent += u64::from(sent);
-        result.or_else(|e| self.send_failed(&e, progress))
     }
 
     /// Why the producer cannot send.
