@@ -3,8 +3,9 @@
 # - the transform alone on one pinned core, next to a bare serde_json loop;
 # - Kafka to Kafka on the local cluster (Apache Kafka unless STREAMKIT_BACKEND=tansu,
 #   started if down) or BOOTSTRAP_SERVERS: 1,000,000 events (or EVENTS), copied by an
-#   expert-tuned idempotent librdkafka copy (the I/O limit), then by the pipeline at
-#   --parallelism 1, 2 and 3, each with records/s and CPU seconds per million records;
+#   expert-tuned idempotent librdkafka copy (the I/O limit; first, in the middle and last),
+#   and by the pipeline at --parallelism 3 (the default), 1 and 2, each with records/s and
+#   CPU seconds per million records;
 # - the pipeline's peak RSS while it drains that backlog.
 # Extra arguments are librdkafka properties for every client (-X key=value); on tansu the
 # script adds -X fetch.wait.max.ms=5 itself.

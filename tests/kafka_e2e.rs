@@ -361,7 +361,7 @@ fn outputs_refused_on_delivery_are_dead_lettered_by_reference_and_committed_past
     apache_kafka();
     let reaper = common::Reaper::default();
     let job = job("refused-later", 3);
-    let first = job.feed(2_000, 27);
+    let first = job.feed(500, 27);
     let mut child = reaper.watch(job.spawn(&[]));
     // Drained as it runs: each refusal is a warning.
     let log = {
@@ -375,7 +375,7 @@ fn outputs_refused_on_delivery_are_dead_lettered_by_reference_and_committed_past
     let counts = job.wait_for_all(&first, Duration::from_secs(60));
     assert_eq!(loss_and_duplicates(&first, &counts), (0, 0));
     common::broker::allow_records_of(&job.output, 100);
-    let later = job.feed(1_000, 28);
+    let later = job.feed(500, 28);
     let input = common::read_topic(BOOTSTRAP, &job.input, 3);
     let mut ends = std::collections::BTreeMap::new();
     for record in &input {
