@@ -150,7 +150,13 @@ pub(super) fn main() {
         (1, 1, Some(kafka_io()), false, ""),
         (2, 2, Some(kafka_io()), false, ""),
         (0, 0, None, false, "copy2"),
-        (4, 3, Some(kafka_io()), true, " (input headers not forwarded)"),
+        (
+            4,
+            3,
+            Some(kafka_io()),
+            true,
+            " (input headers not forwarded)",
+        ),
         (
             5,
             3,

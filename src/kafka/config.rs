@@ -349,8 +349,49 @@ pub fn transactional_producer_config(
         // A transactional producer's records must be delivered within its transaction
         // (librdkafka requires message.timeout.ms <= transaction.timeout.ms; the pipeline's
         // default is infinite).
-        .set("message.timeout.ms", &timeout_ms);
+        .set("message.timeout.ms", &timeout_ms)
+        // Batches wait up to 20 ms to fill (default 5 ms). Each worker has a producer of its
+        // own, with its share of the traffic: at 5 ms its batches left about half full
+        // (librdkafka's statistics: 410 to 460 kB of 1 MB on average, against 790 to 850 kB
+        // at 20 ms). It costs no latency a reader sees: read_committed readers see records
+        // at the commit, and the commit's flush sends what lingers at once.
+        .set("linger.ms", "20");
     // -X may still override any of these, last, as everywhere.
     apply_properties(&mut config, kafka);
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(properties: &[(&str, &str)]) -> KafkaConfig {
+        KafkaConfig {
+            bootstrap_servers: "localhost:29092".into(),
+            properties: properties
+                .iter()
+                .map(|&(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_exactly_once_producer_lingers_longer_than_the_shared_one_and_x_still_wins() {
+        let timeout = Duration::from_secs(10);
+        let shared = pipeline_producer_config(&kafka(&[]), "job", None);
+        assert_eq!(shared.get("linger.ms"), None, "librdkafka's 5 ms");
+        let transactional =
+            transactional_producer_config(&kafka(&[]), "job", "job-a-0", None, timeout);
+        assert_eq!(transactional.get("linger.ms"), Some("20"));
+        assert_eq!(transactional.get("transactional.id"), Some("job-a-0"));
+        assert_eq!(transactional.get("message.timeout.ms"), Some("10000"));
+        let overridden = transactional_producer_config(
+            &kafka(&[("linger.ms", "2")]),
+            "job",
+            "job-a-0",
+            None,
+            timeout,
+        );
+        assert_eq!(overridden.get("linger.ms"), Some("2"), "-X goes last");
+    }
 }
