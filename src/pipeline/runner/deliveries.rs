@@ -118,8 +118,8 @@ impl Worker {
                         .all(|p| progress.at_end.contains(p))))
     }
 
-    /// Whether each delivery is awaited one by one (at least once); exactly once, the
-    /// transaction's commit awaits them all.
+    /// Whether deliveries are awaited, a read batch at a time (at least once); exactly
+    /// once, the transaction's commit awaits them all.
     pub(super) fn awaits_deliveries(&self) -> bool {
         matches!(self.commit, Commit::AtLeastOnce)
     }

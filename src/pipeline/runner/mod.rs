@@ -24,8 +24,8 @@
 //! again.
 //!
 //! **Bounded work.** Each worker is one task running one `select!` loop and never spawns a
-//! task per record: the producer's delivery reports come back on the worker's own channel
-//! ([`send`]). The job reads at most [`IN_FLIGHT_BUDGET`] records ahead of their
+//! task per record: the producer's delivery reports come back on the worker's own channel,
+//! one message per read batch delivered and one per failure ([`send`], [`batches`]). The job reads at most [`IN_FLIGHT_BUDGET`] records ahead of their
 //! acknowledgements and prefetches at most [`PREFETCH_BUDGET_KBYTES`], whatever its
 //! parallelism. Acknowledgements are handled before new input, so commits keep up.
 
