@@ -337,7 +337,7 @@ impl Transactions {
                     (&self.stats.dead_lettered, self.open.dead_lettered),
                     (&self.stats.counted, self.open.counted),
                 ] {
-                    counter.fetch_add(n, Ordering::Relaxed);
+                    Stats::add_n(counter, n);
                 }
                 self.clear();
                 self.renewals = 0;

@@ -114,15 +114,9 @@ impl Uncounted {
 
     /// Adds the counts to `stats`, and starts again from zero.
     pub(super) fn publish(&mut self, stats: &Stats) {
-        for (counter, n) in [
-            (&stats.read, self.read),
-            (&stats.written, self.written),
-            (&stats.dead_lettered, self.dead_lettered),
-        ] {
-            if n > 0 {
-                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        Stats::add_n(&stats.read, self.read);
+        Stats::add_n(&stats.written, self.written);
+        Stats::add_n(&stats.dead_lettered, self.dead_lettered);
         *self = Uncounted::default();
     }
 }
