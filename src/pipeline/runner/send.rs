@@ -100,10 +100,11 @@ pub(crate) struct AckRouter {
     errors: ErrorLog,
     workers: Vec<UnboundedSender<Report>>,
     stats: Arc<Stats>,
-    /// Per worker, the deliveries only counted, not reported one by one: exactly once,
-    /// every record's (the transaction's commit waits for them itself); at least once,
-    /// the job's results' (they stand for no input position; counted in `stats` here).
-    /// Failures are reported all the same.
+    /// Per worker: the deliveries only counted, not awaited (exactly once, every record's,
+    /// since the transaction's commit waits for them itself; at least once, the job's
+    /// results', which stand for no input position and are counted in `stats` here); and
+    /// the records of each read batch not yet delivered. Failures are reported all the
+    /// same.
     counted: Vec<Arc<Delivered>>,
     exactly_once: bool,
 }
