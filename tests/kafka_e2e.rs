@@ -380,7 +380,7 @@ fn outputs_refused_on_delivery_are_dead_lettered_by_reference_and_committed_past
     let mut ends = std::collections::BTreeMap::new();
     for record in &input {
         let end = ends.entry(record.partition).or_insert(0);
-        *end = record.offset.max(*end - 1) + 1;
+        *end = (*end).max(record.offset + 1);
     }
     // Each later record's position, with the bytes of its key and value.
     let sizes: std::collections::BTreeMap<(i32, i64), usize> = input

@@ -209,9 +209,8 @@ impl Worker {
                 .map(|r| r.retry_at.unwrap_or(r.deadline));
             let reading = progress.reading();
             let drain_over = progress.drain_deadline.is_some_and(|d| Instant::now() >= d);
-            let room = self.read_ahead(&progress) < self.max_in_flight && self.batches.has_free();
-            // Exactly once, nothing is read (and so sent) while a commit is under way.
-            let may_read = !reading || (room && !progress.barrier && !self.committing());
+            let room = self.room(&progress);
+            let may_read = self.may_read(&progress);
             tokio::select! {
                 biased;
                 // Every acknowledgement that is ready, up to a batch, before any new input.
@@ -388,13 +387,8 @@ impl Worker {
                 }
             }
             taken += 1;
-            let room = !progress.reading()
-                || (self.read_ahead(progress) < self.max_in_flight
-                    && self.batches.has_free()
-                    && !progress.barrier
-                    && !self.committing());
             turns.taken();
-            next = if taken < BATCH && room {
+            next = if taken < BATCH && self.may_read(progress) {
                 // A partition released during the batch is left to its next owner.
                 turns.next(&progress.partitions)
             } else {
@@ -405,6 +399,19 @@ impl Worker {
             self.delivered_batch(progress, slot);
         }
         self.flush_tally();
+    }
+
+    /// Room to read ahead: under the in-flight budget, with a read batch slot free (the
+    /// open batch's own, within a batch).
+    fn room(&self, progress: &Progress) -> bool {
+        self.read_ahead(progress) < self.max_in_flight && self.batches.has_free()
+    }
+
+    /// Whether the loop reads on: with room, no checkpoint barrier and, exactly once, no
+    /// commit under way (nothing is read, and so sent, meanwhile). After a stop, queues
+    /// are still read (their records dropped) so that fetching goes on for the others.
+    fn may_read(&self, progress: &Progress) -> bool {
+        !progress.reading() || (self.room(progress) && !progress.barrier && !self.committing())
     }
 
     /// Adds what the job counted (records through its operators, outputs) and the records
